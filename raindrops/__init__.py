@@ -1,0 +1,11 @@
+"""raindrops: real-time statistics for preforking Python web servers.
+
+Lock-free counters in shared memory, each on its own cache line, shared by
+every worker process of a server such as gunicorn or uWSGI.
+"""
+
+from raindrops.counters import MAX, PAGE_SIZE, SIZE, Raindrops, Struct, StructBase
+
+__version__ = "0.1.0"
+
+__all__ = ["MAX", "PAGE_SIZE", "SIZE", "Raindrops", "Struct", "StructBase", "__version__"]

@@ -1,0 +1,431 @@
+"""Shared counters: `Raindrops` (an array) and `Struct` (named members).
+
+Every counter sits on its own cache line in memory shared by processes: an
+anonymous memfd inherited across fork, or a named POSIX shm segment that
+unrelated processes attach to. Updates are single atomic instructions in the
+native library; the Python side keeps the hot path to one list lookup and one
+ctypes call with an argument prepared in advance.
+"""
+
+from __future__ import annotations
+
+import keyword
+import mmap
+import operator
+import threading
+import weakref
+from typing import Any, Callable, ClassVar, Iterable, Iterator
+
+from raindrops import _native
+
+MAX: int = 2**64 - 1
+"""The largest value a counter holds; arithmetic wraps modulo MAX + 1."""
+SIZE: int = _native.STRIDE
+"""Bytes between two counters: the CPU's cache line size, read at run time."""
+PAGE_SIZE: int = mmap.PAGESIZE
+"""Granularity of the shared mappings."""
+
+# Pointer objects cost about 100 bytes each; past this size counters are
+# reached through a pointer built per call instead of a prepared table.
+_PREPARED_POINTERS_MAX = 1 << 16
+_ONE = 1  # `n is _ONE` selects the one-argument native call for the default n.
+
+_incr_one = _native.incr_one
+_decr_one = _native.decr_one
+_incr = _native.incr
+_decr = _native.decr
+_load = _native.load
+_store = _native.store
+_ArgumentError = _native.ArgumentError
+
+
+def _integer(value: object, what: str) -> int:
+    if isinstance(value, float) or not hasattr(value, "__index__"):
+        raise TypeError(f"{what} must be an int, not {type(value).__name__}")
+    return operator.index(value)  # type: ignore[arg-type]
+
+
+def _checked_value(value: object, what: str = "counter value") -> int:
+    number = _integer(value, what)
+    if not 0 <= number <= MAX:
+        raise ValueError(f"{what} {number} is outside 0..{MAX}")
+    return number
+
+
+def _delta(n: object) -> int:
+    if n.__class__ is int and 0 <= n <= MAX:  # type: ignore[operator]
+        return n  # type: ignore[return-value]
+    return _checked_value(n, "increment n")
+
+
+def _checked_size(size: object) -> int:
+    number = _integer(size, "size")
+    if number < 1:
+        raise ValueError(f"size must be >= 1, not {number}")
+    if number > _native.COUNTERS_MAX:
+        raise ValueError(f"size {number} exceeds the limit of {_native.COUNTERS_MAX} counters")
+    return number
+
+
+def _checked_mode(mode: object) -> int:
+    number = _integer(mode, "mode")
+    if not 0 <= number <= 0o777:
+        raise ValueError(f"mode {number:#o} is not a permission mode (0..0o777)")
+    return number
+
+
+def _checked_name(name: object) -> str:
+    if not isinstance(name, str):
+        raise TypeError(f"segment name must be a str, not {type(name).__name__}")
+    rest = name[1:]
+    if (
+        not name.startswith("/")
+        or not rest
+        or "/" in rest
+        or "\0" in rest
+        or rest in (".", "..")
+        or len(name.encode("utf-8", "surrogateescape")) > 256
+    ):
+        raise ValueError(
+            f"invalid shared memory name {name!r}: it must be '/' followed by 1 to 255 bytes, no other '/'"
+        )
+    return name
+
+
+def _release(segment: _native.Segment, views: list[tuple[int, int]]) -> None:
+    """Unmaps every view and closes the descriptor; runs once, from close() or GC."""
+    for base, length in views:
+        _native.unmap(base, length)
+    views.clear()
+    _native.close(segment)
+
+
+class Raindrops:
+    """An array of 64-bit counters shared by processes, each on its own cache line.
+
+    `Raindrops(size)` uses anonymous shared memory: every process forked after
+    creation shares it. `Raindrops(size, name="/app")` uses a POSIX shared memory
+    segment that any process of the same user can attach to by name; it is
+    created (mode 0600 unless `mode` says otherwise) if it does not exist.
+    The size lives in the segment, so all processes agree on it; attaching with
+    a larger size grows the segment.
+    """
+
+    __slots__ = ("_segment", "_pointers", "_size", "_name", "_lock", "_finalizer", "_views", "__weakref__")
+
+    def __init__(self, size: int, *, name: str | None = None, mode: int = 0o600) -> None:
+        size = _checked_size(size)
+        if name is None:
+            segment = _native.anonymous_create(size)
+        else:
+            segment = _native.named_open(_checked_name(name), size, _checked_mode(mode), create=True)
+        self._adopt(segment, name)
+        if self._size < size:
+            self.size = size
+
+    @classmethod
+    def open(cls, name: str) -> Raindrops:
+        """Attaches to an existing named segment; FileNotFoundError when there is none."""
+        self = cls.__new__(cls)
+        self._adopt(_native.named_open(_checked_name(name), 0, 0, create=False), name)
+        return self
+
+    def _adopt(self, segment: _native.Segment, name: str | None) -> None:
+        self._segment: _native.Segment | None = segment
+        self._name = name
+        self._lock = threading.Lock()
+        self._views: list[tuple[int, int]] = []
+        self._finalizer = weakref.finalize(self, _release, segment, self._views)
+        self._pointers: list[_native.CounterPointer] = []
+        self._size = 0
+        self._sync()
+
+    def _live(self) -> _native.Segment:
+        segment = self._segment
+        if segment is None:
+            raise ValueError("operation on a closed Raindrops")
+        return segment
+
+    def _sync(self) -> int:
+        """Adopts the segment's shared size, mapping more of it if another process grew it."""
+        with self._lock:
+            segment = self._live()
+            size = _native.size(segment)
+            base = segment.base
+            if size > segment.capacity:
+                self._remap(segment, _native.refresh)
+            if size != self._size or base != segment.base:
+                prepared = size if size <= _PREPARED_POINTERS_MAX else 0
+                self._pointers = _native.counter_pointers(segment, prepared)
+                self._size = size
+            return size
+
+    def _remap(self, segment: _native.Segment, remap: Callable[..., None], *args: int) -> None:
+        base, length = segment.base, segment.bytes
+        remap(segment, *args)
+        if segment.base != base:
+            self._views.append((base, length))
+
+    def _pointer(self, index: object) -> _native.CounterPointer:
+        """The checked slow path behind every indexed operation."""
+        self._live()
+        position = _integer(index, "counter index")
+        size = self._sync()
+        if position < 0:
+            position += size
+        if not 0 <= position < size:
+            raise IndexError(f"counter index {index} out of range for {size} counters")
+        pointers = self._pointers
+        if position < len(pointers):
+            return pointers[position]
+        return _native.counter_pointer(self._live(), position)
+
+    def incr(self, index: int, n: int = 1) -> int:
+        """Atomically adds `n` (default 1) to counter `index`; returns the new value."""
+        try:
+            if n is _ONE:
+                return _incr_one(self._pointers[index])  # type: ignore[no-any-return]
+            return _incr(self._pointers[index], _delta(n))  # type: ignore[no-any-return]
+        except (IndexError, TypeError, _ArgumentError):
+            return _incr(self._pointer(index), _checked_value(n, "increment n"))  # type: ignore[no-any-return]
+
+    def decr(self, index: int, n: int = 1) -> int:
+        """Atomically subtracts `n` (default 1) from counter `index`; returns the new value."""
+        try:
+            if n is _ONE:
+                return _decr_one(self._pointers[index])  # type: ignore[no-any-return]
+            return _decr(self._pointers[index], _delta(n))  # type: ignore[no-any-return]
+        except (IndexError, TypeError, _ArgumentError):
+            return _decr(self._pointer(index), _checked_value(n, "increment n"))  # type: ignore[no-any-return]
+
+    def __getitem__(self, index: int) -> int:
+        try:
+            return _load(self._pointers[index])  # type: ignore[no-any-return]
+        except (IndexError, TypeError, _ArgumentError):
+            return _load(self._pointer(index))  # type: ignore[no-any-return]
+
+    def __setitem__(self, index: int, value: int) -> None:
+        try:
+            _store(self._pointers[index], _delta(value))
+        except (IndexError, TypeError, _ArgumentError):
+            _store(self._pointer(index), _checked_value(value))
+
+    def __len__(self) -> int:
+        return self._sync()
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.to_list())
+
+    def to_list(self) -> list[int]:
+        """A snapshot of every counter, each read atomically."""
+        size = self._sync()
+        return _native.snapshot(self._live(), size)
+
+    @property
+    def size(self) -> int:
+        """How many counters there are; assigning grows or shrinks the segment for every process.
+
+        Values below the new size are kept; counters dropped by a shrink are
+        zeroed, so growing back starts them at 0.
+        """
+        return self._sync()
+
+    @size.setter
+    def size(self, size: int) -> None:
+        size = _checked_size(size)
+        segment = self._live()
+        with self._lock:
+            if size > segment.capacity:
+                self._remap(segment, _native.reserve, size)
+            _native.set_size(segment, size)
+        self._sync()
+
+    @property
+    def capa(self) -> int:
+        """How many counters fit in this process's mapping without remapping."""
+        self._sync()
+        return int(self._live().capacity)
+
+    @property
+    def name(self) -> str | None:
+        """The shm name, or None for anonymous memory."""
+        return self._name
+
+    @property
+    def closed(self) -> bool:
+        return self._segment is None
+
+    def close(self) -> None:
+        """Unmaps the counters in this process (raindrops' evaporate!); idempotent.
+
+        The counters live on in other processes and, for a named segment, in
+        the system until unlink().
+        """
+        with self._lock:
+            self._segment = None
+            self._pointers = []
+        self._finalizer()
+
+    def unlink(self) -> None:
+        """Removes the named segment from the system; processes that mapped it keep their mapping."""
+        if self._name is None:
+            raise ValueError("an anonymous Raindrops has no name to unlink")
+        _native.named_unlink(self._name)
+
+    def __enter__(self) -> Raindrops:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __copy__(self) -> Raindrops:
+        """A new private anonymous segment holding the same values."""
+        values = self.to_list()
+        duplicate = Raindrops(len(values))
+        _native.restore(duplicate._live(), values)
+        return duplicate
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Raindrops:
+        return self.__copy__()
+
+    def __reduce__(self) -> Any:
+        raise TypeError("a Raindrops cannot be pickled: share it through fork or by name")
+
+    def __repr__(self) -> str:
+        if self._segment is None:
+            return "<Raindrops closed>"
+        where = "anonymous" if self._name is None else f"name={self._name!r}"
+        return f"<Raindrops size={self._size} {where}>"
+
+
+class StructBase:
+    """Base of the classes made by `Struct`: named counters over one Raindrops."""
+
+    MEMBERS: ClassVar[tuple[str, ...]] = ()
+    __slots__ = ("_raindrops", "_pointers")
+
+    def __init__(self, *values: int, name: str | None = None, mode: int = 0o600) -> None:
+        members = type(self).MEMBERS
+        if len(values) > len(members):
+            raise TypeError(f"{type(self).__name__} takes at most {len(members)} values, got {len(values)}")
+        self._raindrops = Raindrops(len(members), name=name, mode=mode)
+        self._pointers = [self._raindrops._pointer(index) for index in range(len(members))]
+        for index, value in enumerate(values):
+            self._raindrops[index] = value
+
+    @property
+    def raindrops(self) -> Raindrops:
+        """The underlying counter array."""
+        return self._raindrops
+
+    def __getitem__(self, index: int) -> int:
+        return self._raindrops[index]
+
+    def __setitem__(self, index: int, value: int) -> None:
+        self._raindrops[index] = value
+
+    def to_dict(self) -> dict[str, int]:
+        """Member name to value, in member order."""
+        values = self._raindrops.to_list()
+        return dict(zip(type(self).MEMBERS, values))
+
+    def close(self) -> None:
+        self._pointers = []
+        self._raindrops.close()
+
+    def unlink(self) -> None:
+        self._raindrops.unlink()
+
+    def __enter__(self) -> StructBase:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __copy__(self) -> StructBase:
+        duplicate = type(self)()
+        _native.restore(duplicate._raindrops._live(), self._raindrops.to_list()[: len(type(self).MEMBERS)])
+        return duplicate
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> StructBase:
+        return self.__copy__()
+
+    def __reduce__(self) -> Any:
+        raise TypeError(f"a {type(self).__name__} cannot be pickled: share it through fork or by name")
+
+    def __repr__(self) -> str:
+        if self._raindrops.closed:
+            return f"<{type(self).__name__} closed>"
+        fields = " ".join(f"{key}={value}" for key, value in self.to_dict().items())
+        return f"<{type(self).__name__} {fields}>"
+
+
+_RESERVED = frozenset(dir(StructBase)) | {"MEMBERS"}
+
+
+def _member_methods(index: int) -> dict[str, Callable[..., Any]]:
+    def incr(self: StructBase, n: int = 1) -> int:
+        try:
+            if n is _ONE:
+                return _incr_one(self._pointers[index])  # type: ignore[no-any-return]
+            return _incr(self._pointers[index], _delta(n))  # type: ignore[no-any-return]
+        except (IndexError, TypeError):
+            return self._raindrops.incr(index, n)
+
+    def decr(self: StructBase, n: int = 1) -> int:
+        try:
+            if n is _ONE:
+                return _decr_one(self._pointers[index])  # type: ignore[no-any-return]
+            return _decr(self._pointers[index], _delta(n))  # type: ignore[no-any-return]
+        except (IndexError, TypeError):
+            return self._raindrops.decr(index, n)
+
+    def get(self: StructBase) -> int:
+        return self._raindrops[index]
+
+    def set(self: StructBase, value: int) -> None:
+        self._raindrops[index] = value
+
+    return {"incr": incr, "decr": decr, "get": get, "set": set}
+
+
+def _checked_members(members: str | Iterable[str]) -> tuple[str, ...]:
+    names = tuple(members.replace(",", " ").split() if isinstance(members, str) else members)
+    if not names:
+        raise ValueError("a Struct needs at least one member")
+    for member in names:
+        if not isinstance(member, str):
+            raise TypeError(f"member names must be str, not {type(member).__name__}")
+        if not member.isidentifier() or keyword.iskeyword(member) or member.startswith("_"):
+            raise ValueError(f"invalid member name {member!r}: use a public Python identifier")
+        if member in _RESERVED:
+            raise ValueError(f"member name {member!r} clashes with a Struct method")
+    duplicates = sorted({member for member in names if names.count(member) > 1})
+    if duplicates:
+        raise ValueError(f"duplicate member names: {', '.join(duplicates)}")
+    generated = {f"{verb}_{member}" for member in names for verb in ("incr", "decr")}
+    clashes = sorted(generated.intersection(names))
+    if clashes:
+        raise ValueError(f"member names clash with generated methods: {', '.join(clashes)}")
+    return names
+
+
+def Struct(class_name: str, members: str | Iterable[str]) -> type[StructBase]:
+    """Makes a class whose instances hold one shared counter per member.
+
+    `Stats = Struct("Stats", "calling writing")` gives `Stats()` with
+    `incr_calling(n=1)`, `decr_calling(n=1)`, a `calling` property (settable) and
+    `to_dict()`; `Stats(name="/x")` puts the counters in a named segment.
+    """
+    if not isinstance(class_name, str) or not class_name.isidentifier():
+        raise ValueError(f"invalid class name {class_name!r}")
+    names = _checked_members(members)
+    namespace: dict[str, Any] = {"MEMBERS": names, "__slots__": (), "__module__": __name__}
+    for index, member in enumerate(names):
+        methods = _member_methods(index)
+        methods["incr"].__name__ = f"incr_{member}"
+        methods["decr"].__name__ = f"decr_{member}"
+        namespace[f"incr_{member}"] = methods["incr"]
+        namespace[f"decr_{member}"] = methods["decr"]
+        namespace[member] = property(methods["get"], methods["set"], doc=f"The {member} counter.")
+    return type(class_name, (StructBase,), namespace)
