@@ -100,6 +100,24 @@ def _release(segment: _native.Segment, views: list[tuple[int, int]]) -> None:
     _native.close(segment)
 
 
+_Step = Callable[..., int]
+
+
+def _index_updater(step_one: _Step, step: _Step, doc: str) -> Callable[[Raindrops, int, int], int]:
+    """Builds incr/decr: one list lookup and one native call when n is the default 1."""
+
+    def update(self: Raindrops, index: int, n: int = 1) -> int:
+        try:
+            if n is _ONE:
+                return step_one(self._pointers[index])
+            return step(self._pointers[index], _delta(n))
+        except (IndexError, TypeError, _ArgumentError):
+            return step(self._pointer(index), _checked_value(n, "increment n"))
+
+    update.__doc__ = doc
+    return update
+
+
 class Raindrops:
     """An array of 64-bit counters shared by processes, each on its own cache line.
 
@@ -180,23 +198,12 @@ class Raindrops:
             return pointers[position]
         return _native.counter_pointer(self._live(), position)
 
-    def incr(self, index: int, n: int = 1) -> int:
-        """Atomically adds `n` (default 1) to counter `index`; returns the new value."""
-        try:
-            if n is _ONE:
-                return _incr_one(self._pointers[index])  # type: ignore[no-any-return]
-            return _incr(self._pointers[index], _delta(n))  # type: ignore[no-any-return]
-        except (IndexError, TypeError, _ArgumentError):
-            return _incr(self._pointer(index), _checked_value(n, "increment n"))  # type: ignore[no-any-return]
-
-    def decr(self, index: int, n: int = 1) -> int:
-        """Atomically subtracts `n` (default 1) from counter `index`; returns the new value."""
-        try:
-            if n is _ONE:
-                return _decr_one(self._pointers[index])  # type: ignore[no-any-return]
-            return _decr(self._pointers[index], _delta(n))  # type: ignore[no-any-return]
-        except (IndexError, TypeError, _ArgumentError):
-            return _decr(self._pointer(index), _checked_value(n, "increment n"))  # type: ignore[no-any-return]
+    incr = _index_updater(
+        _incr_one, _incr, "Atomically adds `n` (default 1) to counter `index`; returns the new value."
+    )
+    decr = _index_updater(
+        _decr_one, _decr, "Atomically subtracts `n` (default 1) from counter `index`; returns the new value."
+    )
 
     def __getitem__(self, index: int) -> int:
         try:
@@ -363,30 +370,26 @@ class StructBase:
 _RESERVED = frozenset(dir(StructBase)) | {"MEMBERS"}
 
 
-def _member_methods(index: int) -> dict[str, Callable[..., Any]]:
-    def incr(self: StructBase, n: int = 1) -> int:
+def _member_updater(index: int, step_one: _Step, step: _Step, slow: str) -> Callable[[StructBase, int], int]:
+    def update(self: StructBase, n: int = 1) -> int:
         try:
             if n is _ONE:
-                return _incr_one(self._pointers[index])  # type: ignore[no-any-return]
-            return _incr(self._pointers[index], _delta(n))  # type: ignore[no-any-return]
+                return step_one(self._pointers[index])
+            return step(self._pointers[index], _delta(n))
         except (IndexError, TypeError):
-            return self._raindrops.incr(index, n)
+            return getattr(self._raindrops, slow)(index, n)  # type: ignore[no-any-return]
 
-    def decr(self: StructBase, n: int = 1) -> int:
-        try:
-            if n is _ONE:
-                return _decr_one(self._pointers[index])  # type: ignore[no-any-return]
-            return _decr(self._pointers[index], _delta(n))  # type: ignore[no-any-return]
-        except (IndexError, TypeError):
-            return self._raindrops.decr(index, n)
+    return update
 
+
+def _member_property(index: int, member: str) -> property:
     def get(self: StructBase) -> int:
         return self._raindrops[index]
 
     def set(self: StructBase, value: int) -> None:
         self._raindrops[index] = value
 
-    return {"incr": incr, "decr": decr, "get": get, "set": set}
+    return property(get, set, doc=f"The {member} counter.")
 
 
 def _checked_members(members: str | Iterable[str]) -> tuple[str, ...]:
@@ -422,10 +425,10 @@ def Struct(class_name: str, members: str | Iterable[str]) -> type[StructBase]:
     names = _checked_members(members)
     namespace: dict[str, Any] = {"MEMBERS": names, "__slots__": (), "__module__": __name__}
     for index, member in enumerate(names):
-        methods = _member_methods(index)
-        methods["incr"].__name__ = f"incr_{member}"
-        methods["decr"].__name__ = f"decr_{member}"
-        namespace[f"incr_{member}"] = methods["incr"]
-        namespace[f"decr_{member}"] = methods["decr"]
-        namespace[member] = property(methods["get"], methods["set"], doc=f"The {member} counter.")
+        for verb, step_one, step in (("incr", _incr_one, _incr), ("decr", _decr_one, _decr)):
+            method = _member_updater(index, step_one, step, verb)
+            method.__name__ = f"{verb}_{member}"
+            method.__doc__ = f"Atomically {verb}ements {member} by n (default 1); returns the new value."
+            namespace[method.__name__] = method
+        namespace[member] = _member_property(index, member)
     return type(class_name, (StructBase,), namespace)

@@ -193,17 +193,8 @@ fn initialize(fd: i32, size: u64, segment: *Segment) Status {
     const bytes = layoutBytes(stride, size);
     const truncate_status = status.fromSyscall(linux.ftruncate(fd, @intCast(bytes)));
     if (truncate_status != status.ok) return truncate_status;
-    var base: ?[*]u8 = null;
-    const map_status = mapShared(fd, bytes, &base);
+    const map_status = mapView(fd, stride, capacityOf(stride, bytes), segment);
     if (map_status != status.ok) return map_status;
-    segment.* = .{
-        .base = base,
-        .bytes = bytes,
-        .capacity = capacityOf(stride, bytes),
-        .counters_offset = headerBytes(stride),
-        .stride = stride,
-        .fd = fd,
-    };
     const header = segment.header();
     header.layout_version = layout_version;
     header.stride = stride;
@@ -269,16 +260,21 @@ fn attachFd(fd: i32, segment: *Segment) Status {
     if (rc != wanted) return status.truncated;
     const valid = validateHeader(std.mem.asBytes(&header)[0..wanted], file_bytes);
     if (valid != status.ok) return valid;
-    const bytes = layoutBytes(header.stride, header.capacity);
+    return mapView(fd, header.stride, header.capacity, segment);
+}
+
+/// Maps the header and `capacity` counters of `fd` and describes them in `segment`.
+fn mapView(fd: i32, stride: u32, capacity: u64, segment: *Segment) Status {
+    const bytes = layoutBytes(stride, capacity);
     var base: ?[*]u8 = null;
     const map_status = mapShared(fd, bytes, &base);
     if (map_status != status.ok) return map_status;
     segment.* = .{
         .base = base,
         .bytes = bytes,
-        .capacity = header.capacity,
-        .counters_offset = headerBytes(header.stride),
-        .stride = header.stride,
+        .capacity = capacity,
+        .counters_offset = headerBytes(stride),
+        .stride = stride,
         .fd = fd,
     };
     return status.ok;
