@@ -5,7 +5,20 @@ every worker process of a server such as gunicorn or uWSGI.
 """
 
 from raindrops.counters import MAX, PAGE_SIZE, SIZE, Raindrops, Struct, StructBase
+from raindrops.linux import ListenStats
+from raindrops.tcp_info import TCP_STATES, TCPInfo
 
 __version__ = "0.1.0"
 
-__all__ = ["MAX", "PAGE_SIZE", "SIZE", "Raindrops", "Struct", "StructBase", "__version__"]
+__all__ = [
+    "MAX",
+    "PAGE_SIZE",
+    "SIZE",
+    "TCP_STATES",
+    "ListenStats",
+    "Raindrops",
+    "Struct",
+    "StructBase",
+    "TCPInfo",
+    "__version__",
+]

@@ -191,3 +191,166 @@ def counter_pointers(segment: Segment, count: int) -> list[CounterPointer]:
     first = segment.base + segment.counters_offset
     stride = segment.stride
     return [ctypes.c_void_p(first + index * stride) for index in range(count)]
+
+
+# ---------------------------------------------------------------------------
+# Listener statistics (sock_diag netlink) and TCP_INFO. These calls do I/O, so
+# they go through the CDLL handle, which releases the GIL around them.
+
+
+class TcpQuery(ctypes.Structure):
+    """One requested TCP address; mirrors `Query` in zig/inet_diag.zig."""
+
+    _fields_ = [
+        ("address", ctypes.c_uint8 * 16),
+        ("family", ctypes.c_uint16),
+        ("port", ctypes.c_uint16),
+        ("wildcard", ctypes.c_uint8),
+        ("reserved", ctypes.c_uint8 * 3),
+    ]
+
+
+class TcpResult(ctypes.Structure):
+    """One TCP listener's counts; mirrors `Result` in zig/inet_diag.zig."""
+
+    _fields_ = [
+        ("address", ctypes.c_uint8 * 16),
+        ("family", ctypes.c_uint16),
+        ("port", ctypes.c_uint16),
+        ("listeners", ctypes.c_uint32),
+        ("active", ctypes.c_uint64),
+        ("queued", ctypes.c_uint64),
+    ]
+
+
+UNIX_NAME_BYTES_MAX = 108
+
+
+class UnixEntry(ctypes.Structure):
+    """A requested or found unix listener name; mirrors `Entry` in zig/unix_diag.zig."""
+
+    _fields_ = [
+        ("active", ctypes.c_uint64),
+        ("queued", ctypes.c_uint64),
+        ("listeners", ctypes.c_uint32),
+        ("name_len", ctypes.c_uint32),
+        ("name", ctypes.c_uint8 * UNIX_NAME_BYTES_MAX),
+        ("reserved", ctypes.c_uint8 * 4),
+    ]
+
+
+_u32p = _c.POINTER(_c.c_uint32)
+_u64p = _c.POINTER(_c.c_uint64)
+_diag_open = _declare(_lib, "diag_open", _c.c_int32, [])
+_diag_close = _declare(_lib, "diag_close", _c.c_int32, [_c.c_int32])
+_tcp_query_bytes = _declare(_lib, "tcp_query_bytes", _c.c_uint32, [])
+_tcp_result_bytes = _declare(_lib, "tcp_result_bytes", _c.c_uint32, [])
+_unix_entry_bytes = _declare(_lib, "unix_entry_bytes", _c.c_uint32, [])
+_diag_queries_max = _declare(_lib, "diag_queries_max", _c.c_uint32, [])
+_tcp_stats = _declare(
+    _lib, "tcp_stats", _c.c_int32, [_c.c_int32, _c.POINTER(TcpQuery), _c.POINTER(TcpResult), _c.c_uint32]
+)
+_tcp_all_listeners = _declare(
+    _lib, "tcp_all_listeners", _c.c_int32, [_c.c_int32, _c.POINTER(TcpResult), _c.c_uint32, _u64p]
+)
+_unix_stats = _declare(_lib, "unix_stats", _c.c_int32, [_c.c_int32, _c.POINTER(UnixEntry), _c.c_uint32])
+_unix_all_listeners = _declare(
+    _lib, "unix_all_listeners", _c.c_int32, [_c.c_int32, _c.POINTER(UnixEntry), _c.c_uint32, _u64p]
+)
+_tcp_info_bytes = _declare(_lib, "tcp_info_bytes", _c.c_uint32, [])
+_tcp_info = _declare(_lib, "tcp_info", _c.c_int32, [_c.c_int32, _c.c_char_p, _c.c_uint32, _u32p])
+
+if (_tcp_query_bytes(), _tcp_result_bytes(), _unix_entry_bytes()) != (
+    ctypes.sizeof(TcpQuery),
+    ctypes.sizeof(TcpResult),
+    ctypes.sizeof(UnixEntry),
+):
+    raise ImportError(f"raindrops: {LIBRARY_PATH} does not match this package (sock_diag layouts differ)")
+
+DIAG_QUERIES_MAX: int = _diag_queries_max()
+TCP_INFO_BYTES: int = _tcp_info_bytes()
+_RETRIES_MAX = 8
+_ALL_LISTENERS_CAPACITY = 64
+
+
+def _raise_errno(status: int, subject: str) -> None:
+    if status == 0:
+        return
+    code = -status
+    if code == errno.ETIMEDOUT:
+        raise TimeoutError(code, f"{subject}: the kernel did not answer in time")
+    if code == errno.EBADMSG:
+        raise OSError(code, f"{subject}: malformed netlink reply from the kernel")
+    raise OSError(code, f"{subject}: {os.strerror(code)}")
+
+
+def diag_open() -> int:
+    """Opens a NETLINK_SOCK_DIAG socket and returns its fd."""
+    fd: int = _diag_open()
+    if fd < 0:
+        _raise_errno(fd, "opening a NETLINK_SOCK_DIAG socket")
+    return fd
+
+
+def diag_close(fd: int) -> None:
+    _raise_errno(_diag_close(fd), "closing a NETLINK_SOCK_DIAG socket")
+
+
+def tcp_stats(fd: int, queries: list[TcpQuery]) -> list[TcpResult]:
+    """Counts for each query (in the same order); chunked to the native bound."""
+    results: list[TcpResult] = []
+    for start in range(0, len(queries), DIAG_QUERIES_MAX):
+        chunk = queries[start : start + DIAG_QUERIES_MAX]
+        query_array = (TcpQuery * len(chunk))(*chunk)
+        result_array = (TcpResult * len(chunk))()
+        _raise_errno(_tcp_stats(fd, query_array, result_array, len(chunk)), "inet_diag dump")
+        results.extend(result_array)
+    return results
+
+
+def _all_listeners(function: Callable[..., int], entry_type: type, fd: int, subject: str) -> list[object]:
+    """Calls an all-listeners export, growing the array while it answers ENOBUFS."""
+    capacity = _ALL_LISTENERS_CAPACITY
+    count = ctypes.c_uint64(0)
+    for _ in range(_RETRIES_MAX):
+        array = (entry_type * capacity)()  # type: ignore[operator]
+        status = function(fd, array, capacity, ctypes.byref(count))
+        if status == -errno.ENOBUFS and count.value > capacity:
+            # More listeners appeared than fit: retry with room to spare for newcomers.
+            capacity = count.value + count.value // 4 + 16
+            continue
+        _raise_errno(status, subject)
+        return list(array[: count.value])
+    raise OSError(errno.ENOBUFS, f"{subject}: the number of listeners kept growing")
+
+
+def tcp_all_listeners(fd: int) -> list[TcpResult]:
+    return _all_listeners(_tcp_all_listeners, TcpResult, fd, "inet_diag dump")  # type: ignore[return-value]
+
+
+def unix_stats(fd: int, entries: list[UnixEntry]) -> list[UnixEntry]:
+    """Fills the counts of each requested name (in the same order)."""
+    results: list[UnixEntry] = []
+    for start in range(0, len(entries), DIAG_QUERIES_MAX):
+        chunk = entries[start : start + DIAG_QUERIES_MAX]
+        array = (UnixEntry * len(chunk))(*chunk)
+        _raise_errno(_unix_stats(fd, array, len(chunk)), "unix_diag dump")
+        results.extend(array)
+    return results
+
+
+def unix_all_listeners(fd: int) -> list[UnixEntry]:
+    return _all_listeners(_unix_all_listeners, UnixEntry, fd, "unix_diag dump")  # type: ignore[return-value]
+
+
+def tcp_info(fd: int) -> bytes:
+    """The kernel's struct tcp_info for `fd`, as many bytes as the kernel wrote."""
+    buffer = ctypes.create_string_buffer(TCP_INFO_BYTES)
+    length = ctypes.c_uint32(0)
+    status = _tcp_info(fd, buffer, TCP_INFO_BYTES, ctypes.byref(length))
+    if status != 0:
+        code = -status
+        if code in (errno.EOPNOTSUPP, errno.ENOPROTOOPT, errno.ENOTSOCK):
+            raise OSError(code, f"fd {fd} is not a TCP socket: getsockopt(TCP_INFO) failed: {os.strerror(code)}")
+        _raise_errno(status, f"getsockopt(TCP_INFO) on fd {fd}")
+    return buffer.raw[: length.value]

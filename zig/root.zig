@@ -112,8 +112,87 @@ export fn raindrops_noop_pointer(counter: *const u64) u64 {
     return @intFromPtr(counter);
 }
 
+// ---------------------------------------------------------------------------
+// Listener statistics (Linux sock_diag netlink) and TCP_INFO.
+// Every function returns 0 or -errno; the netlink calls do I/O and are called
+// with the GIL released. One socket must not be used by two threads at once.
+
+const netlink = @import("netlink.zig");
+const inet_diag = @import("inet_diag.zig");
+const unix_diag = @import("unix_diag.zig");
+const tcp_info = @import("tcp_info.zig");
+
+/// Opens a NETLINK_SOCK_DIAG socket (close-on-exec, receive timeout); fd or -errno.
+export fn raindrops_diag_open() i32 {
+    return netlink.open();
+}
+
+export fn raindrops_diag_close(fd: i32) Status {
+    return netlink.close(fd);
+}
+
+/// Layout checks for the ctypes mirrors, and the per-call query bound.
+export fn raindrops_tcp_query_bytes() u32 {
+    return @sizeOf(inet_diag.Query);
+}
+
+export fn raindrops_tcp_result_bytes() u32 {
+    return @sizeOf(inet_diag.Result);
+}
+
+export fn raindrops_unix_entry_bytes() u32 {
+    return @sizeOf(unix_diag.Entry);
+}
+
+export fn raindrops_diag_queries_max() u32 {
+    return @min(inet_diag.queries_max, unix_diag.queries_max);
+}
+
+/// results[i] answers queries[i]; `count` <= raindrops_diag_queries_max().
+export fn raindrops_tcp_stats(fd: i32, queries: ?[*]const inet_diag.Query, results: ?[*]inet_diag.Result, count: u32) Status {
+    if (count == 0) return status.ok;
+    if (queries == null or results == null or count > inet_diag.queries_max) return invalid;
+    return inet_diag.queryStats(fd, queries.?[0..count], results.?[0..count]);
+}
+
+/// Every TCP listener; `count` is set to the results written, or on -ENOBUFS
+/// to the capacity to retry with.
+export fn raindrops_tcp_all_listeners(fd: i32, results: ?[*]inet_diag.Result, capacity: u32, count: *u64) Status {
+    if (results == null and capacity != 0) return invalid;
+    const slice: []inet_diag.Result = if (results) |pointer| pointer[0..capacity] else &.{};
+    return inet_diag.allListeners(fd, slice, count);
+}
+
+/// entries carry the requested names; their counts are filled in.
+export fn raindrops_unix_stats(fd: i32, entries: ?[*]unix_diag.Entry, count: u32) Status {
+    if (count == 0) return status.ok;
+    if (entries == null or count > unix_diag.queries_max) return invalid;
+    return unix_diag.queryStats(fd, entries.?[0..count]);
+}
+
+export fn raindrops_unix_all_listeners(fd: i32, entries: ?[*]unix_diag.Entry, capacity: u32, count: *u64) Status {
+    if (entries == null and capacity != 0) return invalid;
+    const slice: []unix_diag.Entry = if (entries) |pointer| pointer[0..capacity] else &.{};
+    return unix_diag.allListeners(fd, slice, count);
+}
+
+export fn raindrops_tcp_info_bytes() u32 {
+    return tcp_info.buffer_bytes;
+}
+
+/// Copies struct tcp_info of `fd` into `buffer`; `length` is set to the bytes written.
+export fn raindrops_tcp_info(fd: i32, buffer: ?[*]u8, capacity: u32, length: *u32) Status {
+    length.* = 0;
+    if (buffer == null or capacity == 0) return invalid;
+    return tcp_info.read(fd, buffer.?[0..capacity], length);
+}
+
 test {
     _ = status;
+    _ = netlink;
+    _ = inet_diag;
+    _ = unix_diag;
+    _ = tcp_info;
     _ = counters;
     _ = shm;
 }

@@ -1,0 +1,144 @@
+"""The `raindrops` command line (also `python -m raindrops`).
+
+`raindrops listeners` prints listener statistics like raindrops'
+linux-listener-stats example: every TCP and unix listener of the host by
+default, once or every --interval seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import time
+from datetime import datetime, timezone
+from typing import Callable, Mapping, NoReturn, Sequence, TextIO
+
+from raindrops import exposition, linux
+
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+ADDRESS_WIDTH_MIN = 7
+ADDRESS_WIDTH_MAX = 35
+
+
+class _Parser(argparse.ArgumentParser):
+    """Reports bad input as one line on stderr and exit status 2, never a traceback."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, not {text!r}")
+    return value
+
+
+def _count(minimum: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, not {value}")
+        return value
+
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="raindrops", description="Real-time statistics for preforking servers.")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    listeners = commands.add_parser(
+        "listeners",
+        help="print active and queued connections of listening sockets",
+        description="Print active (accepted) and queued (in the accept queue) connections per listener. "
+        "ADDR is HOST:PORT ([V6]:PORT for IPv6) or a unix socket path (starting with / or @).",
+    )
+    listeners.add_argument("addresses", nargs="*", metavar="ADDR", help="listeners to show (default: all)")
+    listeners.add_argument("--interval", "-d", type=_positive_float, metavar="S", help="repeat every S seconds")
+    listeners.add_argument("--count", "-n", type=_count(1), metavar="N", help="stop after N reports")
+    listeners.add_argument(
+        "--queued-min", "-t", type=_count(0), default=0, metavar="N", help="show only rows with queued >= N"
+    )
+    listeners.add_argument("--format", choices=("text", "json", "prometheus"), default="text")
+    return parser
+
+
+class ListenerSource:
+    """Reads the requested listeners, reusing one netlink socket across reports."""
+
+    def __init__(self, addresses: Sequence[str]) -> None:
+        unix = [address for address in addresses if address.startswith(("/", "@"))]
+        tcp = [address for address in addresses if not address.startswith(("/", "@"))]
+        self._everything = not addresses
+        self._tcp = tcp
+        self._unix = unix
+        self._socket = linux.InetDiagSocket()
+        if tcp:
+            linux.tcp_listener_stats(tcp, self._socket)  # reject bad addresses before the first report
+
+    def read(self) -> dict[str, linux.ListenStats]:
+        stats: dict[str, linux.ListenStats] = {}
+        if self._everything or self._tcp:
+            stats.update(linux.tcp_listener_stats(None if self._everything else self._tcp, self._socket))
+        if self._everything or self._unix:
+            stats.update(linux.unix_listener_stats(None if self._everything else self._unix))
+        return stats
+
+    def close(self) -> None:
+        self._socket.close()
+
+
+def _timestamp() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def render(stats: Mapping[str, linux.ListenStats], form: str, stamp: str, width: int) -> str:
+    if form == "json":
+        return json.dumps({"timestamp": stamp, "listeners": exposition.listeners_json(stats)}) + "\n"
+    if form == "prometheus":
+        return exposition.listeners_prometheus(stats)
+    return "".join(f"{stamp:>20} {address:>{width}} {stat.active:>10} {stat.queued:>10}\n" for address, stat in stats.items())
+
+
+def run_listeners(options: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    source = ListenerSource(options.addresses)
+    try:
+        width = min(max([ADDRESS_WIDTH_MIN, *map(len, options.addresses)]), ADDRESS_WIDTH_MAX)
+        if options.format == "text":
+            err.write(f"{'timestamp':>20} {'address':>{width}} {'active':>10} {'queued':>10}\n")
+        count = options.count if options.count is not None else (None if options.interval else 1)
+        report = 0
+        while count is None or report < count:
+            if report:
+                time.sleep(options.interval or 0)
+            stats = {a: s for a, s in source.read().items() if s.queued >= options.queued_min}
+            out.write(render(stats, options.format, _timestamp(), width))
+            out.flush()
+            report += 1
+    finally:
+        source.close()
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    options = build_parser().parse_args(argv)
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # a closed pipe ends the program quietly
+    try:
+        return run_listeners(options, sys.stdout, sys.stderr)
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    except (ValueError, TypeError) as error:
+        sys.stderr.write(f"raindrops: error: {error}\n")
+        return EXIT_USAGE
+    except OSError as error:
+        sys.stderr.write(f"raindrops: {error}\n")
+        return 1

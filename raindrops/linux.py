@@ -1,0 +1,360 @@
+"""Listener statistics on Linux: how many connections wait in each listener's
+accept queue (`queued`) and how many accepted ones are open (`active`).
+
+The numbers come from the kernel's socket tables over NETLINK_SOCK_DIAG
+(inet_diag for TCP, unix_diag for unix sockets) and are counted in the native
+library, so a host with tens of thousands of connections costs no Python
+object per socket. /proc/net/tcp is never parsed; /proc/net/unix only when the
+kernel lacks unix_diag.
+
+One rule for any number of TCP addresses (raindrops' single- and multi-address
+modes disagreed): a query "A:P" reports the listeners on port P whose local
+address is A, or every listener of A's family on P when A is a wildcard
+(0.0.0.0 also covers IPv4-mapped IPv6 listeners, [::] every IPv6 listener,
+dual-stack ones included). `active` counts accepted ESTABLISHED connections
+whose local address matches by the same rule. A requested address with no
+listener is left out of the result.
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import os
+import re
+import socket
+import threading
+import weakref
+from typing import Iterable, NamedTuple, Union
+
+from raindrops import _native
+
+__all__ = ["InetDiagSocket", "ListenStats", "tcp_listener_stats", "unix_listener_stats"]
+
+_PORT_MAX = 65535
+_AF_INET = socket.AF_INET.value
+_AF_INET6 = socket.AF_INET6.value
+# Errors from sock_diag that mean "no unix_diag here": read /proc/net/unix instead.
+_UNIX_DIAG_MISSING = frozenset(
+    {errno.ENOENT, errno.EOPNOTSUPP, errno.EPROTONOSUPPORT, errno.EAFNOSUPPORT, errno.EACCES, errno.EPERM}
+)
+_PROC_NET_UNIX = "/proc/net/unix"
+_SO_ACCEPTCON = 0x10000
+_SS_CONNECTING = 2
+_SS_CONNECTED = 3
+
+UnixPath = Union[str, bytes, "os.PathLike[str]", "os.PathLike[bytes]"]
+
+
+class ListenStats(NamedTuple):
+    """Counts for one listener: accepted connections and connections waiting to be accepted."""
+
+    active: int
+    queued: int
+
+    @property
+    def total(self) -> int:
+        return self.active + self.queued
+
+
+class InetDiagSocket:
+    """A reusable NETLINK_SOCK_DIAG socket: pass it as `sock=` to skip opening
+    one per call when polling. Threads may share it: each query holds its lock,
+    because a netlink dump must not interleave with another on one socket.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._fd: int | None = _native.diag_open()
+        # Closes the fd if the object is dropped without close(): no fd leak in loops.
+        self._finalizer = weakref.finalize(self, _native.diag_close, self._fd)
+
+    def fileno(self) -> int:
+        fd = self._fd
+        if fd is None:
+            raise ValueError("I/O operation on a closed InetDiagSocket")
+        return fd
+
+    @property
+    def closed(self) -> bool:
+        return self._fd is None
+
+    def close(self) -> None:
+        """Closes the socket; closing twice is harmless."""
+        with self._lock:
+            self._fd = None
+            self._finalizer()
+
+    def __enter__(self) -> InetDiagSocket:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._fd is None else f"fd={self._fd}"
+        return f"<raindrops.linux.InetDiagSocket {state}>"
+
+    def _tcp_stats(self, queries: list[_native.TcpQuery]) -> list[_native.TcpResult]:
+        with self._lock:
+            return _native.tcp_stats(self.fileno(), queries)
+
+    def _tcp_all_listeners(self) -> list[_native.TcpResult]:
+        with self._lock:
+            return _native.tcp_all_listeners(self.fileno())
+
+    def _unix_stats(self, entries: list[_native.UnixEntry]) -> list[_native.UnixEntry]:
+        with self._lock:
+            return _native.unix_stats(self.fileno(), entries)
+
+    def _unix_all_listeners(self) -> list[_native.UnixEntry]:
+        with self._lock:
+            return _native.unix_all_listeners(self.fileno())
+
+
+# TCP addresses.
+
+
+class _TcpAddress(NamedTuple):
+    key: str
+    family: int
+    packed: bytes
+    port: int
+
+
+def _format_ipv6(address: ipaddress.IPv6Address) -> str:
+    # IPv4-mapped addresses as inet_ntop (and raindrops, and Python >= 3.13) spell them.
+    mapped = address.ipv4_mapped
+    if mapped is not None:
+        return f"::ffff:{mapped}"
+    return address.compressed
+
+
+def _key(family: int, packed: bytes, port: int) -> str:
+    if family == _AF_INET:
+        return f"{ipaddress.IPv4Address(packed[:4])}:{port}"
+    return f"[{_format_ipv6(ipaddress.IPv6Address(packed[:16]))}]:{port}"
+
+
+def _bad_address(text: str, why: str) -> ValueError:
+    return ValueError(f"invalid TCP listener address {text!r}: {why}")
+
+
+def _parse_port(text: str, port_text: str) -> int:
+    if not port_text:
+        raise _bad_address(text, "the port is missing")
+    if not (port_text.isascii() and port_text.isdigit()):
+        raise _bad_address(text, f"the port {port_text!r} is not a decimal number")
+    port = int(port_text)
+    if port > _PORT_MAX:
+        raise _bad_address(text, f"the port {port} is above {_PORT_MAX}")
+    return port
+
+
+def _parse_tcp_address(text: object) -> _TcpAddress:
+    """Parses "1.2.3.4:80" or "[::1]:80" strictly: numeric addresses only, no
+    DNS, no scope ids, since the kernel reports numeric local addresses."""
+    if not isinstance(text, str):
+        raise TypeError(f"a TCP listener address must be a str, not {type(text).__name__}")
+    if text.startswith("["):
+        close = text.find("]")
+        if close < 0:
+            raise _bad_address(text, "']' not found")
+        host, rest = text[1:close], text[close + 1 :]
+        if not rest.startswith(":"):
+            raise _bad_address(text, "':' and a port must follow ']'")
+        if "%" in host:
+            raise _bad_address(text, "scoped IPv6 addresses are not supported")
+        try:
+            ip: ipaddress.IPv4Address | ipaddress.IPv6Address = ipaddress.IPv6Address(host)
+        except ValueError:
+            raise _bad_address(text, f"{host!r} is not an IPv6 address") from None
+        port = _parse_port(text, rest[1:])
+        family = _AF_INET6
+    else:
+        host, colon, port_text = text.partition(":")
+        if not colon:
+            raise _bad_address(text, "the ':port' is missing")
+        try:
+            ip = ipaddress.IPv4Address(host)
+        except ValueError:
+            raise _bad_address(text, f"{host!r} is not an IPv4 address (IPv6 goes in brackets)") from None
+        port = _parse_port(text, port_text)
+        family = _AF_INET
+    return _TcpAddress(_key(family, ip.packed, port), family, ip.packed, port)
+
+
+def _tcp_addresses(addrs: str | Iterable[str]) -> list[_TcpAddress]:
+    """Parses every address before any I/O; duplicates (after canonicalisation) kept once."""
+    if isinstance(addrs, str):
+        items: Iterable[object] = [addrs]
+    elif isinstance(addrs, (bytes, bytearray, memoryview)):
+        raise TypeError(f"addrs must be a str or an iterable of str, not {type(addrs).__name__}")
+    else:
+        try:
+            items = iter(addrs)
+        except TypeError:
+            raise TypeError(f"addrs must be a str or an iterable of str, not {type(addrs).__name__}") from None
+    unique: dict[str, _TcpAddress] = {}
+    for item in items:
+        address = _parse_tcp_address(item)
+        unique.setdefault(address.key, address)
+    return list(unique.values())
+
+
+def _tcp_query(address: _TcpAddress) -> _native.TcpQuery:
+    query = _native.TcpQuery()
+    query.address[: len(address.packed)] = address.packed
+    query.family = address.family
+    query.port = address.port
+    query.wildcard = int(not any(address.packed))
+    return query
+
+
+def tcp_listener_stats(
+    addrs: str | Iterable[str] | None = None, sock: InetDiagSocket | None = None
+) -> dict[str, ListenStats]:
+    """Listener statistics keyed "ADDR:PORT" ("0.0.0.0:8080", "[::1]:8080").
+
+    `addrs=None` reports every TCP listener of the host (each accepted
+    connection counted for the listener of its exact address, else for the
+    wildcard listener on its port). Otherwise the requested addresses, in
+    request order, without those that have no listener.
+    """
+    if sock is not None and not isinstance(sock, InetDiagSocket):
+        raise TypeError(f"sock must be an InetDiagSocket or None, not {type(sock).__name__}")
+    addresses = None if addrs is None else _tcp_addresses(addrs)
+    if addresses is not None and not addresses:
+        return {}
+    if sock is None:
+        with InetDiagSocket() as own:
+            return _tcp_listener_stats(addresses, own)
+    return _tcp_listener_stats(addresses, sock)
+
+
+def _tcp_listener_stats(addresses: list[_TcpAddress] | None, sock: InetDiagSocket) -> dict[str, ListenStats]:
+    if addresses is None:
+        found = sock._tcp_all_listeners()
+        return {
+            _key(result.family, bytes(result.address), result.port): ListenStats(result.active, result.queued)
+            for result in found
+        }
+    results = sock._tcp_stats([_tcp_query(address) for address in addresses])
+    return {
+        address.key: ListenStats(result.active, result.queued)
+        for address, result in zip(addresses, results)
+        if result.listeners > 0
+    }
+
+
+# Unix sockets.
+
+
+def _unix_key(name: bytes) -> str:
+    """Path names as the file system spells them; abstract names as "@name"
+    with inner NULs as "@", the spelling of ss(8) and /proc/net/unix."""
+    if name.startswith(b"\0"):
+        return "@" + os.fsdecode(name[1:].replace(b"\0", b"@"))
+    return os.fsdecode(name)
+
+
+def _unix_name(path: object) -> bytes:
+    """The kernel's name for a requested path: "@x" and "\\0x" are abstract."""
+    if isinstance(path, (str, bytes, os.PathLike)):
+        raw = os.fsencode(path)
+    else:
+        raise TypeError(f"a unix socket path must be str, bytes or os.PathLike, not {type(path).__name__}")
+    if raw.startswith(b"@"):
+        raw = b"\0" + raw[1:]
+    if not raw:
+        raise ValueError("invalid unix socket path '': it is empty")
+    if b"\0" in raw[1:] and not raw.startswith(b"\0"):
+        raise ValueError(f"invalid unix socket path {path!r}: it contains a NUL byte")
+    if len(raw) > _native.UNIX_NAME_BYTES_MAX:
+        raise ValueError(f"invalid unix socket path {path!r}: longer than {_native.UNIX_NAME_BYTES_MAX} bytes")
+    return raw
+
+
+def _unix_names(paths: UnixPath | Iterable[UnixPath]) -> list[bytes]:
+    if isinstance(paths, (str, bytes, os.PathLike)):
+        items: Iterable[object] = [paths]
+    else:
+        try:
+            items = iter(paths)
+        except TypeError:
+            raise TypeError(f"paths must be a path or an iterable of paths, not {type(paths).__name__}") from None
+    return list(dict.fromkeys(_unix_name(item) for item in items))
+
+
+def _unix_entry(name: bytes) -> _native.UnixEntry:
+    entry = _native.UnixEntry()
+    entry.name_len = len(name)
+    entry.name[: len(name)] = name
+    return entry
+
+
+def unix_listener_stats(paths: UnixPath | Iterable[UnixPath] | None = None) -> dict[str, ListenStats]:
+    """Unix listener statistics keyed by path ("@name" for abstract sockets).
+
+    `paths=None` reports every unix listener; otherwise the requested paths
+    (str, bytes or path-like; one or many), in request order, without those
+    that have no listener. Paths are matched as bound, not resolved.
+    """
+    names = None if paths is None else _unix_names(paths)
+    if names is not None and not names:
+        return {}
+    try:
+        with InetDiagSocket() as sock:
+            if names is None:
+                found = sock._unix_all_listeners()
+                return {
+                    _unix_key(bytes(entry.name[: entry.name_len])): ListenStats(entry.active, entry.queued)
+                    for entry in found
+                }
+            entries = sock._unix_stats([_unix_entry(name) for name in names])
+    except OSError as error:
+        if error.errno not in _UNIX_DIAG_MISSING:
+            raise
+        return _proc_unix_listener_stats(names)
+    return {
+        _unix_key(name): ListenStats(entry.active, entry.queued)
+        for name, entry in zip(names, entries)
+        if entry.listeners > 0
+    }
+
+
+_PROC_UNIX_LINE = re.compile(
+    rb"^\s*[0-9A-Fa-f]+: [0-9A-Fa-f]+ [0-9A-Fa-f]+ ([0-9A-Fa-f]+) [0-9A-Fa-f]+ ([0-9A-Fa-f]+) +(\d+) (.+)$"
+)
+
+
+def parse_proc_net_unix(text: bytes) -> dict[str, list[int]]:
+    """Counts from /proc/net/unix: {key: [listeners, active, queued]}.
+
+    A listener has __SO_ACCEPTCON in its flags; connections waiting in its
+    accept queue are named SS_CONNECTING sockets with no inode; accepted ones
+    are named SS_CONNECTED sockets (client sockets are unnamed).
+    """
+    counts: dict[str, list[int]] = {}
+    lines = text.split(b"\n")[1:]
+    parsed = [match.groups() for match in map(_PROC_UNIX_LINE.match, lines) if match is not None]
+    for flags, _, _, path in parsed:
+        if int(flags, 16) & _SO_ACCEPTCON:
+            counts.setdefault(os.fsdecode(path), [0, 0, 0])[0] += 1
+    for flags, state, inode, path in parsed:
+        entry = counts.get(os.fsdecode(path))
+        if entry is None or int(flags, 16) & _SO_ACCEPTCON:
+            continue
+        if int(state, 16) == _SS_CONNECTING and int(inode) == 0:
+            entry[2] += 1
+        elif int(state, 16) == _SS_CONNECTED:
+            entry[1] += 1
+    return counts
+
+
+def _proc_unix_listener_stats(names: list[bytes] | None) -> dict[str, ListenStats]:
+    with open(_PROC_NET_UNIX, "rb") as proc:
+        counts = parse_proc_net_unix(proc.read())
+    # /proc prints abstract names with a leading "@" and NULs as "@", like _unix_key.
+    keys = list(counts) if names is None else [_unix_key(name) for name in names]
+    return {key: ListenStats(counts[key][1], counts[key][2]) for key in keys if key in counts}

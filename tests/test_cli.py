@@ -1,0 +1,130 @@
+"""`raindrops listeners` end to end, as a user runs it."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from raindrops.cli import main
+
+
+def run(*args: str, timeout_s: float = 30) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "raindrops", *args], capture_output=True, text=True, timeout=timeout_s
+    )
+
+
+@pytest.fixture
+def busy_listener() -> Iterator[str]:
+    """127.0.0.1:P with one accepted and two queued connections."""
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(16)
+        address = "%s:%d" % server.getsockname()
+        clients = [socket.create_connection(server.getsockname(), timeout=5) for _ in range(3)]
+        accepted, _ = server.accept()
+        time.sleep(0.01)
+        try:
+            yield address
+        finally:
+            accepted.close()
+            for client in clients:
+                client.close()
+
+
+def test_text_report_of_one_address(busy_listener: str) -> None:
+    result = run("listeners", busy_listener)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.split() == ["timestamp", "address", "active", "queued"]
+    (line,) = result.stdout.splitlines()
+    stamp, address, active, queued = line.split()
+    assert stamp.endswith("Z") and "T" in stamp
+    assert (address, active, queued) == (busy_listener, "1", "2")
+
+
+def test_json_and_prometheus_formats(busy_listener: str) -> None:
+    report = json.loads(run("listeners", busy_listener, "--format", "json").stdout)
+    assert report["listeners"] == {busy_listener: {"active": 1, "queued": 2}}
+    text = run("listeners", busy_listener, "--format", "prometheus").stdout
+    assert f'raindrops_listener_active{{listener="{busy_listener}"}} 1' in text
+    assert f'raindrops_listener_queued{{listener="{busy_listener}"}} 2' in text
+    assert "# TYPE raindrops_listener_queued gauge" in text
+
+
+def test_default_shows_every_listener_including_unix(busy_listener: str, tmp_path: Path) -> None:
+    path = str(tmp_path / "s.sock")
+    with socket.socket(socket.AF_UNIX) as unix:
+        unix.bind(path)
+        unix.listen(4)
+        report = json.loads(run("listeners", "--format", "json").stdout)
+    assert report["listeners"][busy_listener] == {"active": 1, "queued": 2}
+    assert report["listeners"][path] == {"active": 0, "queued": 0}
+
+
+def test_interval_count_and_queued_min(busy_listener: str) -> None:
+    result = run("listeners", busy_listener, "--interval", "0.05", "--count", "3")
+    assert len(result.stdout.splitlines()) == 3
+    assert run("listeners", busy_listener, "--queued-min", "3").stdout == ""
+    assert len(run("listeners", busy_listener, "--queued-min", "2").stdout.splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["listeners", "foo"],
+        ["listeners", "1.2.3.4:99999"],
+        ["listeners", "--interval", "0"],
+        ["listeners", "--interval", "x"],
+        ["listeners", "--count", "0"],
+        ["listeners", "--queued-min", "-1"],
+        ["listeners", "--format", "xml"],
+        ["nonsense"],
+        [],
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(args: list[str]) -> None:
+    result = run(*args)
+    assert result.returncode == 2
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_ctrl_c_ends_quietly(busy_listener: str) -> None:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "raindrops", "listeners", busy_listener, "--interval", "0.05"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stdout is not None
+    process.stdout.readline()
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=10)
+    assert process.returncode == 130
+    assert "Traceback" not in err
+
+
+def test_closed_pipe_ends_quietly(busy_listener: str) -> None:
+    pipeline = subprocess.run(
+        f"{sys.executable} -m raindrops listeners {busy_listener} --interval 0.01 | head -n 2",
+        shell=True,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert len(pipeline.stdout.splitlines()) == 2
+    assert "Traceback" not in pipeline.stderr and "Broken pipe" not in pipeline.stderr
+
+
+def test_main_in_process(busy_listener: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["listeners", busy_listener, "--format", "json"]) == 0
+    assert json.loads(capsys.readouterr().out)["listeners"][busy_listener]["queued"] == 2
+

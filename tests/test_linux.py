@@ -1,0 +1,345 @@
+"""Listener statistics against real sockets on loopback, read from the kernel over netlink."""
+
+from __future__ import annotations
+
+import os
+import resource
+import socket
+import threading
+import time
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from raindrops import linux
+from raindrops.linux import ListenStats
+
+V4 = socket.AF_INET
+V6 = socket.AF_INET6
+
+
+@pytest.fixture
+def sockets() -> Iterator[ExitStack]:
+    """Closes every socket a test opens, whatever happens."""
+    with ExitStack() as stack:
+        yield stack
+
+
+def listener(stack: ExitStack, host: str, *, port: int = 0, dual: bool = False, reuse_port: bool = False) -> socket.socket:
+    family = V6 if ":" in host else V4
+    server = stack.enter_context(socket.socket(family, socket.SOCK_STREAM))
+    if family == V6:
+        server.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0 if dual else 1)
+    if reuse_port:
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    server.bind((host, port))
+    server.listen(4096)
+    return server
+
+
+def connect(stack: ExitStack, host: str, port: int) -> socket.socket:
+    client = stack.enter_context(socket.create_connection((host, port), timeout=5))
+    return client
+
+
+def accept(stack: ExitStack, server: socket.socket) -> socket.socket:
+    connection, _ = server.accept()
+    return stack.enter_context(connection)
+
+
+def port_of(server: socket.socket) -> int:
+    return int(server.getsockname()[1])
+
+
+def wait_for(predicate: object, timeout_s: float = 5.0) -> None:
+    """Polls until the kernel's view settles (a handshake completes asynchronously)."""
+    deadline = time.monotonic() + timeout_s
+    while not predicate():  # type: ignore[operator]
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached")
+        time.sleep(0.005)
+
+
+def test_listen_stats_is_a_named_tuple_with_total() -> None:
+    stats = ListenStats(active=2, queued=3)
+    assert stats == (2, 3) and stats.total == 5
+    assert stats.active == 2 and stats.queued == 3
+
+
+def test_ipv4_exact_wildcard_and_all(sockets: ExitStack) -> None:
+    server = listener(sockets, "127.0.0.1")
+    port = port_of(server)
+    connect(sockets, "127.0.0.1", port)
+    accept(sockets, server)
+    connect(sockets, "127.0.0.1", port)
+    key = f"127.0.0.1:{port}"
+    wait_for(lambda: linux.tcp_listener_stats(key).get(key) == (1, 1))
+    assert linux.tcp_listener_stats([key]) == {key: (1, 1)}
+    assert linux.tcp_listener_stats(f"0.0.0.0:{port}") == {f"0.0.0.0:{port}": (1, 1)}
+    both = linux.tcp_listener_stats([f"0.0.0.0:{port}", key])
+    assert both == {f"0.0.0.0:{port}": (1, 1), key: (1, 1)}, "one semantics for one or many addresses"
+    assert linux.tcp_listener_stats()[key] == (1, 1)
+    assert linux.tcp_listener_stats(None)[key] == (1, 1)
+
+
+def test_ipv4_wildcard_listener(sockets: ExitStack) -> None:
+    server = listener(sockets, "0.0.0.0")
+    port = port_of(server)
+    connect(sockets, "127.0.0.1", port)
+    accept(sockets, server)
+    connect(sockets, "127.0.0.1", port)
+    key = f"0.0.0.0:{port}"
+    wait_for(lambda: linux.tcp_listener_stats(key).get(key) == (1, 1))
+    everything = linux.tcp_listener_stats()
+    assert everything[key] == (1, 1)
+    assert f"127.0.0.1:{port}" not in everything, "connections to a wildcard listener are attributed to it"
+    assert linux.tcp_listener_stats(f"127.0.0.1:{port}") == {}, "no listener has that exact address"
+
+
+def test_ipv6_loopback(sockets: ExitStack) -> None:
+    server = listener(sockets, "::1")
+    port = port_of(server)
+    connect(sockets, "::1", port)
+    accept(sockets, server)
+    connect(sockets, "::1", port)
+    connect(sockets, "::1", port)
+    key = f"[::1]:{port}"
+    wait_for(lambda: linux.tcp_listener_stats(key).get(key) == (1, 2))
+    assert linux.tcp_listener_stats(f"[::]:{port}") == {f"[::]:{port}": (1, 2)}
+    assert linux.tcp_listener_stats(f"[0:0:0:0:0:0:0:1]:{port}") == {key: (1, 2)}, "keys are canonical"
+    assert linux.tcp_listener_stats()[key] == (1, 2)
+
+
+def test_dual_stack_listener_counts_both_families(sockets: ExitStack) -> None:
+    server = listener(sockets, "::", dual=True)
+    port = port_of(server)
+    connect(sockets, "127.0.0.1", port)
+    accept(sockets, server)
+    connect(sockets, "::1", port)
+    accept(sockets, server)
+    connect(sockets, "127.0.0.1", port)
+    key = f"[::]:{port}"
+    wait_for(lambda: linux.tcp_listener_stats(key).get(key) == (2, 1))
+    assert linux.tcp_listener_stats()[key] == (2, 1)
+    assert linux.tcp_listener_stats(f"[0:0::0]:{port}") == {key: (2, 1)}
+    assert linux.tcp_listener_stats([f"[0::0]:{port}", key]) == {key: (2, 1)}, "duplicates collapse"
+
+
+def test_queued_becomes_active_as_connections_are_accepted_and_closed(sockets: ExitStack) -> None:
+    server = listener(sockets, "127.0.0.1")
+    port = port_of(server)
+    key = f"127.0.0.1:{port}"
+    assert linux.tcp_listener_stats(key) == {key: (0, 0)}
+    for _ in range(3):
+        connect(sockets, "127.0.0.1", port)
+    wait_for(lambda: linux.tcp_listener_stats(key)[key] == (0, 3))
+    first = accept(sockets, server)
+    accept(sockets, server)
+    assert linux.tcp_listener_stats(key)[key] == (2, 1)
+    first.close()
+    assert linux.tcp_listener_stats(key)[key] == (1, 1)
+    accept(sockets, server)
+    assert linux.tcp_listener_stats(key)[key] == (2, 0)
+
+
+def test_reuseport_group_is_one_entry_with_summed_queue(sockets: ExitStack) -> None:
+    group = [listener(sockets, "127.0.0.1", reuse_port=True)]
+    port = port_of(group[0])
+    group += [listener(sockets, "127.0.0.1", port=port, reuse_port=True) for _ in range(3)]
+    for _ in range(12):
+        connect(sockets, "127.0.0.1", port)
+    key = f"127.0.0.1:{port}"
+    wait_for(lambda: linux.tcp_listener_stats(key)[key].queued == 12)
+    accepted = 0
+    for server in group:
+        server.setblocking(False)
+        try:
+            accept(sockets, server)
+            accepted += 1
+        except BlockingIOError:
+            pass
+    assert accepted >= 1
+    assert linux.tcp_listener_stats(key)[key] == (accepted, 12 - accepted)
+    assert linux.tcp_listener_stats()[key] == (accepted, 12 - accepted)
+
+
+def test_no_listener_no_entry_and_no_placeholder(sockets: ExitStack) -> None:
+    holder = listener(sockets, "127.0.0.1")
+    free_port = port_of(holder)
+    holder.close()
+    key = f"127.0.0.1:{free_port}"
+    assert linux.tcp_listener_stats(key) == {}
+    assert linux.tcp_listener_stats([key, key]) == {}
+    assert linux.tcp_listener_stats([]) == {}
+
+
+def test_request_order_is_kept(sockets: ExitStack) -> None:
+    ports = [port_of(listener(sockets, "127.0.0.1")) for _ in range(3)]
+    keys = [f"127.0.0.1:{port}" for port in reversed(ports)]
+    assert list(linux.tcp_listener_stats(keys)) == keys
+
+
+def test_five_thousand_accepted_connections_are_counted_exactly(sockets: ExitStack) -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    needed = 10_000 + 200
+    if hard < needed:
+        pytest.skip(f"RLIMIT_NOFILE hard limit {hard} < {needed}")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, needed), hard))
+    try:
+        server = listener(sockets, "127.0.0.1")
+        port = port_of(server)
+        for _ in range(5000):
+            connect(sockets, "127.0.0.1", port)
+            accept(sockets, server)
+        key = f"127.0.0.1:{port}"
+        assert linux.tcp_listener_stats(key) == {key: (5000, 0)}
+        assert linux.tcp_listener_stats()[key] == (5000, 0)
+        sockets.close()
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_no_file_descriptor_leak_over_a_thousand_calls(sockets: ExitStack) -> None:
+    server = listener(sockets, "127.0.0.1")
+    key = f"127.0.0.1:{port_of(server)}"
+    linux.tcp_listener_stats(key)
+    before = open_fds()
+    with linux.InetDiagSocket() as diag:
+        for _ in range(500):
+            linux.tcp_listener_stats(key)
+            linux.tcp_listener_stats([key], diag)
+        for _ in range(100):
+            linux.tcp_listener_stats(None, diag)
+            linux.unix_listener_stats()
+        for bad in ("foo", "1.2.3.4:99999"):
+            with pytest.raises(ValueError):
+                linux.tcp_listener_stats(bad)
+    assert open_fds() == before
+
+
+def test_four_threads_share_one_socket(sockets: ExitStack) -> None:
+    servers = [listener(sockets, "127.0.0.1") for _ in range(4)]
+    keys = [f"127.0.0.1:{port_of(server)}" for server in servers]
+    for index, server in enumerate(servers):
+        for _ in range(index):
+            connect(sockets, "127.0.0.1", port_of(server))
+    expected = {key: ListenStats(0, index) for index, key in enumerate(keys)}
+    wait_for(lambda: linux.tcp_listener_stats(keys) == expected)
+    errors: list[str] = []
+    with linux.InetDiagSocket() as diag:
+
+        def work(key: str) -> None:
+            for _ in range(200):
+                result = linux.tcp_listener_stats([key], diag)
+                if result != {key: expected[key]}:
+                    errors.append(f"{key}: {result}")
+                if linux.tcp_listener_stats(keys, diag) != expected:
+                    errors.append("multi")
+
+        threads = [threading.Thread(target=work, args=(key,)) for key in keys]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=60)
+    assert errors == []
+
+
+def test_closed_inet_diag_socket_is_refused() -> None:
+    diag = linux.InetDiagSocket()
+    diag.close()
+    diag.close()
+    with pytest.raises(ValueError):
+        linux.tcp_listener_stats(None, diag)
+
+
+BAD_ADDRESSES = [
+    "foo",
+    "foo:80",
+    "1.2.3.4:99999",
+    "1.2.3.4:65536",
+    "1.2.3.4:",
+    "1.2.3.4",
+    "1.2.3.4:-1",
+    "1.2.3.4:8x",
+    "1.2.3.4: 80",
+    "[::1]80",
+    "[::1:80",
+    "::1:80",
+    "[fe80::1%lo]:80",
+    "localhost:80",
+    "1.2.3:80",
+    "256.1.1.1:80",
+    "[1.2.3.4]:80",
+    ":80",
+    "",
+]
+
+
+@pytest.mark.parametrize("address", BAD_ADDRESSES)
+def test_bad_address_raises_value_error_naming_it(address: str) -> None:
+    with pytest.raises(ValueError) as caught:
+        linux.tcp_listener_stats(address)
+    assert repr(address) in str(caught.value) or address in str(caught.value)
+    with pytest.raises(ValueError):
+        linux.tcp_listener_stats(["127.0.0.1:80", address])
+
+
+@pytest.mark.parametrize("value", [5, [5], [None], 1.5, [b"127.0.0.1:80"]])
+def test_non_string_addresses_raise_type_error(value: object) -> None:
+    with pytest.raises(TypeError):
+        linux.tcp_listener_stats(value)  # type: ignore[arg-type]
+
+
+def unix_listener(stack: ExitStack, path: str | bytes) -> socket.socket:
+    server = stack.enter_context(socket.socket(socket.AF_UNIX, socket.SOCK_STREAM))
+    server.bind(path)
+    server.listen(64)
+    return server
+
+
+def unix_connect(stack: ExitStack, path: str | bytes) -> socket.socket:
+    client = stack.enter_context(socket.socket(socket.AF_UNIX, socket.SOCK_STREAM))
+    client.connect(path)
+    return client
+
+
+def test_unix_idle_pending_and_accepted(sockets: ExitStack, tmp_path: Path) -> None:
+    path = str(tmp_path / "app.sock")
+    server = unix_listener(sockets, path)
+    assert linux.unix_listener_stats([path]) == {path: (0, 0)}
+    assert linux.unix_listener_stats()[path] == (0, 0)
+    for _ in range(3):
+        unix_connect(sockets, path)
+    assert linux.unix_listener_stats([path]) == {path: (0, 3)}
+    accept(sockets, server)
+    assert linux.unix_listener_stats([path]) == {path: (1, 2)}
+    assert linux.unix_listener_stats()[path] == (1, 2)
+    missing = str(tmp_path / "missing.sock")
+    assert linux.unix_listener_stats([missing]) == {}
+
+
+def test_unix_non_utf8_path(sockets: ExitStack, tmp_path: Path) -> None:
+    path = os.fsencode(tmp_path) + b"/caf\xe9.sock"
+    server = unix_listener(sockets, path)
+    unix_connect(sockets, path)
+    accept(sockets, server)
+    unix_connect(sockets, path)
+    key = os.fsdecode(path)
+    assert linux.unix_listener_stats([path]) == {key: (1, 1)}
+    assert linux.unix_listener_stats([key]) == {key: (1, 1)}
+    assert linux.unix_listener_stats()[key] == (1, 1)
+
+
+def test_unix_abstract_socket(sockets: ExitStack) -> None:
+    name = f"\0raindrops-test-{os.getpid()}"
+    unix_listener(sockets, name)
+    unix_connect(sockets, name)
+    key = "@" + name[1:]
+    assert linux.unix_listener_stats()[key] == (0, 1)
+    assert linux.unix_listener_stats([key]) == {key: (0, 1)}

@@ -1,0 +1,86 @@
+"""TCPInfo reads the kernel's struct tcp_info of real sockets."""
+
+from __future__ import annotations
+
+import socket
+import time
+from typing import Iterator
+
+import pytest
+
+from raindrops import TCPInfo
+from raindrops.tcp_info import TCP_STATES
+
+
+@pytest.fixture
+def connection() -> Iterator[tuple[socket.socket, socket.socket, socket.socket]]:
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(16)
+        with socket.create_connection(server.getsockname(), timeout=5) as client:
+            accepted, _ = server.accept()
+            with accepted:
+                yield server, client, accepted
+
+
+def test_client_and_server_sockets_are_established(connection: tuple[socket.socket, ...]) -> None:
+    _, client, accepted = connection
+    client.sendall(b"x" * 1000)
+    assert accepted.recv(1000)
+    for sock in (client, accepted):
+        info = TCPInfo(sock)
+        assert info.state == TCP_STATES["ESTABLISHED"] == 1
+        assert info.snd_mss > 0 and info.rcv_mss > 0 and info.snd_cwnd > 0
+        assert info.rtt >= 0 and info.rttvar >= 0
+        assert info.total_retrans == 0
+    assert TCPInfo(client).bytes_acked >= 1000
+    assert TCPInfo(accepted.fileno()).bytes_received >= 1000
+
+
+def test_last_data_recv_grows_while_idle(connection: tuple[socket.socket, ...]) -> None:
+    _, client, accepted = connection
+    client.sendall(b"ping")
+    accepted.recv(4)
+    time.sleep(0.05)
+    assert TCPInfo(accepted).last_data_recv >= 40
+
+
+def test_listening_socket_reports_its_queue(connection: tuple[socket.socket, ...]) -> None:
+    server, _, _ = connection
+    with socket.create_connection(server.getsockname(), timeout=5), socket.create_connection(
+        server.getsockname(), timeout=5
+    ):
+        time.sleep(0.01)
+        info = TCPInfo(server)
+        assert info.state == TCP_STATES["LISTEN"] == 10
+        assert info.unacked == 2, "Linux puts the accept-queue length of a listener in unacked"
+        assert info.sacked == 16, "and its backlog in sacked"
+
+
+def test_states_table() -> None:
+    assert TCP_STATES["CLOSING"] == 11 and TCP_STATES["SYN_SENT"] == 2 and len(TCP_STATES) == 11
+
+
+def test_udp_and_unix_sockets_are_refused() -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp, pytest.raises((OSError, ValueError)):
+        TCPInfo(udp)
+    left, right = socket.socketpair()
+    with left, right, pytest.raises((OSError, ValueError)):
+        TCPInfo(left)
+
+
+def test_closed_and_bad_descriptors_are_refused() -> None:
+    sock = socket.socket()
+    sock.close()
+    with pytest.raises((OSError, ValueError)):
+        TCPInfo(sock)
+    with pytest.raises(OSError):
+        TCPInfo(10_000)
+    with pytest.raises((OSError, ValueError)):
+        TCPInfo(-1)
+
+
+@pytest.mark.parametrize("value", ["3", 1.5, None, b"x"])
+def test_bad_types_are_refused(value: object) -> None:
+    with pytest.raises(TypeError):
+        TCPInfo(value)  # type: ignore[arg-type]

@@ -1,0 +1,777 @@
+//! TCP listener statistics from inet_diag: request and bytecode builder, reply
+//! parser, and the counting itself, so that no Python object is made per socket.
+//!
+//! Query mode: the caller asks for addresses A:P. A LISTEN socket matches when
+//! it is on port P and its local address equals A (a v4 A also equals the
+//! v4-mapped ::ffff:A); a wildcard A (all zeros) matches every listener of its
+//! family on P (0.0.0.0 also covers v4-mapped AF_INET6 sockets). queued sums
+//! the accept queues (idiag_rqueue) of the matching listeners; active counts
+//! accepted (inode != 0) ESTABLISHED sockets matched by the same rule.
+//!
+//! All-listeners mode: every LISTEN socket is a result keyed by (family,
+//! address, port), equal keys merged. An accepted ESTABLISHED socket counts
+//! for the listener of its exact local address and port, else for its family's
+//! wildcard listener on that port. Listeners are dumped first, in their own
+//! dumps, so the attribution does not depend on the kernel's dump order.
+const std = @import("std");
+const assert = std.debug.assert;
+const netlink = @import("netlink.zig");
+const status = @import("status.zig");
+
+const Status = status.Status;
+const ok = status.ok;
+
+pub const af_inet: u16 = 2;
+pub const af_inet6: u16 = 10;
+pub const ipproto_tcp: u8 = 6;
+pub const tcp_established: u8 = 1;
+pub const tcp_listen: u8 = 10;
+pub const states_listen: u32 = 1 << tcp_listen;
+pub const states_established: u32 = 1 << tcp_established;
+
+pub const request_v2_bytes: u32 = 56;
+pub const message_bytes: u32 = 72;
+const attribute_header_bytes: u32 = 4;
+const inet_diag_req_bytecode: u16 = 1;
+
+const bc_jmp: u8 = 1;
+const bc_s_ge: u8 = 2;
+const bc_s_le: u8 = 3;
+const bc_s_cond: u8 = 7;
+const op_bytes: u32 = 4;
+const hostcond_bytes: u32 = 8;
+/// The largest block: S_GE (8) + S_LE (8) + S_COND with an IPv6 address (28) + JMP (4).
+const block_bytes_max: u32 = 8 + 8 + op_bytes + hostcond_bytes + 16 + op_bytes;
+
+/// Queries per request: keeps every jump within the u16 `no` of an op.
+pub const queries_max: u32 = 256;
+pub const bytecode_bytes_max: u32 = queries_max * block_bytes_max;
+pub const request_bytes_max: u32 = netlink.header_bytes + request_v2_bytes + attribute_header_bytes + bytecode_bytes_max;
+
+comptime {
+    assert(bytecode_bytes_max + op_bytes <= std.math.maxInt(u16));
+    assert(attribute_header_bytes + bytecode_bytes_max <= std.math.maxInt(u16));
+}
+
+/// One requested address. Mirrored by `TcpQuery` in raindrops/_native.py.
+pub const Query = extern struct {
+    /// Network byte order; an IPv4 address fills the first 4 bytes, the rest zero.
+    address: [16]u8,
+    family: u16,
+    /// Host byte order.
+    port: u16,
+    /// 1 when `address` is all zeros (0.0.0.0 or ::).
+    wildcard: u8,
+    reserved: [3]u8,
+
+    comptime {
+        assert(@sizeOf(Query) == 24);
+    }
+};
+
+/// One listener's statistics. Mirrored by `TcpResult` in raindrops/_native.py.
+pub const Result = extern struct {
+    address: [16]u8,
+    family: u16,
+    port: u16,
+    /// LISTEN sockets matched; 0 means no listener (the caller drops the entry).
+    listeners: u32,
+    active: u64,
+    queued: u64,
+
+    comptime {
+        assert(@sizeOf(Result) == 40);
+    }
+};
+
+/// The fields of one inet_diag_msg that the counting needs.
+pub const Socket = struct {
+    family: u16,
+    state: u8,
+    port: u16,
+    address: [16]u8,
+    rqueue: u32,
+    inode: u32,
+};
+
+/// Parses one inet_diag_msg; null when it is too short or of an unknown family.
+pub fn parseMessage(payload: []const u8) ?Socket {
+    if (payload.len < message_bytes) return null;
+    const family: u16 = payload[0];
+    if (family != af_inet and family != af_inet6) return null;
+    var socket: Socket = .{
+        .family = family,
+        .state = payload[1],
+        .port = std.mem.readInt(u16, payload[4..6], .big),
+        .address = payload[8..24].*,
+        .rqueue = netlink.readU32(payload, 56),
+        .inode = netlink.readU32(payload, 68),
+    };
+    if (family == af_inet) @memset(socket.address[4..], 0);
+    return socket;
+}
+
+const Key = struct {
+    port: u16,
+    family: u16,
+    address: [16]u8,
+
+    fn order(a: Key, b: Key) std.math.Order {
+        if (a.port != b.port) return std.math.order(a.port, b.port);
+        if (a.family != b.family) return std.math.order(a.family, b.family);
+        return std.mem.order(u8, &a.address, &b.address);
+    }
+
+    fn wildcardOf(family: u16, port: u16) Key {
+        return .{ .port = port, .family = family, .address = @splat(0) };
+    }
+
+    fn ofQuery(query: *const Query) Key {
+        return .{ .port = query.port, .family = query.family, .address = query.address };
+    }
+
+    fn ofResult(result: *const Result) Key {
+        return .{ .port = result.port, .family = result.family, .address = result.address };
+    }
+};
+
+const v4_mapped_prefix = [12]u8{ 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff };
+
+fn isV4Mapped(socket: *const Socket) bool {
+    return socket.family == af_inet6 and std.mem.eql(u8, socket.address[0..12], &v4_mapped_prefix);
+}
+
+/// The keys of every query that matches `socket` by the query-mode rule,
+/// without duplicates (a listener on 0.0.0.0 is its own wildcard).
+fn matchingKeys(socket: *const Socket, keys: *[4]Key) []const Key {
+    var count: usize = 0;
+    const exact = Key{ .port = socket.port, .family = socket.family, .address = socket.address };
+    appendUnique(keys, &count, exact);
+    if (isV4Mapped(socket)) {
+        var v4 = Key.wildcardOf(af_inet, socket.port);
+        v4.address[0..4].* = socket.address[12..16].*;
+        appendUnique(keys, &count, v4);
+        appendUnique(keys, &count, Key.wildcardOf(af_inet, socket.port));
+    }
+    appendUnique(keys, &count, Key.wildcardOf(socket.family, socket.port));
+    assert(count >= 1 and count <= keys.len);
+    return keys[0..count];
+}
+
+fn appendUnique(keys: *[4]Key, count: *usize, key: Key) void {
+    for (keys[0..count.*]) |existing| {
+        if (Key.order(existing, key) == .eq) return;
+    }
+    assert(count.* < keys.len);
+    keys[count.*] = key;
+    count.* += 1;
+}
+
+pub fn validQuery(query: *const Query) bool {
+    const zero = std.mem.allEqual(u8, &query.address, 0);
+    if (query.wildcard > 1 or (query.wildcard == 1) != zero) return false;
+    return switch (query.family) {
+        af_inet => std.mem.allEqual(u8, query.address[4..], 0),
+        af_inet6 => true,
+        else => false,
+    };
+}
+
+// Request building (pure).
+
+/// Builds a dump request for `family` and `states` into `out`, with a bytecode
+/// filter on the queries' ports (and exact addresses) when there are queries.
+/// Returns the request bytes, a prefix of `out`.
+pub fn buildRequest(out: []u8, family: u16, states: u32, sequence: u32, queries: []const Query) []u8 {
+    assert(family == af_inet or family == af_inet6);
+    assert(states != 0);
+    assert(queries.len <= queries_max);
+    assert(out.len >= request_bytes_max);
+    const request_start = netlink.header_bytes;
+    @memset(out[request_start..][0..request_v2_bytes], 0);
+    out[request_start] = @intCast(family);
+    out[request_start + 1] = ipproto_tcp;
+    netlink.writeU32(out, request_start + 4, states);
+    var length: u32 = request_start + request_v2_bytes;
+    if (queries.len > 0) {
+        const bytecode = buildBytecode(out[length + attribute_header_bytes ..], queries);
+        const attribute_bytes: u32 = attribute_header_bytes + @as(u32, @intCast(bytecode.len));
+        netlink.writeU16(out, length, @intCast(attribute_bytes));
+        netlink.writeU16(out, length + 2, inet_diag_req_bytecode);
+        length += attribute_bytes;
+    }
+    netlink.writeHeader(out, length, sequence);
+    return out[0..length];
+}
+
+fn blockBytes(query: *const Query) u32 {
+    const address_bytes: u32 = if (query.family == af_inet) 4 else 16;
+    const condition: u32 = if (query.wildcard == 1) 0 else op_bytes + hostcond_bytes + address_bytes;
+    return 8 + 8 + condition + op_bytes;
+}
+
+/// One block per query: S_GE port, S_LE port, S_COND address (unless a
+/// wildcard), JMP to the end (accept). A failing test jumps to the next block;
+/// in the last block it jumps 4 bytes past the end (reject).
+pub fn buildBytecode(out: []u8, queries: []const Query) []u8 {
+    assert(queries.len >= 1 and queries.len <= queries_max);
+    var total: u32 = 0;
+    for (queries) |*query| total += blockBytes(query);
+    assert(total <= bytecode_bytes_max and total <= out.len);
+    var offset: u32 = 0;
+    for (queries, 0..) |*query, index| {
+        const block_end = offset + blockBytes(query);
+        const fail_target = if (index + 1 == queries.len) total + op_bytes else block_end;
+        writeOp(out, offset, bc_s_ge, 8, fail_target - offset);
+        writeOp(out, offset + 4, 0, 0, query.port);
+        offset += 8;
+        writeOp(out, offset, bc_s_le, 8, fail_target - offset);
+        writeOp(out, offset + 4, 0, 0, query.port);
+        offset += 8;
+        if (query.wildcard == 0) {
+            const address_bytes: u32 = if (query.family == af_inet) 4 else 16;
+            const condition_bytes = op_bytes + hostcond_bytes + address_bytes;
+            writeOp(out, offset, bc_s_cond, condition_bytes, fail_target - offset);
+            out[offset + 4] = @intCast(query.family);
+            out[offset + 5] = @intCast(address_bytes * 8); // prefix_len: the whole address
+            netlink.writeU16(out, offset + 6, 0);
+            netlink.writeU32(out, offset + 8, @bitCast(@as(i32, -1))); // any port: checked above
+            @memcpy(out[offset + 12 ..][0..address_bytes], query.address[0..address_bytes]);
+            offset += condition_bytes;
+        }
+        // JMP always takes `no` at run time; the audit walks `yes`, which must be 4.
+        writeOp(out, offset, bc_jmp, op_bytes, total - offset);
+        offset += op_bytes;
+        assert(offset == block_end);
+    }
+    assert(offset == total);
+    return out[0..total];
+}
+
+fn writeOp(out: []u8, offset: u32, code: u8, yes: u32, no: u32) void {
+    assert(yes <= std.math.maxInt(u8));
+    assert(no <= std.math.maxInt(u16));
+    out[offset] = code;
+    out[offset + 1] = @intCast(yes);
+    netlink.writeU16(out, offset + 2, @intCast(no));
+}
+
+// Counting.
+
+const invalid: Status = netlink.errnoStatus(.INVAL);
+const families = [2]u16{ af_inet, af_inet6 };
+
+/// Binary search over `count` items sorted by key; `keyAt` gives item i's key.
+fn search(count: usize, context: anytype, key: Key, comptime keyAt: fn (@TypeOf(context), usize) Key) ?usize {
+    var low: usize = 0;
+    var high: usize = count;
+    var steps: u32 = 0;
+    while (low < high) : (steps += 1) {
+        assert(steps <= 64);
+        const middle = low + (high - low) / 2;
+        switch (Key.order(key, keyAt(context, middle))) {
+            .eq => return middle,
+            .gt => low = middle + 1,
+            .lt => high = middle,
+        }
+    }
+    return null;
+}
+
+/// Query mode: counts into results[i] for queries[i], found through `order`,
+/// the query indexes sorted by key.
+const QueryCounter = struct {
+    queries: []const Query,
+    results: []Result,
+    order: []const u16,
+
+    fn keyAt(counter: *const QueryCounter, position: usize) Key {
+        return Key.ofQuery(&counter.queries[counter.order[position]]);
+    }
+
+    pub fn message(counter: *QueryCounter, payload: []const u8) Status {
+        assert(counter.queries.len == counter.results.len);
+        const socket = parseMessage(payload) orelse return netlink.bad_message;
+        const listening = socket.state == tcp_listen;
+        // inode 0: still in the accept queue, counted by its listener's rqueue.
+        const accepted = socket.state == tcp_established and socket.inode != 0;
+        if (!listening and !accepted) return ok;
+        var keys: [4]Key = undefined;
+        for (matchingKeys(&socket, &keys)) |key| {
+            const position = search(counter.order.len, counter, key, keyAt) orelse continue;
+            const result = &counter.results[counter.order[position]];
+            if (listening) {
+                result.listeners +|= 1;
+                result.queued +|= socket.rqueue;
+            } else {
+                result.active +|= 1;
+            }
+        }
+        return ok;
+    }
+};
+
+/// Sorts the query indexes by key; false when two queries are equal.
+fn sortQueries(queries: []const Query, order: []u16) bool {
+    assert(order.len == queries.len);
+    assert(queries.len <= queries_max);
+    for (order, 0..) |*slot, index| slot.* = @intCast(index);
+    std.sort.pdq(u16, order, queries, struct {
+        fn less(context: []const Query, a: u16, b: u16) bool {
+            return Key.order(Key.ofQuery(&context[a]), Key.ofQuery(&context[b])) == .lt;
+        }
+    }.less);
+    for (1..order.len) |position| {
+        const previous = Key.ofQuery(&queries[order[position - 1]]);
+        if (Key.order(previous, Key.ofQuery(&queries[order[position]])) == .eq) return false;
+    }
+    return true;
+}
+
+/// Query mode: results[i] answers queries[i]. One filtered dump per family
+/// that can match, for LISTEN and ESTABLISHED sockets at once.
+pub fn queryStats(fd: i32, queries: []const Query, results: []Result) Status {
+    assert(queries.len == results.len);
+    if (queries.len == 0) return ok;
+    if (queries.len > queries_max) return invalid;
+    var any_v4 = false;
+    for (queries) |*query| {
+        if (!validQuery(query)) return invalid;
+        any_v4 = any_v4 or query.family == af_inet;
+    }
+    var order_buffer: [queries_max]u16 = undefined;
+    const order = order_buffer[0..queries.len];
+    if (!sortQueries(queries, order)) return invalid;
+    for (results, queries) |*result, *query| {
+        result.* = .{ .address = query.address, .family = query.family, .port = query.port, .listeners = 0, .active = 0, .queued = 0 };
+    }
+    var counter = QueryCounter{ .queries = queries, .results = results, .order = order };
+    var request_buffer: [request_bytes_max]u8 align(8) = undefined;
+    for (families) |family| {
+        // AF_INET sockets only match v4 queries; AF_INET6 ones may match both (v4-mapped).
+        if (family == af_inet and !any_v4) continue;
+        const request = buildRequest(&request_buffer, family, states_listen | states_established, netlink.sequenceNext(), queries);
+        const dumped = netlink.dump(fd, request, netlink.sock_diag_by_family, &counter);
+        if (dumped != ok) return dumped;
+    }
+    return ok;
+}
+
+/// All-listeners mode, first pass: one result per LISTEN socket.
+const ListenerCollector = struct {
+    results: []Result,
+    count: usize = 0,
+    /// LISTEN sockets seen, including those that did not fit in `results`.
+    seen: u64 = 0,
+
+    pub fn message(collector: *ListenerCollector, payload: []const u8) Status {
+        assert(collector.count <= collector.results.len);
+        const socket = parseMessage(payload) orelse return netlink.bad_message;
+        if (socket.state != tcp_listen) return ok;
+        collector.seen += 1;
+        // Out of room: keep draining the dump to learn how much room is needed.
+        if (collector.count == collector.results.len) return ok;
+        collector.results[collector.count] = .{
+            .address = socket.address,
+            .family = socket.family,
+            .port = socket.port,
+            .listeners = 1,
+            .active = 0,
+            .queued = socket.rqueue,
+        };
+        collector.count += 1;
+        return ok;
+    }
+};
+
+/// All-listeners mode, second pass: accepted connections to their listener.
+const ConnectionAttributor = struct {
+    /// Sorted by key, without duplicates.
+    results: []Result,
+
+    fn keyAt(results: []Result, position: usize) Key {
+        return Key.ofResult(&results[position]);
+    }
+
+    pub fn message(attributor: *ConnectionAttributor, payload: []const u8) Status {
+        const socket = parseMessage(payload) orelse return netlink.bad_message;
+        if (socket.state != tcp_established or socket.inode == 0) return ok;
+        const exact = Key{ .port = socket.port, .family = socket.family, .address = socket.address };
+        const position = search(attributor.results.len, attributor.results, exact, keyAt) orelse
+            search(attributor.results.len, attributor.results, Key.wildcardOf(socket.family, socket.port), keyAt) orelse
+            return ok;
+        attributor.results[position].active +|= 1;
+        return ok;
+    }
+};
+
+/// Sorts results by key and merges equal keys; returns the unique count.
+pub fn mergeListeners(results: []Result) usize {
+    std.sort.pdq(Result, results, {}, struct {
+        fn less(_: void, a: Result, b: Result) bool {
+            return Key.order(Key.ofResult(&a), Key.ofResult(&b)) == .lt;
+        }
+    }.less);
+    var unique: usize = 0;
+    for (results) |result| {
+        if (unique > 0 and Key.order(Key.ofResult(&results[unique - 1]), Key.ofResult(&result)) == .eq) {
+            results[unique - 1].listeners +|= result.listeners;
+            results[unique - 1].queued +|= result.queued;
+            results[unique - 1].active +|= result.active;
+        } else {
+            results[unique] = result;
+            unique += 1;
+        }
+    }
+    assert(unique <= results.len);
+    return unique;
+}
+
+/// All-listeners mode: fills results (sorted by port, family, address) and
+/// sets `count`. When results is too small, returns -ENOBUFS with `count` set
+/// to an upper bound of the room needed (the LISTEN sockets seen).
+pub fn allListeners(fd: i32, results: []Result, count: *u64) Status {
+    count.* = 0;
+    var request_buffer: [request_bytes_max]u8 align(8) = undefined;
+    var collector = ListenerCollector{ .results = results };
+    for (families) |family| {
+        const request = buildRequest(&request_buffer, family, states_listen, netlink.sequenceNext(), &.{});
+        const dumped = netlink.dump(fd, request, netlink.sock_diag_by_family, &collector);
+        if (dumped != ok) return dumped;
+    }
+    if (collector.seen > results.len) {
+        count.* = collector.seen;
+        return netlink.errnoStatus(.NOBUFS);
+    }
+    assert(collector.count == collector.seen);
+    const unique = mergeListeners(results[0..collector.count]);
+    var attributor = ConnectionAttributor{ .results = results[0..unique] };
+    for (families) |family| {
+        const request = buildRequest(&request_buffer, family, states_established, netlink.sequenceNext(), &.{});
+        const dumped = netlink.dump(fd, request, netlink.sock_diag_by_family, &attributor);
+        if (dumped != ok) return dumped;
+    }
+    count.* = unique;
+    return ok;
+}
+
+// Tests.
+
+/// A model of the kernel's inet_diag_bc_audit (net/ipv4/inet_diag.c).
+fn testAudit(bytecode: []const u8) bool {
+    var offset: usize = 0;
+    var remaining: i64 = @intCast(bytecode.len);
+    while (remaining > 0) {
+        const op = bytecode[offset..];
+        if (op.len < op_bytes) return false;
+        const code = op[0];
+        const yes: i64 = op[1];
+        const no: i64 = netlink.readU16(op, 2);
+        var min_bytes: i64 = op_bytes;
+        switch (code) {
+            bc_jmp => {},
+            bc_s_ge, bc_s_le => {
+                if (remaining < 8) return false;
+                min_bytes = 8;
+            },
+            bc_s_cond => {
+                if (remaining < op_bytes + hostcond_bytes) return false;
+                const address_bytes: i64 = switch (op[4]) {
+                    af_inet => 4,
+                    af_inet6 => 16,
+                    0 => 0,
+                    else => return false,
+                };
+                if (op[5] > 8 * address_bytes) return false;
+                min_bytes = op_bytes + hostcond_bytes + address_bytes;
+                if (remaining < min_bytes) return false;
+            },
+            else => return false,
+        }
+        if (no < min_bytes or no > remaining + 4 or @mod(no, 4) != 0) return false;
+        if (no < remaining and !testValidTarget(bytecode, remaining - no)) return false;
+        if (yes < min_bytes or yes > remaining + 4 or @mod(yes, 4) != 0) return false;
+        offset += @intCast(@min(yes, remaining));
+        remaining -= yes;
+    }
+    return remaining == 0;
+}
+
+/// The kernel's valid_cc: does walking `yes` from the start land `target` bytes before the end?
+fn testValidTarget(bytecode: []const u8, target: i64) bool {
+    var remaining: i64 = @intCast(bytecode.len);
+    var offset: usize = 0;
+    while (remaining >= 0) {
+        if (target > remaining) return false;
+        if (target == remaining) return true;
+        const yes = bytecode[offset + 1];
+        if (yes < 4 or yes % 4 != 0) return false;
+        remaining -= yes;
+        offset += yes;
+    }
+    return false;
+}
+
+/// A model of the kernel's inet_diag_bc_run, on a socket's local address and port.
+fn testRun(bytecode: []const u8, socket: *const Socket) bool {
+    var offset: usize = 0;
+    var remaining: i64 = @intCast(bytecode.len);
+    var steps: usize = 0;
+    while (remaining > 0) : (steps += 1) {
+        assert(steps <= bytecode.len / 4);
+        const op = bytecode[offset..];
+        var yes = true;
+        switch (op[0]) {
+            bc_jmp => yes = false,
+            bc_s_ge => yes = socket.port >= netlink.readU16(op, 6),
+            bc_s_le => yes = socket.port <= netlink.readU16(op, 6),
+            bc_s_cond => {
+                const family: u16 = op[4];
+                const prefix_bits = op[5];
+                assert(prefix_bits % 8 == 0);
+                const prefix_bytes = prefix_bits / 8;
+                const wanted = op[12..][0..prefix_bytes];
+                if (family != socket.family) {
+                    yes = family == af_inet and isV4Mapped(socket) and
+                        std.mem.eql(u8, socket.address[12..][0..prefix_bytes], wanted);
+                } else {
+                    yes = std.mem.eql(u8, socket.address[0..prefix_bytes], wanted);
+                }
+            },
+            else => unreachable,
+        }
+        const jump: i64 = if (yes) op[1] else netlink.readU16(op, 2);
+        remaining -= jump;
+        if (remaining > 0) offset += @intCast(jump);
+    }
+    return remaining == 0;
+}
+
+fn testQuery(family: u16, address: []const u8, port: u16) Query {
+    var query = std.mem.zeroes(Query);
+    query.family = family;
+    query.port = port;
+    @memcpy(query.address[0..address.len], address);
+    query.wildcard = @intFromBool(std.mem.allEqual(u8, &query.address, 0));
+    return query;
+}
+
+fn testSocket(family: u16, address: []const u8, port: u16, state: u8) Socket {
+    var socket = std.mem.zeroes(Socket);
+    socket.family = family;
+    socket.port = port;
+    socket.state = state;
+    socket.inode = 1;
+    @memcpy(socket.address[0..address.len], address);
+    return socket;
+}
+
+const loopback_v4 = [4]u8{ 127, 0, 0, 1 };
+const loopback_v6 = [16]u8{ 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1 };
+const mapped_loopback = [16]u8{ 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 127, 0, 0, 1 };
+
+test "bytecode passes the kernel audit and filters like the counting rule" {
+    const queries = [_]Query{
+        testQuery(af_inet, &loopback_v4, 8080),
+        testQuery(af_inet6, &.{}, 9090),
+        testQuery(af_inet, &.{}, 80),
+        testQuery(af_inet6, &loopback_v6, 443),
+    };
+    var out: [bytecode_bytes_max]u8 = undefined;
+    const bytecode = buildBytecode(&out, &queries);
+    try std.testing.expect(testAudit(bytecode));
+    const cases = [_]struct { socket: Socket, accepted: bool }{
+        .{ .socket = testSocket(af_inet, &loopback_v4, 8080, tcp_listen), .accepted = true },
+        .{ .socket = testSocket(af_inet, &.{ 127, 0, 0, 2 }, 8080, tcp_listen), .accepted = false },
+        .{ .socket = testSocket(af_inet6, &mapped_loopback, 8080, tcp_listen), .accepted = true },
+        .{ .socket = testSocket(af_inet, &loopback_v4, 8081, tcp_listen), .accepted = false },
+        .{ .socket = testSocket(af_inet6, &loopback_v6, 9090, tcp_listen), .accepted = true },
+        .{ .socket = testSocket(af_inet, &loopback_v4, 80, tcp_listen), .accepted = true },
+        .{ .socket = testSocket(af_inet6, &loopback_v6, 443, tcp_listen), .accepted = true },
+        .{ .socket = testSocket(af_inet6, &mapped_loopback, 443, tcp_listen), .accepted = false },
+        .{ .socket = testSocket(af_inet, &loopback_v4, 443, tcp_listen), .accepted = false },
+        .{ .socket = testSocket(af_inet, &loopback_v4, 1, tcp_listen), .accepted = false },
+        .{ .socket = testSocket(af_inet, &loopback_v4, 65535, tcp_listen), .accepted = false },
+    };
+    for (cases) |case| try std.testing.expectEqual(case.accepted, testRun(bytecode, &case.socket));
+}
+
+test "bytecode of the largest request passes the audit; jumps fit" {
+    var queries: [queries_max]Query = undefined;
+    for (&queries, 0..) |*query, index| query.* = testQuery(af_inet6, &loopback_v6, @intCast(index + 1));
+    var out: [request_bytes_max]u8 = undefined;
+    const request = buildRequest(&out, af_inet6, states_listen, 5, &queries);
+    try std.testing.expectEqual(@as(usize, request_bytes_max), request.len);
+    const bytecode = request[netlink.header_bytes + request_v2_bytes + attribute_header_bytes ..];
+    try std.testing.expect(testAudit(bytecode));
+    try std.testing.expect(testRun(bytecode, &testSocket(af_inet6, &loopback_v6, queries_max, tcp_listen)));
+    try std.testing.expect(!testRun(bytecode, &testSocket(af_inet6, &loopback_v6, queries_max + 1, tcp_listen)));
+}
+
+test "request header and inet_diag_req_v2 layout" {
+    var out: [request_bytes_max]u8 = undefined;
+    const request = buildRequest(&out, af_inet, states_listen | states_established, 42, &.{});
+    try std.testing.expectEqual(@as(usize, 72), request.len);
+    try std.testing.expectEqual(@as(u32, 72), netlink.readU32(request, 0));
+    try std.testing.expectEqual(@as(u16, 20), netlink.readU16(request, 4));
+    try std.testing.expectEqual(@as(u32, 42), netlink.readU32(request, 8));
+    try std.testing.expectEqual(@as(u8, af_inet), request[16]);
+    try std.testing.expectEqual(ipproto_tcp, request[17]);
+    try std.testing.expectEqual(@as(u32, 0x402), netlink.readU32(request, 20));
+}
+
+fn testMessage(out: *[message_bytes]u8, socket: Socket) void {
+    @memset(out, 0);
+    out[0] = @intCast(socket.family);
+    out[1] = socket.state;
+    std.mem.writeInt(u16, out[4..6], socket.port, .big);
+    out[8..24].* = socket.address;
+    netlink.writeU32(out, 56, socket.rqueue);
+    netlink.writeU32(out, 68, socket.inode);
+}
+
+test "parseMessage: fields, short and unknown-family messages" {
+    var bytes: [message_bytes]u8 = undefined;
+    var socket = testSocket(af_inet6, &mapped_loopback, 8080, tcp_listen);
+    socket.rqueue = 3;
+    socket.inode = 99;
+    testMessage(&bytes, socket);
+    const parsed = parseMessage(&bytes).?;
+    try std.testing.expectEqual(socket, parsed);
+    try std.testing.expect(parseMessage(bytes[0 .. message_bytes - 1]) == null);
+    bytes[0] = 1;
+    try std.testing.expect(parseMessage(&bytes) == null);
+}
+
+test "query counting: exact, wildcard, v4-mapped, embryos, reuseport" {
+    const queries = [_]Query{
+        testQuery(af_inet, &loopback_v4, 8080),
+        testQuery(af_inet, &.{}, 8080),
+        testQuery(af_inet6, &.{}, 8080),
+        testQuery(af_inet6, &loopback_v6, 8080),
+    };
+    var results: [queries.len]Result = undefined;
+    var order: [queries.len]u16 = undefined;
+    try std.testing.expect(sortQueries(&queries, &order));
+    for (&results) |*result| result.* = std.mem.zeroes(Result);
+    var counter = QueryCounter{ .queries = &queries, .results = &results, .order = &order };
+    var bytes: [message_bytes]u8 = undefined;
+    const sockets = [_]Socket{
+        // Two reuseport listeners on 127.0.0.1 with 2 and 3 queued.
+        .{ .family = af_inet, .state = tcp_listen, .port = 8080, .address = testSocket(af_inet, &loopback_v4, 0, 0).address, .rqueue = 2, .inode = 1 },
+        .{ .family = af_inet, .state = tcp_listen, .port = 8080, .address = testSocket(af_inet, &loopback_v4, 0, 0).address, .rqueue = 3, .inode = 2 },
+        // A dual-stack listener on [::].
+        .{ .family = af_inet6, .state = tcp_listen, .port = 8080, .address = @splat(0), .rqueue = 1, .inode = 3 },
+        testSocket(af_inet, &loopback_v4, 8080, tcp_established),
+        testSocket(af_inet6, &mapped_loopback, 8080, tcp_established),
+        testSocket(af_inet6, &loopback_v6, 8080, tcp_established),
+        // Still in an accept queue: not active.
+        .{ .family = af_inet, .state = tcp_established, .port = 8080, .address = testSocket(af_inet, &loopback_v4, 0, 0).address, .rqueue = 0, .inode = 0 },
+    };
+    for (sockets) |socket| {
+        testMessage(&bytes, socket);
+        try std.testing.expectEqual(ok, counter.message(&bytes));
+    }
+    // 127.0.0.1:8080: 2 listeners, queued 5, active: the v4 one and the v4-mapped one.
+    try std.testing.expectEqual(@as(u32, 2), results[0].listeners);
+    try std.testing.expectEqual(@as(u64, 5), results[0].queued);
+    try std.testing.expectEqual(@as(u64, 2), results[0].active);
+    // 0.0.0.0:8080: the same listeners (port-wide within AF_INET and v4-mapped).
+    try std.testing.expectEqual(@as(u32, 2), results[1].listeners);
+    try std.testing.expectEqual(@as(u64, 2), results[1].active);
+    // [::]:8080: the [::] listener; both AF_INET6 connections.
+    try std.testing.expectEqual(@as(u32, 1), results[2].listeners);
+    try std.testing.expectEqual(@as(u64, 1), results[2].queued);
+    try std.testing.expectEqual(@as(u64, 2), results[2].active);
+    // [::1]:8080: no listener with that address.
+    try std.testing.expectEqual(@as(u32, 0), results[3].listeners);
+    try std.testing.expectEqual(@as(u64, 1), results[3].active);
+    try std.testing.expectEqual(netlink.bad_message, counter.message(bytes[0..10]));
+}
+
+test "duplicate and invalid queries are refused" {
+    const queries = [_]Query{ testQuery(af_inet, &loopback_v4, 1), testQuery(af_inet, &loopback_v4, 1) };
+    var order: [2]u16 = undefined;
+    try std.testing.expect(!sortQueries(&queries, &order));
+    var bad = testQuery(af_inet, &loopback_v4, 1);
+    bad.wildcard = 1;
+    try std.testing.expect(!validQuery(&bad));
+    bad = testQuery(af_inet, &mapped_loopback, 1);
+    try std.testing.expect(!validQuery(&bad));
+    bad = testQuery(7, &loopback_v4, 1);
+    try std.testing.expect(!validQuery(&bad));
+    var results: [2]Result = undefined;
+    try std.testing.expectEqual(invalid, queryStats(-1, &queries, &results));
+}
+
+test "all-listeners: merge and attribution to exact, then wildcard" {
+    var results: [4]Result = undefined;
+    var collector = ListenerCollector{ .results = results[0..3] };
+    var bytes: [message_bytes]u8 = undefined;
+    const listeners = [_]Socket{
+        testSocket(af_inet, &.{}, 80, tcp_listen),
+        testSocket(af_inet, &loopback_v4, 80, tcp_listen),
+        testSocket(af_inet, &.{}, 80, tcp_listen),
+        testSocket(af_inet6, &.{}, 80, tcp_listen),
+    };
+    for (listeners) |socket| {
+        testMessage(&bytes, socket);
+        try std.testing.expectEqual(ok, collector.message(&bytes));
+    }
+    try std.testing.expectEqual(@as(u64, 4), collector.seen);
+    try std.testing.expectEqual(@as(usize, 3), collector.count);
+    collector = .{ .results = &results };
+    for (listeners) |socket| {
+        testMessage(&bytes, socket);
+        try std.testing.expectEqual(ok, collector.message(&bytes));
+    }
+    const unique = mergeListeners(results[0..collector.count]);
+    try std.testing.expectEqual(@as(usize, 3), unique);
+    var attributor = ConnectionAttributor{ .results = results[0..unique] };
+    const connections = [_]Socket{
+        testSocket(af_inet, &loopback_v4, 80, tcp_established),
+        testSocket(af_inet, &.{ 10, 0, 0, 1 }, 80, tcp_established),
+        testSocket(af_inet6, &mapped_loopback, 80, tcp_established),
+        testSocket(af_inet6, &loopback_v6, 81, tcp_established),
+    };
+    for (connections) |socket| {
+        testMessage(&bytes, socket);
+        try std.testing.expectEqual(ok, attributor.message(&bytes));
+    }
+    // Sorted: (80, AF_INET, 0.0.0.0), (80, AF_INET, 127.0.0.1), (80, AF_INET6, ::).
+    try std.testing.expectEqual(@as(u32, 2), results[0].listeners);
+    try std.testing.expectEqual(@as(u64, 1), results[0].active);
+    try std.testing.expectEqual(@as(u64, 1), results[1].active);
+    try std.testing.expectEqual(@as(u16, af_inet6), results[2].family);
+    try std.testing.expectEqual(@as(u64, 1), results[2].active);
+}
+
+test "fuzz: random messages and queries never read out of bounds" {
+    try std.testing.fuzz({}, fuzzCounting, .{});
+}
+
+fn fuzzCounting(_: void, smith: *std.testing.Smith) anyerror!void {
+    var queries: [4]Query = undefined;
+    for (&queries, 0..) |*query, index| {
+        var address: [16]u8 = undefined;
+        smith.bytes(&address);
+        const family = if (address[0] & 1 == 0) af_inet else af_inet6;
+        const zero = address[1] & 1 == 0;
+        query.* = testQuery(family, if (zero) &.{} else if (family == af_inet) address[0..4] else &address, @intCast(index));
+    }
+    var out: [bytecode_bytes_max]u8 = undefined;
+    const bytecode = buildBytecode(&out, &queries);
+    try std.testing.expect(testAudit(bytecode));
+    var payload: [128]u8 = undefined;
+    const length = smith.slice(&payload);
+    var results: [queries.len]Result = undefined;
+    var order: [queries.len]u16 = undefined;
+    try std.testing.expect(sortQueries(&queries, &order));
+    var counter = QueryCounter{ .queries = &queries, .results = &results, .order = &order };
+    for (&results) |*result| result.* = std.mem.zeroes(Result);
+    _ = counter.message(payload[0..length]);
+    var listener_results: [2]Result = undefined;
+    var collector = ListenerCollector{ .results = &listener_results };
+    _ = collector.message(payload[0..length]);
+    if (parseMessage(payload[0..length])) |socket| try std.testing.expect(socket.family == af_inet or socket.family == af_inet6);
+}

@@ -1,0 +1,399 @@
+//! Unix-socket listener statistics from unix_diag, counted in place.
+//!
+//! For a listener name: queued is the accept-queue length of its LISTEN
+//! sockets (UNIX_DIAG_RQLEN rqueue, summed over listeners of that name);
+//! active counts ESTABLISHED sockets that carry the same name and an inode,
+//! i.e. accepted server-side sockets. Connections still in the accept queue
+//! have no inode and are not dumped by unix_diag at all (checked on 6.18);
+//! client sockets are unnamed, so they never match.
+const std = @import("std");
+const assert = std.debug.assert;
+const netlink = @import("netlink.zig");
+const status = @import("status.zig");
+
+const Status = status.Status;
+const ok = status.ok;
+const invalid: Status = netlink.errnoStatus(.INVAL);
+
+pub const af_unix: u8 = 1;
+pub const state_established: u8 = 1;
+pub const state_listen: u8 = 10;
+pub const states_listen: u32 = 1 << state_listen;
+pub const states_established: u32 = 1 << state_established;
+pub const show_name: u32 = 0x1;
+pub const show_rqlen: u32 = 0x10;
+pub const attribute_name: u16 = 0;
+pub const attribute_rqlen: u16 = 4;
+
+pub const request_bytes: u32 = 24;
+pub const message_bytes: u32 = 16;
+const attribute_header_bytes: u32 = 4;
+/// sizeof(sockaddr_un.sun_path).
+pub const name_bytes_max: u32 = 108;
+pub const queries_max: u32 = 256;
+/// Attributes per message; the kernel sends at most a handful.
+const attributes_max: u32 = 64;
+
+/// A requested name (query mode) or a listener found (all-listeners mode).
+/// Mirrored by `UnixEntry` in raindrops/_native.py.
+pub const Entry = extern struct {
+    active: u64,
+    queued: u64,
+    /// LISTEN sockets with this name; 0 means none (the caller drops the entry).
+    listeners: u32,
+    name_len: u32,
+    /// A path without its terminating NUL, or an abstract name: NUL then bytes.
+    name: [name_bytes_max]u8,
+    reserved: [4]u8,
+
+    comptime {
+        assert(@sizeOf(Entry) == 136);
+    }
+
+    fn nameSlice(entry: *const Entry) []const u8 {
+        assert(entry.name_len <= name_bytes_max);
+        return entry.name[0..entry.name_len];
+    }
+};
+
+pub const Socket = struct {
+    state: u8,
+    inode: u32,
+    /// Null for an unnamed socket.
+    name: ?[]const u8,
+    /// Accept-queue length for a listener; null when the kernel did not say.
+    rqueue: ?u32,
+};
+
+/// Parses one unix_diag_msg and its attributes; null when malformed.
+pub fn parseMessage(payload: []const u8) ?Socket {
+    if (payload.len < message_bytes) return null;
+    if (payload[0] != af_unix) return null;
+    var socket = Socket{ .state = payload[2], .inode = netlink.readU32(payload, 4), .name = null, .rqueue = null };
+    var offset: usize = message_bytes;
+    var attributes: u32 = 0;
+    while (offset < payload.len) : (attributes += 1) {
+        if (attributes == attributes_max) return null;
+        const rest = payload[offset..];
+        if (rest.len < attribute_header_bytes) return null;
+        const length = netlink.readU16(rest, 0);
+        if (length < attribute_header_bytes or length > rest.len) return null;
+        const value = rest[attribute_header_bytes..length];
+        switch (netlink.readU16(rest, 2)) {
+            attribute_name => socket.name = normalizedName(value) orelse return null,
+            attribute_rqlen => {
+                if (value.len < 8) return null;
+                socket.rqueue = netlink.readU32(value, 0);
+            },
+            else => {},
+        }
+        offset += @min(std.mem.alignForward(usize, length, netlink.alignment_bytes), rest.len);
+    }
+    return socket;
+}
+
+/// A path name ends at its first NUL (the kernel keeps the terminator);
+/// an abstract name (leading NUL) is taken byte for byte.
+fn normalizedName(value: []const u8) ?[]const u8 {
+    if (value.len > name_bytes_max) return null;
+    if (value.len == 0 or value[0] == 0) return value;
+    const end = std.mem.findScalar(u8, value, 0) orelse value.len;
+    return value[0..end];
+}
+
+/// Orders names by length, then bytes. In an abstract name a NUL after the
+/// first byte equals "@": ss(8) and /proc/net/unix print it so, and keys are
+/// made from that spelling, so a key asked for must find its socket.
+fn nameOrder(a: []const u8, b: []const u8) std.math.Order {
+    assert(a.len <= name_bytes_max and b.len <= name_bytes_max);
+    if (a.len != b.len) return std.math.order(a.len, b.len);
+    if (a.len == 0) return .eq;
+    if (a[0] != b[0]) return std.math.order(a[0], b[0]);
+    if (a[0] != 0) return std.mem.order(u8, a, b);
+    for (a[1..], b[1..]) |byte_a, byte_b| {
+        const order = std.math.order(abstractByte(byte_a), abstractByte(byte_b));
+        if (order != .eq) return order;
+    }
+    return .eq;
+}
+
+fn abstractByte(byte: u8) u8 {
+    return if (byte == 0) '@' else byte;
+}
+
+fn search(count: usize, context: anytype, name: []const u8, comptime nameAt: fn (@TypeOf(context), usize) []const u8) ?usize {
+    var low: usize = 0;
+    var high: usize = count;
+    var steps: u32 = 0;
+    while (low < high) : (steps += 1) {
+        assert(steps <= 64);
+        const middle = low + (high - low) / 2;
+        switch (nameOrder(name, nameAt(context, middle))) {
+            .eq => return middle,
+            .gt => low = middle + 1,
+            .lt => high = middle,
+        }
+    }
+    return null;
+}
+
+pub fn buildRequest(out: *[netlink.header_bytes + request_bytes]u8, states: u32, show: u32, sequence: u32) []u8 {
+    assert(states != 0);
+    @memset(out, 0);
+    out[netlink.header_bytes] = af_unix;
+    netlink.writeU32(out, netlink.header_bytes + 4, states);
+    netlink.writeU32(out, netlink.header_bytes + 12, show);
+    netlink.writeHeader(out, out.len, sequence);
+    return out;
+}
+
+/// Query mode: counts into entries[order[i]], sorted by name through `order`.
+const QueryCounter = struct {
+    entries: []Entry,
+    order: []const u16,
+
+    fn nameAt(counter: *const QueryCounter, position: usize) []const u8 {
+        return counter.entries[counter.order[position]].nameSlice();
+    }
+
+    pub fn message(counter: *QueryCounter, payload: []const u8) Status {
+        const socket = parseMessage(payload) orelse return netlink.bad_message;
+        const name = socket.name orelse return ok;
+        if (name.len == 0) return ok;
+        const position = search(counter.order.len, counter, name, nameAt) orelse return ok;
+        countSocket(&counter.entries[counter.order[position]], &socket);
+        return ok;
+    }
+};
+
+fn countSocket(entry: *Entry, socket: *const Socket) void {
+    if (socket.state == state_listen) {
+        entry.listeners +|= 1;
+        entry.queued +|= socket.rqueue orelse 0;
+    } else if (socket.state == state_established and socket.inode != 0) {
+        entry.active +|= 1;
+    }
+}
+
+fn sortQueries(entries: []const Entry, order: []u16) bool {
+    assert(order.len == entries.len);
+    assert(entries.len <= queries_max);
+    for (order, 0..) |*slot, index| slot.* = @intCast(index);
+    std.sort.pdq(u16, order, entries, struct {
+        fn less(context: []const Entry, a: u16, b: u16) bool {
+            return nameOrder(context[a].nameSlice(), context[b].nameSlice()) == .lt;
+        }
+    }.less);
+    for (1..order.len) |position| {
+        if (nameOrder(entries[order[position - 1]].nameSlice(), entries[order[position]].nameSlice()) == .eq) return false;
+    }
+    return true;
+}
+
+/// Query mode: entries carry the names asked for; their counts are filled in.
+pub fn queryStats(fd: i32, entries: []Entry) Status {
+    if (entries.len == 0) return ok;
+    if (entries.len > queries_max) return invalid;
+    for (entries) |*entry| {
+        if (entry.name_len == 0 or entry.name_len > name_bytes_max) return invalid;
+        entry.active = 0;
+        entry.queued = 0;
+        entry.listeners = 0;
+    }
+    var order_buffer: [queries_max]u16 = undefined;
+    const order = order_buffer[0..entries.len];
+    if (!sortQueries(entries, order)) return invalid;
+    var counter = QueryCounter{ .entries = entries, .order = order };
+    var request: [netlink.header_bytes + request_bytes]u8 = undefined;
+    _ = buildRequest(&request, states_listen | states_established, show_name | show_rqlen, netlink.sequenceNext());
+    return netlink.dump(fd, &request, netlink.sock_diag_by_family, &counter);
+}
+
+const ListenerCollector = struct {
+    entries: []Entry,
+    count: usize = 0,
+    seen: u64 = 0,
+
+    pub fn message(collector: *ListenerCollector, payload: []const u8) Status {
+        assert(collector.count <= collector.entries.len);
+        const socket = parseMessage(payload) orelse return netlink.bad_message;
+        if (socket.state != state_listen) return ok;
+        const name = socket.name orelse return ok;
+        if (name.len == 0) return ok;
+        collector.seen += 1;
+        if (collector.count == collector.entries.len) return ok;
+        const entry = &collector.entries[collector.count];
+        entry.* = std.mem.zeroes(Entry);
+        entry.name_len = @intCast(name.len);
+        @memcpy(entry.name[0..name.len], name);
+        countSocket(entry, &socket);
+        collector.count += 1;
+        return ok;
+    }
+};
+
+const ConnectionAttributor = struct {
+    entries: []Entry,
+
+    fn nameAt(entries: []Entry, position: usize) []const u8 {
+        return entries[position].nameSlice();
+    }
+
+    pub fn message(attributor: *ConnectionAttributor, payload: []const u8) Status {
+        const socket = parseMessage(payload) orelse return netlink.bad_message;
+        const name = socket.name orelse return ok;
+        if (socket.state != state_established or name.len == 0) return ok;
+        const position = search(attributor.entries.len, attributor.entries, name, nameAt) orelse return ok;
+        countSocket(&attributor.entries[position], &socket);
+        return ok;
+    }
+};
+
+fn mergeListeners(entries: []Entry) usize {
+    std.sort.pdq(Entry, entries, {}, struct {
+        fn less(_: void, a: Entry, b: Entry) bool {
+            return nameOrder(a.nameSlice(), b.nameSlice()) == .lt;
+        }
+    }.less);
+    var unique: usize = 0;
+    for (entries) |entry| {
+        if (unique > 0 and nameOrder(entries[unique - 1].nameSlice(), entry.nameSlice()) == .eq) {
+            entries[unique - 1].listeners +|= entry.listeners;
+            entries[unique - 1].queued +|= entry.queued;
+        } else {
+            entries[unique] = entry;
+            unique += 1;
+        }
+    }
+    return unique;
+}
+
+/// All-listeners mode: a LISTEN dump, then an ESTABLISHED dump. -ENOBUFS with
+/// `needed` set to an upper bound when `entries` is too small.
+pub fn allListeners(fd: i32, entries: []Entry, needed: *u64) Status {
+    needed.* = 0;
+    var request: [netlink.header_bytes + request_bytes]u8 = undefined;
+    var collector = ListenerCollector{ .entries = entries };
+    _ = buildRequest(&request, states_listen, show_name | show_rqlen, netlink.sequenceNext());
+    const listed = netlink.dump(fd, &request, netlink.sock_diag_by_family, &collector);
+    if (listed != ok) return listed;
+    if (collector.seen > entries.len) {
+        needed.* = collector.seen;
+        return netlink.errnoStatus(.NOBUFS);
+    }
+    const unique = mergeListeners(entries[0..collector.count]);
+    var attributor = ConnectionAttributor{ .entries = entries[0..unique] };
+    _ = buildRequest(&request, states_established, show_name, netlink.sequenceNext());
+    const attributed = netlink.dump(fd, &request, netlink.sock_diag_by_family, &attributor);
+    if (attributed != ok) return attributed;
+    needed.* = unique;
+    return ok;
+}
+
+// Tests.
+
+fn testMessage(out: []u8, state: u8, inode: u32, name: ?[]const u8, rqueue: ?u32) []u8 {
+    @memset(out, 0);
+    out[0] = af_unix;
+    out[1] = 1;
+    out[2] = state;
+    netlink.writeU32(out, 4, inode);
+    var offset: usize = message_bytes;
+    if (name) |bytes| {
+        netlink.writeU16(out, offset, @intCast(attribute_header_bytes + bytes.len));
+        netlink.writeU16(out, offset + 2, attribute_name);
+        @memcpy(out[offset + 4 ..][0..bytes.len], bytes);
+        offset += std.mem.alignForward(usize, attribute_header_bytes + bytes.len, 4);
+    }
+    if (rqueue) |value| {
+        netlink.writeU16(out, offset, 12);
+        netlink.writeU16(out, offset + 2, attribute_rqlen);
+        netlink.writeU32(out, offset + 4, value);
+        netlink.writeU32(out, offset + 8, 128);
+        offset += 12;
+    }
+    return out[0..offset];
+}
+
+test "parseMessage: name (path keeps no NUL, abstract kept), rqlen, malformed" {
+    var buffer: [256]u8 = undefined;
+    var socket = parseMessage(testMessage(&buffer, state_listen, 5, "/tmp/a.sock\x00", 3)).?;
+    try std.testing.expectEqualStrings("/tmp/a.sock", socket.name.?);
+    try std.testing.expectEqual(@as(?u32, 3), socket.rqueue);
+    try std.testing.expectEqual(state_listen, socket.state);
+    socket = parseMessage(testMessage(&buffer, state_established, 0, "\x00abs\x00x", null)).?;
+    try std.testing.expectEqualStrings("\x00abs\x00x", socket.name.?);
+    try std.testing.expectEqual(@as(?u32, null), socket.rqueue);
+    const message = testMessage(&buffer, state_listen, 5, "/p", 1);
+    var cut: usize = 0;
+    while (cut < message.len) : (cut += 1) {
+        // A cut inside a header or a value never parses; a cut in padding may.
+        const parsed = parseMessage(message[0..cut]);
+        if (cut < message_bytes or (cut > message_bytes and cut < message_bytes + 6)) {
+            try std.testing.expect(parsed == null);
+        }
+    }
+    netlink.writeU16(message, message_bytes, 2);
+    try std.testing.expect(parseMessage(message) == null);
+    const zeros: [16]u8 = @splat(0);
+    try std.testing.expect(parseMessage(&zeros) == null);
+}
+
+test "query and all-listeners counting" {
+    var entries: [2]Entry = undefined;
+    for (&entries, [_][]const u8{ "/b", "/a" }) |*entry, name| {
+        entry.* = std.mem.zeroes(Entry);
+        entry.name_len = @intCast(name.len);
+        @memcpy(entry.name[0..name.len], name);
+    }
+    var order: [2]u16 = undefined;
+    try std.testing.expect(sortQueries(&entries, &order));
+    var counter = QueryCounter{ .entries = &entries, .order = &order };
+    var buffer: [256]u8 = undefined;
+    try std.testing.expectEqual(ok, counter.message(testMessage(&buffer, state_listen, 1, "/a\x00", 2)));
+    try std.testing.expectEqual(ok, counter.message(testMessage(&buffer, state_listen, 2, "/a\x00", 1)));
+    try std.testing.expectEqual(ok, counter.message(testMessage(&buffer, state_established, 3, "/a\x00", null)));
+    try std.testing.expectEqual(ok, counter.message(testMessage(&buffer, state_established, 0, "/a\x00", null)));
+    try std.testing.expectEqual(ok, counter.message(testMessage(&buffer, state_established, 4, null, null)));
+    try std.testing.expectEqual(ok, counter.message(testMessage(&buffer, state_established, 4, "/c", null)));
+    try std.testing.expectEqual(@as(u32, 2), entries[1].listeners);
+    try std.testing.expectEqual(@as(u64, 3), entries[1].queued);
+    try std.testing.expectEqual(@as(u64, 1), entries[1].active);
+    try std.testing.expectEqual(@as(u32, 0), entries[0].listeners);
+
+    var found: [3]Entry = undefined;
+    var collector = ListenerCollector{ .entries = &found };
+    try std.testing.expectEqual(ok, collector.message(testMessage(&buffer, state_listen, 1, "/z", 2)));
+    try std.testing.expectEqual(ok, collector.message(testMessage(&buffer, state_listen, 2, "/y", 0)));
+    try std.testing.expectEqual(ok, collector.message(testMessage(&buffer, state_listen, 3, "/z", 1)));
+    try std.testing.expectEqual(ok, collector.message(testMessage(&buffer, state_listen, 4, null, 1)));
+    const unique = mergeListeners(found[0..collector.count]);
+    try std.testing.expectEqual(@as(usize, 2), unique);
+    var attributor = ConnectionAttributor{ .entries = found[0..unique] };
+    try std.testing.expectEqual(ok, attributor.message(testMessage(&buffer, state_established, 9, "/z", null)));
+    try std.testing.expectEqualStrings("/y", found[0].nameSlice());
+    try std.testing.expectEqual(@as(u64, 3), found[1].queued);
+    try std.testing.expectEqual(@as(u32, 2), found[1].listeners);
+    try std.testing.expectEqual(@as(u64, 1), found[1].active);
+
+    entries[0] = entries[1];
+    try std.testing.expect(!sortQueries(&entries, &order));
+
+    try std.testing.expectEqual(std.math.Order.eq, nameOrder("\x00a\x00b", "\x00a@b"));
+    try std.testing.expectEqual(std.math.Order.lt, nameOrder("/a\x00", "/a@"));
+}
+
+test "fuzz parseMessage: random payloads never read out of bounds" {
+    try std.testing.fuzz({}, fuzzParse, .{});
+}
+
+fn fuzzParse(_: void, smith: *std.testing.Smith) anyerror!void {
+    var payload: [256]u8 = undefined;
+    const length = smith.slice(&payload);
+    if (parseMessage(payload[0..length])) |socket| {
+        if (socket.name) |name| try std.testing.expect(name.len <= name_bytes_max);
+    }
+    var found: [1]Entry = undefined;
+    var collector = ListenerCollector{ .entries = &found };
+    _ = collector.message(payload[0..length]);
+}
