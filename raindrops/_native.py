@@ -12,7 +12,7 @@ import ctypes
 import errno
 import os
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 LIBRARY_PATH = Path(__file__).with_name("libraindrops.so")
 
@@ -57,7 +57,7 @@ def _load() -> tuple[ctypes.CDLL, ctypes.PyDLL]:
 _lib, _fast = _load()
 
 
-def _declare(handle: ctypes.CDLL, name: str, restype: object, argtypes: list[object] | None) -> Callable[..., object]:
+def _declare(handle: ctypes.CDLL, name: str, restype: object, argtypes: list[object] | None) -> Callable[..., Any]:
     function = getattr(handle, "raindrops_" + name)
     function.restype = restype
     if argtypes is not None:

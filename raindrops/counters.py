@@ -14,7 +14,7 @@ import mmap
 import operator
 import threading
 import weakref
-from typing import Any, Callable, ClassVar, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterable, Iterator
 
 from raindrops import _native
 
@@ -42,7 +42,7 @@ _ArgumentError = _native.ArgumentError
 def _integer(value: object, what: str) -> int:
     if isinstance(value, float) or not hasattr(value, "__index__"):
         raise TypeError(f"{what} must be an int, not {type(value).__name__}")
-    return operator.index(value)  # type: ignore[arg-type]
+    return operator.index(value)
 
 
 def _checked_value(value: object, what: str = "counter value") -> int:
@@ -198,12 +198,19 @@ class Raindrops:
             return pointers[position]
         return _native.counter_pointer(self._live(), position)
 
-    incr = _index_updater(
-        _incr_one, _incr, "Atomically adds `n` (default 1) to counter `index`; returns the new value."
-    )
-    decr = _index_updater(
-        _decr_one, _decr, "Atomically subtracts `n` (default 1) from counter `index`; returns the new value."
-    )
+    if TYPE_CHECKING:  # the signatures that the generated methods below implement
+
+        def incr(self, index: int, n: int = 1) -> int: ...
+
+        def decr(self, index: int, n: int = 1) -> int: ...
+
+    else:
+        incr = _index_updater(
+            _incr_one, _incr, "Atomically adds `n` (default 1) to counter `index`; returns the new value."
+        )
+        decr = _index_updater(
+            _decr_one, _decr, "Atomically subtracts `n` (default 1) from counter `index`; returns the new value."
+        )
 
     def __getitem__(self, index: int) -> int:
         try:

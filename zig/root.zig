@@ -187,7 +187,56 @@ export fn raindrops_tcp_info(fd: i32, buffer: ?[*]u8, capacity: u32, length: *u3
     return tcp_info.read(fd, buffer.?[0..capacity], length);
 }
 
+// ---------------------------------------------------------------------------
+// Shared histograms and the middleware's per-request accounting. The Board
+// and Histogram descriptors are built once per process by the caller and point
+// into a mapped segment that stays mapped until it is closed.
+
+const histogram = @import("histogram.zig");
+const scoreboard = @import("scoreboard.zig");
+
+export fn raindrops_board_bytes() u32 {
+    return @sizeOf(scoreboard.Board);
+}
+
+export fn raindrops_histogram_bytes() u32 {
+    return @sizeOf(histogram.Histogram);
+}
+
+/// Compare-and-swap on one counter; returns the value found (== expected on success).
+export fn raindrops_compare_swap(counter: *u64, expected: u64, desired: u64) u64 {
+    return @cmpxchgStrong(u64, counter, expected, desired, .seq_cst, .seq_cst) orelse expected;
+}
+
+export fn raindrops_histogram_observe(descriptor: *const histogram.Histogram, value: u64) Status {
+    if (!histogram.valid(descriptor)) return invalid;
+    histogram.observe(descriptor, value);
+    return status.ok;
+}
+
+export fn raindrops_board_valid(board: *const scoreboard.Board) u32 {
+    return @intFromBool(scoreboard.valid(board));
+}
+
+export fn raindrops_board_enter(board: *const scoreboard.Board) void {
+    scoreboard.enter(board);
+}
+
+export fn raindrops_board_respond(board: *const scoreboard.Board) void {
+    scoreboard.respond(board);
+}
+
+export fn raindrops_board_leave(board: *const scoreboard.Board, duration_ns: u64) void {
+    scoreboard.leave(board, duration_ns);
+}
+
+export fn raindrops_board_fail(board: *const scoreboard.Board, duration_ns: u64) void {
+    scoreboard.fail(board, duration_ns);
+}
+
 test {
+    _ = histogram;
+    _ = scoreboard;
     _ = status;
     _ = netlink;
     _ = inet_diag;
