@@ -8,7 +8,7 @@ ZIG_SOURCES := build.zig $(wildcard zig/*.zig)
 INSTALLED := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: build test zig-test pytest bench clean
+.PHONY: build test zig-test pytest bench demo clean
 
 build: $(INSTALLED) $(LIBRARY)
 
@@ -35,6 +35,23 @@ pytest: build
 
 bench: build
 	$(PY) benchmarks/bench_counters.py
+	$(PY) benchmarks/bench_listeners.py
+	$(PY) benchmarks/bench_middleware.py
+
+DEMO_BIND ?= 127.0.0.1:8080
+DEMO_WORKERS ?= 4
+DEMO_ARGS ?=
+
+# gunicorn with 4 workers serving raindrops.demo (an app wrapped in raindrops.Middleware).
+demo: build
+	@echo "raindrops demo on http://$(DEMO_BIND)/ (Ctrl-C stops it). Try:"
+	@echo "  curl http://$(DEMO_BIND)/_raindrops                      raindrops' text format"
+	@echo "  curl 'http://$(DEMO_BIND)/_raindrops?format=prometheus'  Prometheus"
+	@echo "  curl 'http://$(DEMO_BIND)/_raindrops?format=json'        JSON"
+	@echo "  curl 'http://$(DEMO_BIND)/slow?seconds=5' &              then watch calling rise"
+	@echo "  curl 'http://$(DEMO_BIND)/stream?chunks=50&delay=0.1'    writing while it streams"
+	@echo "  curl http://$(DEMO_BIND)/fail                            counts an error"
+	$(VENV)/bin/gunicorn --workers $(DEMO_WORKERS) --bind $(DEMO_BIND) $(DEMO_ARGS) raindrops.demo:app
 
 clean:
 	rm -rf $(VENV) zig-out .zig-cache $(LIBRARY) build dist .pytest_cache

@@ -6,6 +6,8 @@ every worker process of a server such as gunicorn or uWSGI.
 
 from raindrops.counters import MAX, PAGE_SIZE, SIZE, Raindrops, Struct, StructBase
 from raindrops.linux import ListenStats
+from raindrops.middleware import Middleware
+from raindrops.scoreboard import Scoreboard
 from raindrops.tcp_info import TCP_STATES, TCPInfo
 
 __version__ = "0.1.0"
@@ -16,7 +18,9 @@ __all__ = [
     "SIZE",
     "TCP_STATES",
     "ListenStats",
+    "Middleware",
     "Raindrops",
+    "Scoreboard",
     "Struct",
     "StructBase",
     "TCPInfo",

@@ -354,3 +354,62 @@ def tcp_info(fd: int) -> bytes:
             raise OSError(code, f"fd {fd} is not a TCP socket: getsockopt(TCP_INFO) failed: {os.strerror(code)}")
         _raise_errno(status, f"getsockopt(TCP_INFO) on fd {fd}")
     return buffer.raw[: length.value]
+
+
+# ---------------------------------------------------------------------------
+# Shared histograms and the middleware's request accounting (zig/histogram.zig,
+# zig/scoreboard.zig). Descriptors are built once per process; their pointers
+# target a segment view that stays mapped until the segment is closed.
+
+
+class Histogram(ctypes.Structure):
+    """Where a shared histogram's counters are; mirrors zig/histogram.zig."""
+
+    _fields_ = [("first", ctypes.c_void_p), ("stride", ctypes.c_uint64), ("buckets", ctypes.c_uint64)]
+
+
+class Board(ctypes.Structure):
+    """One process's view of the middleware's counters; mirrors zig/scoreboard.zig."""
+
+    _fields_ = [
+        ("calling", ctypes.c_void_p),
+        ("writing", ctypes.c_void_p),
+        ("requests", ctypes.c_void_p),
+        ("errors", ctypes.c_void_p),
+        ("busy_us", ctypes.c_void_p),
+        ("durations_us", Histogram),
+    ]
+
+
+_board_bytes = _declare(_lib, "board_bytes", _c.c_uint32, [])
+_histogram_bytes = _declare(_lib, "histogram_bytes", _c.c_uint32, [])
+if _board_bytes() != ctypes.sizeof(Board) or _histogram_bytes() != ctypes.sizeof(Histogram):
+    raise ImportError(f"raindrops: {LIBRARY_PATH} does not match this package (Board layout differs)")
+
+compare_swap = _declare(_fast, "compare_swap", _c.c_uint64, [_c.c_void_p, _c.c_uint64, _c.c_uint64])
+_histogram_observe = _declare(_fast, "histogram_observe", _c.c_int32, [_c.c_void_p, _c.c_uint64])
+_board_valid = _declare(_fast, "board_valid", _c.c_uint32, [_c.POINTER(Board)])
+# Called with a prepared pointer to a validated Board: see board_pointer().
+board_enter = _declare(_fast, "board_enter", None, None)
+board_respond = _declare(_fast, "board_respond", None, None)
+board_leave_long = _declare(_fast, "board_leave", None, [_c.c_void_p, _c.c_uint64])
+board_fail_long = _declare(_fast, "board_fail", None, [_c.c_void_p, _c.c_uint64])
+# The same two functions without argtypes: ctypes passes a Python int as a C int,
+# sign-extended to 64 bits, which is exact for 0 <= duration_us < 2**31 and
+# about 100 ns cheaper than a c_uint64 conversion. Callers pick by the value.
+SMALL_INT_MAX = 2**31 - 1
+board_leave = _fast["raindrops_board_leave"]
+board_leave.restype = None
+board_fail = _fast["raindrops_board_fail"]
+board_fail.restype = None
+
+
+def histogram_observe(histogram_pointer: CounterPointer, value: int) -> None:
+    _raise_for(_histogram_observe(histogram_pointer, value), "histogram descriptor")
+
+
+def descriptor_pointer(descriptor: ctypes.Structure) -> CounterPointer:
+    """A prepared pointer to a Histogram or Board; the caller keeps `descriptor` alive."""
+    if isinstance(descriptor, Board) and not _board_valid(ctypes.byref(descriptor)):
+        raise ValueError("incomplete middleware board")
+    return ctypes.c_void_p(ctypes.addressof(descriptor))

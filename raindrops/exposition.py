@@ -6,7 +6,9 @@ command line all print the same bytes for the same numbers.
 
 from __future__ import annotations
 
-from typing import Mapping, NamedTuple, Protocol
+from typing import Callable, Mapping, NamedTuple, Protocol
+
+from raindrops.histogram import HistogramSnapshot
 
 
 class Listen(Protocol):
@@ -34,9 +36,13 @@ def escape_label_value(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
+def _header(family: str, metric: Metric) -> str:
+    return f"# HELP {family} {metric.help}\n# TYPE {family} {metric.kind}\n"
+
+
 def prometheus_family(metric: Metric, samples: Mapping[str, int], label: str) -> str:
     """One metric family: HELP and TYPE lines, then one sample per label value."""
-    lines = [f"# HELP {metric.name} {metric.help}", f"# TYPE {metric.name} {metric.kind}"]
+    lines = [_header(metric.name, metric).rstrip("\n")]
     lines.extend(f'{metric.name}{{{label}="{escape_label_value(key)}"}} {value}' for key, value in samples.items())
     return "\n".join(lines) + "\n"
 
@@ -54,3 +60,109 @@ def listeners_prometheus(stats: Mapping[str, Listen]) -> str:
 
 def listeners_json(stats: Mapping[str, Listen]) -> dict[str, dict[str, int]]:
     return {address: {"active": stat.active, "queued": stat.queued} for address, stat in stats.items()}
+
+
+# The middleware's endpoint.
+
+PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+OPENMETRICS_CONTENT_TYPE = "application/openmetrics-text; version=1.0.0; charset=utf-8"
+_US_PER_SECOND = 1_000_000
+
+CALLING = Metric("raindrops_calling", "gauge", "Requests inside the application now, across all workers.")
+WRITING = Metric("raindrops_writing", "gauge", "Responses being written now, across all workers.")
+WORKERS = Metric("raindrops_workers", "gauge", "Live worker processes that have served a request.")
+REQUESTS = Metric("raindrops_requests", "counter", "Requests finished, failed ones included.")
+ERRORS = Metric("raindrops_request_errors", "counter", "Requests whose application raised an exception.")
+BUSY = Metric(
+    "raindrops_busy_seconds", "counter", "Time spent serving requests; its rate divided by workers is utilization."
+)
+DURATION = Metric(
+    "raindrops_request_duration_seconds", "histogram", "Time from the application call to the body's close()."
+)
+
+
+class Totals(Protocol):
+    """What the middleware's scoreboard reports (raindrops.scoreboard.Totals)."""
+
+    @property
+    def calling(self) -> int: ...
+    @property
+    def writing(self) -> int: ...
+    @property
+    def workers(self) -> int: ...
+    @property
+    def requests(self) -> int: ...
+    @property
+    def errors(self) -> int: ...
+    @property
+    def busy_seconds(self) -> float: ...
+    @property
+    def durations_us(self) -> HistogramSnapshot: ...
+
+
+def middleware_text(totals: Totals, listeners: Mapping[str, Listen]) -> str:
+    """raindrops' body, byte for byte: calling, writing, then two lines per listener."""
+    return f"calling: {totals.calling}\nwriting: {totals.writing}\n" + listeners_text(listeners)
+
+
+def _scalar(metric: Metric, value: float, openmetrics: bool) -> str:
+    """One sample; a counter's sample ends in _total, and so does its family except in OpenMetrics."""
+    sample = f"{metric.name}_total" if metric.kind == "counter" else metric.name
+    return _header(metric.name if openmetrics else sample, metric) + f"{sample} {value}\n"
+
+
+def _seconds(microseconds: int) -> str:
+    return repr(microseconds / _US_PER_SECOND)
+
+
+def histogram_prometheus(metric: Metric, snapshot: HistogramSnapshot, to_unit: Callable[[int], str]) -> str:
+    """A Prometheus histogram from a log2 snapshot; `to_unit` turns a bucket bound into the metric's unit."""
+    lines = [_header(metric.name, metric).rstrip("\n")]
+    lines.extend(f'{metric.name}_bucket{{le="{to_unit(bound)}"}} {count}' for bound, count in snapshot.cumulative())
+    lines.append(f'{metric.name}_bucket{{le="+Inf"}} {snapshot.count}')
+    lines.append(f"{metric.name}_sum {to_unit(snapshot.sum)}")
+    lines.append(f"{metric.name}_count {snapshot.count}")
+    return "\n".join(lines) + "\n"
+
+
+def middleware_prometheus(totals: Totals, listeners: Mapping[str, Listen], openmetrics: bool = False) -> str:
+    """The Prometheus text exposition format, or OpenMetrics (which ends with # EOF)."""
+    parts = [
+        _scalar(CALLING, totals.calling, openmetrics),
+        _scalar(WRITING, totals.writing, openmetrics),
+        _scalar(WORKERS, totals.workers, openmetrics),
+        _scalar(REQUESTS, totals.requests, openmetrics),
+        _scalar(ERRORS, totals.errors, openmetrics),
+        _scalar(BUSY, totals.busy_seconds, openmetrics),
+        histogram_prometheus(DURATION, totals.durations_us, _seconds),
+    ]
+    if listeners:
+        parts.append(listeners_prometheus(listeners))
+    if openmetrics:
+        parts.append("# EOF\n")
+    return "".join(parts)
+
+
+def histogram_json(snapshot: HistogramSnapshot) -> dict[str, object]:
+    return {
+        "count": snapshot.count,
+        "sum": snapshot.sum,
+        "min": snapshot.min,
+        "max": snapshot.max,
+        "mean": snapshot.mean,
+        "std_dev": snapshot.std_dev,
+        "buckets": {str(snapshot.upper_bound(bucket)): count for bucket, count in enumerate(snapshot.buckets) if count},
+    }
+
+
+def middleware_json(totals: Totals, listeners: Mapping[str, Listen]) -> dict[str, object]:
+    return {
+        "calling": totals.calling,
+        "writing": totals.writing,
+        "workers": totals.workers,
+        "requests_total": totals.requests,
+        "request_errors_total": totals.errors,
+        "busy_seconds_total": totals.busy_seconds,
+        "request_duration_us": histogram_json(totals.durations_us),
+        "listeners": listeners_json(listeners),
+    }

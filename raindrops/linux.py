@@ -358,3 +358,48 @@ def _proc_unix_listener_stats(names: list[bytes] | None) -> dict[str, ListenStat
     # /proc prints abstract names with a leading "@" and NULs as "@", like _unix_key.
     keys = list(counts) if names is None else [_unix_key(name) for name in names]
     return {key: ListenStats(counts[key][1], counts[key][2]) for key in keys if key in counts}
+
+
+# ---------------------------------------------------------------------------
+# The listeners a process holds (a prefork worker inherits its master's).
+
+_PROC_SELF_FD = "/proc/self/fd"
+_FDS_MAX = 65536
+
+
+def _listener_key(sock: socket.socket) -> str | None:
+    if sock.type != socket.SOCK_STREAM or not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+        return None
+    name = sock.getsockname()
+    if sock.family == socket.AF_INET:
+        return _key(_AF_INET, socket.inet_pton(socket.AF_INET, name[0]), name[1])
+    if sock.family == socket.AF_INET6:
+        return _key(socket.AF_INET6, socket.inet_pton(socket.AF_INET6, name[0]), name[1])
+    if sock.family == socket.AF_UNIX and name:
+        return _unix_key(name if isinstance(name, bytes) else os.fsencode(name))
+    return None
+
+
+def process_listeners() -> list[str]:
+    """Keys of every listening TCP and unix stream socket open in this process.
+
+    A prefork worker inherits the master's listeners, so this finds what the
+    server listens on without any configuration.
+    """
+    keys: list[str] = []
+    for entry in list(os.scandir(_PROC_SELF_FD))[:_FDS_MAX]:
+        try:
+            if not os.readlink(entry.path).startswith("socket:"):
+                continue
+            sock = socket.socket(fileno=int(entry.name))
+        except OSError:
+            continue
+        try:
+            key = _listener_key(sock)
+        except OSError:
+            key = None
+        finally:
+            sock.detach()
+        if key is not None and key not in keys:
+            keys.append(key)
+    return keys

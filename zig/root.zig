@@ -226,12 +226,12 @@ export fn raindrops_board_respond(board: *const scoreboard.Board) void {
     scoreboard.respond(board);
 }
 
-export fn raindrops_board_leave(board: *const scoreboard.Board, duration_ns: u64) void {
-    scoreboard.leave(board, duration_ns);
+export fn raindrops_board_leave(board: *const scoreboard.Board, duration_us: u64) void {
+    scoreboard.leave(board, duration_us);
 }
 
-export fn raindrops_board_fail(board: *const scoreboard.Board, duration_ns: u64) void {
-    scoreboard.fail(board, duration_ns);
+export fn raindrops_board_fail(board: *const scoreboard.Board, duration_us: u64) void {
+    scoreboard.fail(board, duration_us);
 }
 
 test {

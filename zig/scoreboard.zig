@@ -13,13 +13,13 @@ pub const Board = extern struct {
     writing: ?*u64,
     requests: ?*u64,
     errors: ?*u64,
-    busy_ns: ?*u64,
+    busy_us: ?*u64,
     durations_us: histogram.Histogram,
 };
 
 pub fn valid(board: *const Board) bool {
     return board.calling != null and board.writing != null and board.requests != null and
-        board.errors != null and board.busy_ns != null and histogram.valid(&board.durations_us);
+        board.errors != null and board.busy_us != null and histogram.valid(&board.durations_us);
 }
 
 pub fn enter(board: *const Board) void {
@@ -35,24 +35,24 @@ pub fn respond(board: *const Board) void {
 }
 
 /// The body was closed: the request is over.
-pub fn leave(board: *const Board, duration_ns: u64) void {
+pub fn leave(board: *const Board, duration_us: u64) void {
     assert(valid(board));
     _ = counters.sub(board.writing.?, 1);
-    finish(board, duration_ns);
+    finish(board, duration_us);
 }
 
 /// The application raised: the request is over without a body.
-pub fn fail(board: *const Board, duration_ns: u64) void {
+pub fn fail(board: *const Board, duration_us: u64) void {
     assert(valid(board));
     _ = counters.sub(board.calling.?, 1);
     _ = counters.add(board.errors.?, 1);
-    finish(board, duration_ns);
+    finish(board, duration_us);
 }
 
-fn finish(board: *const Board, duration_ns: u64) void {
+fn finish(board: *const Board, duration_us: u64) void {
     _ = counters.add(board.requests.?, 1);
-    _ = counters.add(board.busy_ns.?, duration_ns);
-    histogram.observe(&board.durations_us, duration_ns / std.time.ns_per_us);
+    _ = counters.add(board.busy_us.?, duration_us);
+    histogram.observe(&board.durations_us, duration_us);
 }
 
 test "a request walks calling, writing, then the totals" {
@@ -62,7 +62,7 @@ test "a request walks calling, writing, then the totals" {
         .writing = &slots[1],
         .requests = &slots[2],
         .errors = &slots[3],
-        .busy_ns = &slots[4],
+        .busy_us = &slots[4],
         .durations_us = .{ .first = @ptrCast(&slots[5]), .stride = 8, .buckets = 4 },
     };
     enter(&board);
@@ -70,10 +70,10 @@ test "a request walks calling, writing, then the totals" {
     respond(&board);
     try std.testing.expectEqual(@as(u64, 0), slots[0]);
     try std.testing.expectEqual(@as(u64, 1), slots[1]);
-    leave(&board, 3_000);
+    leave(&board, 3);
     enter(&board);
-    fail(&board, 1_000);
-    try std.testing.expectEqual([_]u64{ 0, 0, 2, 1, 4_000 }, slots[0..5].*);
+    fail(&board, 1);
+    try std.testing.expectEqual([_]u64{ 0, 0, 2, 1, 4 }, slots[0..5].*);
     try std.testing.expectEqual(@as(u64, 2), slots[5]);
     try std.testing.expectEqual(@as(u64, 4), slots[6]);
     try std.testing.expectEqual(@as(u64, 10), slots[7]);

@@ -1,0 +1,153 @@
+"""Middleware benchmark: what raindrops.Middleware adds to each request, in process.
+
+A request here is a WSGI call, iterating the body and closing it, with no
+socket, so that only the instrumentation is measured. Rows: the bare
+application; the application under raindrops.Middleware (calling, writing,
+requests, errors, busy time and a duration histogram, shared by all workers);
+and the same metrics from prometheus_client in multiprocess mode (an
+in-progress Gauge, a Counter and a Histogram, the usual instrumentation).
+Then the time to render the endpoint in each format with 4 live listeners.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import tempfile
+import time
+from contextlib import ExitStack
+from io import BytesIO
+from typing import Any, Callable, Iterable
+
+# prometheus_client picks its multiprocess value class at import time.
+_PROMETHEUS_DIR = tempfile.TemporaryDirectory(prefix="raindrops-bench-prometheus-")
+os.environ["PROMETHEUS_MULTIPROC_DIR"] = _PROMETHEUS_DIR.name
+
+from prometheus_client import Counter, Gauge, Histogram  # noqa: E402
+
+from _bench import ns_per_op, table  # noqa: E402
+from raindrops import Middleware  # noqa: E402
+
+ADDED_US_MAX = 1.5
+PROMETHEUS_RATIO_MAX = 0.5
+RENDER_MS_MAX = 1.0
+LISTENERS = 4
+
+Environ = dict[str, Any]
+App = Callable[[Environ, Callable[..., Any]], Iterable[bytes]]
+
+
+def application(environ: Environ, start_response: Callable[..., Any]) -> list[bytes]:
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [b"hello"]
+
+
+def prometheus_instrumented(app: App) -> App:
+    """The same metrics as the middleware, the way prometheus_client users write them."""
+    in_progress = Gauge("bench_in_progress", "in flight", multiprocess_mode="livesum")
+    requests = Counter("bench_requests", "requests")
+    errors = Counter("bench_errors", "errors")
+    durations = Histogram("bench_duration_seconds", "durations")
+
+    def instrumented(environ: Environ, start_response: Callable[..., Any]) -> Iterable[bytes]:
+        started = time.perf_counter()
+        in_progress.inc()
+        try:
+            return app(environ, start_response)
+        except BaseException:
+            errors.inc()
+            raise
+        finally:
+            in_progress.dec()
+            requests.inc()
+            durations.observe(time.perf_counter() - started)
+
+    return instrumented
+
+
+def start_response(status: str, headers: list[tuple[str, str]], exc_info: object = None) -> None:
+    return None
+
+
+def one_request(app: App, environ: Environ) -> None:
+    body = app(environ, start_response)
+    for _ in body:
+        pass
+    close = getattr(body, "close", None)
+    if close is not None:
+        close()
+
+
+def environ_for(path: str, query: str = "") -> Environ:
+    return {
+        "REQUEST_METHOD": "GET",
+        "PATH_INFO": path,
+        "QUERY_STRING": query,
+        "REMOTE_ADDR": "127.0.0.1",
+        "wsgi.input": BytesIO(),
+        "wsgi.multiprocess": False,
+    }
+
+
+def request_costs() -> dict[str, float]:
+    environ = environ_for("/")
+    apps: dict[str, App] = {
+        "bare application": application,
+        "raindrops.Middleware": Middleware(application, listeners=[]),
+        "prometheus_client multiprocess": prometheus_instrumented(application),
+    }
+    return {name: ns_per_op("one_request(app, environ)", {"one_request": one_request, "app": app, "environ": environ}) for name, app in apps.items()}
+
+
+def render_costs(stack: ExitStack) -> tuple[dict[str, float], list[str]]:
+    keys = []
+    for _ in range(LISTENERS):
+        server = stack.enter_context(socket.socket())
+        server.bind(("127.0.0.1", 0))
+        server.listen(64)
+        keys.append("127.0.0.1:%d" % server.getsockname()[1])
+    app = Middleware(application, listeners=keys)
+    one_request(app, environ_for("/"))
+    costs = {}
+    for form in ("text", "prometheus", "json"):
+        environ = environ_for("/_raindrops", f"format={form}")
+        costs[form] = ns_per_op("one_request(app, environ)", {"one_request": one_request, "app": app, "environ": environ}, repeats=3)
+    return costs, keys
+
+
+def verdict(passed: bool) -> str:
+    return "pass" if passed else "FAIL"
+
+
+def main() -> int:
+    costs = request_costs()
+    bare = costs["bare application"]
+    added = {name: cost - bare for name, cost in costs.items()}
+    print("1. per-request cost, in process (call, iterate, close; best of 5 timeit runs)")
+    print(table(["stack", "us/request", "added us"], [[name, f"{cost / 1000:.2f}", f"{added[name] / 1000:.2f}"] for name, cost in costs.items()]))
+    with ExitStack() as stack:
+        renders, keys = render_costs(stack)
+    print(f"\n2. endpoint render with {len(keys)} live listeners (netlink query included)")
+    print(table(["format", "ms/render"], [[form, f"{cost / 1e6:.3f}"] for form, cost in renders.items()]))
+    ours = added["raindrops.Middleware"] / 1000
+    ratio = added["raindrops.Middleware"] / added["prometheus_client multiprocess"]
+    slowest_ms = max(renders.values()) / 1e6
+    print("\ntargets")
+    print(
+        table(
+            ["target", "measured", "goal", "result"],
+            [
+                ["us added per request", f"{ours:.2f}", f"<= {ADDED_US_MAX}", verdict(ours <= ADDED_US_MAX)],
+                ["added / prometheus_client's added", f"{ratio:.2f}x", f"<= {PROMETHEUS_RATIO_MAX}x", verdict(ratio <= PROMETHEUS_RATIO_MAX)],
+                ["slowest endpoint render, ms", f"{slowest_ms:.3f}", f"<= {RENDER_MS_MAX}", verdict(slowest_ms <= RENDER_MS_MAX)],
+            ],
+        )
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        raise SystemExit(main())
+    finally:
+        _PROMETHEUS_DIR.cleanup()

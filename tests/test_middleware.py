@@ -1,0 +1,314 @@
+"""The middleware in one process: PEP 3333 details, the endpoint, the scoreboard's healing."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import threading
+import wsgiref.simple_server
+import wsgiref.util
+from http.client import HTTPConnection
+from io import BytesIO
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
+
+import pytest
+
+from raindrops import Middleware
+from raindrops.middleware import NAME_PREFIX, SHM_DIR, remove_stale_segments
+from raindrops.scoreboard import Scoreboard
+
+Environ = dict[str, Any]
+
+
+class Response:
+    def __init__(self) -> None:
+        self.status = ""
+        self.headers: dict[str, str] = {}
+
+    def __call__(self, status: str, headers: list[tuple[str, str]], exc_info: object = None) -> Callable[[bytes], None]:
+        self.status = status
+        self.headers = dict(headers)
+        return lambda data: None
+
+
+def environ(path: str = "/", **extra: str) -> Environ:
+    env: Environ = {
+        "REQUEST_METHOD": "GET",
+        "PATH_INFO": path,
+        "QUERY_STRING": "",
+        "REMOTE_ADDR": "127.0.0.1",
+        "wsgi.input": BytesIO(),
+        "wsgi.multiprocess": False,
+    }
+    env.update(extra)
+    return env
+
+
+def get(app: Middleware, path: str = "/_raindrops", **extra: str) -> tuple[Response, bytes]:
+    response = Response()
+    body = app(environ(path, **extra), response)
+    data = b"".join(body)
+    close = getattr(body, "close", None)
+    if close:
+        close()
+    return response, data
+
+
+def counts(app: Middleware) -> dict[str, Any]:
+    return json.loads(get(app, QUERY_STRING="format=json")[1])  # type: ignore[no-any-return]
+
+
+def hello(environ: Environ, start_response: Callable[..., Any]) -> list[bytes]:
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [b"hello"]
+
+
+def test_text_format_is_raindrops_byte_for_byte() -> None:
+    app = Middleware(hello, listeners=[])
+    response, body = get(app)
+    assert body == b"calling: 0\nwriting: 0\n"
+    assert response.status == "200 OK"
+    assert response.headers == {"Content-Type": "text/plain", "Content-Length": "22"}
+
+
+def test_calling_inside_the_app_and_writing_while_the_body_is_iterated() -> None:
+    seen: dict[str, bytes] = {}
+    app: Middleware
+
+    def inner(environ: Environ, start_response: Callable[..., Any]) -> Iterator[bytes]:
+        seen["calling"] = get(app)[1]
+        start_response("200 OK", [])
+
+        def body() -> Iterator[bytes]:
+            seen["writing"] = get(app)[1]
+            yield b"x"
+
+        return body()
+
+    app = Middleware(inner, listeners=[])
+    response = Response()
+    result = app(environ(), response)
+    assert b"".join(result) == b"x"
+    result.close()  # type: ignore[attr-defined]
+    assert seen == {"calling": b"calling: 1\nwriting: 0\n", "writing": b"calling: 0\nwriting: 1\n"}
+    assert get(app)[1] == b"calling: 0\nwriting: 0\n"
+
+
+def test_body_close_is_called_exactly_once_and_a_second_close_does_not_underflow() -> None:
+    closed: list[int] = []
+
+    class Body:
+        def __iter__(self) -> Iterator[bytes]:
+            yield b"a"
+
+        def close(self) -> None:
+            closed.append(1)
+
+    app = Middleware(lambda environ, start_response: Body(), listeners=[])  # type: ignore[arg-type,return-value]
+    result = app(environ(), Response())
+    list(result)
+    result.close()  # type: ignore[attr-defined]
+    result.close()  # type: ignore[attr-defined]
+    assert closed == [1]
+    assert counts(app)["writing"] == 0
+    assert counts(app)["requests_total"] == 1
+
+
+def test_exception_in_the_app_counts_an_error_and_leaves_nothing_raised() -> None:
+    def broken(environ: Environ, start_response: Callable[..., Any]) -> list[bytes]:
+        raise RuntimeError("boom")
+
+    app = Middleware(broken, listeners=[])
+    with pytest.raises(RuntimeError, match="boom"):
+        app(environ(), Response())
+    stats = counts(app)
+    assert (stats["calling"], stats["writing"], stats["requests_total"], stats["request_errors_total"]) == (0, 0, 1, 1)
+
+
+def test_exception_while_iterating_is_ended_by_close() -> None:
+    def failing_body(environ: Environ, start_response: Callable[..., Any]) -> Iterator[bytes]:
+        start_response("200 OK", [])
+        yield b"first"
+        raise OSError("client went away")
+
+    app = Middleware(failing_body, listeners=[])
+    result = app(environ(), Response())
+    with pytest.raises(OSError):
+        list(result)
+    assert counts(app)["writing"] == 1
+    result.close()  # type: ignore[attr-defined]
+    assert counts(app)["writing"] == 0
+
+
+def test_file_wrapper_bodies_keep_their_type(tmp_path: Path) -> None:
+    data = tmp_path / "file.bin"
+    data.write_bytes(b"z" * 1000)
+
+    def sendfile(environ: Environ, start_response: Callable[..., Any]) -> Iterable[bytes]:
+        start_response("200 OK", [])
+        return environ["wsgi.file_wrapper"](open(data, "rb"))  # type: ignore[no-any-return]
+
+    app = Middleware(sendfile, listeners=[])
+    env = environ(**{"wsgi.file_wrapper": wsgiref.util.FileWrapper})  # type: ignore[arg-type]
+    result = app(env, Response())
+    assert isinstance(result, wsgiref.util.FileWrapper), "servers use sendfile only for their own wrapper"
+    assert counts(app)["writing"] == 1
+    assert b"".join(result) == b"z" * 1000
+    result.close()
+    result.close()
+    assert counts(app)["writing"] == 0
+    assert result.filelike.closed
+
+
+def test_stats_requests_are_not_counted_and_a_trailing_slash_is_the_app() -> None:
+    app = Middleware(hello, listeners=[])
+    get(app)
+    get(app, QUERY_STRING="format=prometheus")
+    assert counts(app)["requests_total"] == 0
+    assert get(app, "/_raindrops/")[1] == b"hello"
+    assert counts(app)["requests_total"] == 1
+
+
+def test_formats_by_query_and_accept_header() -> None:
+    app = Middleware(hello, listeners=[])
+    get(app, "/")
+    response, body = get(app, QUERY_STRING="format=prometheus")
+    assert response.headers["Content-Type"] == "text/plain; version=0.0.4; charset=utf-8"
+    assert b"raindrops_requests_total 1\n" in body and b"# TYPE raindrops_calling gauge\n" in body
+    assert b'raindrops_request_duration_seconds_bucket{le="+Inf"} 1\n' in body
+    response, body = get(app, HTTP_ACCEPT="text/plain;version=0.0.4;q=0.9,*/*;q=0.1")
+    assert response.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+    response, body = get(app, HTTP_ACCEPT="application/openmetrics-text;version=1.0.0,text/plain;q=0.5")
+    assert response.headers["Content-Type"].startswith("application/openmetrics-text")
+    assert body.endswith(b"# EOF\n") and b"# TYPE raindrops_requests counter\n" in body
+    response, body = get(app, QUERY_STRING="format=json")
+    assert response.headers["Content-Type"] == "application/json"
+    assert json.loads(body)["request_duration_us"]["count"] == 1
+    response, body = get(app, QUERY_STRING="format=xml")
+    assert response.status.startswith("400")
+
+
+def test_methods_and_allowed_clients() -> None:
+    app = Middleware(hello, listeners=[])
+    response, body = get(app, REQUEST_METHOD="POST")
+    assert response.status.startswith("405") and response.headers["Allow"] == "GET, HEAD"
+    response, body = get(app, REQUEST_METHOD="HEAD")
+    assert response.status == "200 OK" and body == b"" and response.headers["Content-Length"] == "22"
+    assert get(app, REMOTE_ADDR="192.0.2.7")[0].status.startswith("403")
+    assert get(app, REMOTE_ADDR="::1")[0].status == "200 OK"
+    assert get(app, REMOTE_ADDR="::ffff:127.0.0.1")[0].status == "200 OK"
+    assert get(app, REMOTE_ADDR="")[0].status == "200 OK", "a unix socket client is local"
+    assert get(app, REMOTE_ADDR="not an address")[0].status.startswith("403")
+    private = Middleware(hello, listeners=[], allow=["10.0.0.0/8"])
+    assert get(private, REMOTE_ADDR="10.1.2.3")[0].status == "200 OK"
+    assert get(private)[0].status.startswith("403")
+
+
+def test_explicit_and_discovered_listeners() -> None:
+    with socket.socket() as server, socket.socket(socket.AF_INET6) as server6:
+        server.bind(("127.0.0.1", 0))
+        server.listen(8)
+        server6.bind(("::1", 0))
+        server6.listen(8)
+        key = "127.0.0.1:%d" % server.getsockname()[1]
+        key6 = "[::1]:%d" % server6.getsockname()[1]
+        with socket.create_connection(server.getsockname()):
+            explicit = get(Middleware(hello, listeners=[key]))[1].decode()
+            assert explicit == f"calling: 0\nwriting: 0\n{key} active: 0\n{key} queued: 1\n"
+            discovered = get(Middleware(hello))[1].decode()
+            assert f"{key} queued: 1\n" in discovered and f"{key6} active: 0\n" in discovered
+
+
+def test_bad_construction() -> None:
+    with pytest.raises(ValueError, match="path"):
+        Middleware(hello, path="_raindrops")
+    with pytest.raises(ValueError, match="'nope'"):
+        Middleware(hello, listeners=["nope"])
+    with pytest.raises(ValueError):
+        Middleware(hello, allow=["not a network"])
+
+
+def test_wsgiref_single_process_server() -> None:
+    app = Middleware(hello)
+    server = wsgiref.simple_server.make_server("127.0.0.1", 0, app, handler_class=_QuietHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        port = server.server_port
+        for _ in range(5):
+            connection = HTTPConnection("127.0.0.1", port, timeout=5)
+            connection.request("GET", "/")
+            assert connection.getresponse().read() == b"hello"
+            connection.close()
+        connection = HTTPConnection("127.0.0.1", port, timeout=5)
+        connection.request("GET", "/_raindrops?format=json")
+        stats = json.loads(connection.getresponse().read())
+        connection.close()
+        assert stats["requests_total"] == 5 and stats["calling"] == 0 and stats["writing"] == 0
+        assert stats["listeners"][f"127.0.0.1:{port}"]["queued"] == 0
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+class _QuietHandler(wsgiref.simple_server.WSGIRequestHandler):
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_a_killed_worker_stops_counting_at_once() -> None:
+    board = Scoreboard()
+    reader, writer = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        from raindrops import _native
+
+        pointer = board.board()
+        _native.board_enter(pointer)
+        _native.board_enter(pointer)
+        os.write(writer, b"x")
+        signal.pause()
+        os._exit(0)
+    os.read(reader, 1)
+    totals = board.totals()
+    assert (totals.calling, totals.workers) == (2, 1)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    totals = board.totals()
+    assert (totals.calling, totals.workers) == (0, 0)
+    board.close()
+
+
+def test_a_dead_workers_slot_is_reused_and_zeroed() -> None:
+    board = Scoreboard()
+    pid = os.fork()
+    if pid == 0:
+        from raindrops import _native
+
+        _native.board_enter(board.board())
+        os._exit(0)
+    os.waitpid(pid, 0)
+    board.board()
+    totals = board.totals()
+    assert (totals.calling, totals.workers) == (0, 1)
+    board.close()
+
+
+def test_stale_segments_of_dead_masters_are_removed() -> None:
+    child = os.fork()
+    if child == 0:
+        os._exit(0)
+    os.waitpid(child, 0)
+    stale = SHM_DIR / f"{NAME_PREFIX}{child}-abc"
+    live = SHM_DIR / f"{NAME_PREFIX}{os.getpid()}-abc"
+    stale.write_bytes(b"")
+    live.write_bytes(b"")
+    try:
+        assert f"/{stale.name}" in remove_stale_segments()
+        assert not stale.exists() and live.exists()
+    finally:
+        stale.unlink(missing_ok=True)
+        live.unlink()
