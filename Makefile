@@ -8,17 +8,17 @@ ZIG_SOURCES := build.zig $(wildcard zig/*.zig)
 INSTALLED := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: build test zig-test pytest bench demo clean
+.PHONY: build test zig-test pytest bench loadtest demo clean
 
 build: $(INSTALLED) $(LIBRARY)
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 
-# Build tools first, then the project in editable mode with its pinned test and bench extras.
+# Build tools first, then the project in editable mode with its pinned test, bench and loadtest extras.
 $(INSTALLED): pyproject.toml hatch_build.py | $(PY)
 	$(PY) -m pip install --quiet --disable-pip-version-check hatchling==1.33.0 ziglang==0.17.0
-	$(PY) -m pip install --quiet --disable-pip-version-check --no-build-isolation --editable '.[test,bench]'
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-build-isolation --editable '.[test,bench,loadtest]'
 	touch $@
 
 $(LIBRARY): $(ZIG_SOURCES) | $(INSTALLED)
@@ -37,6 +37,10 @@ bench: build
 	$(PY) benchmarks/bench_counters.py
 	$(PY) benchmarks/bench_listeners.py
 	$(PY) benchmarks/bench_middleware.py
+
+# Real gunicorn (sync and gthread) under locust; report in loadtests/results/. DURATION=S per variant.
+loadtest: build
+	$(PY) -m loadtests $(LOADTEST_ARGS)
 
 DEMO_BIND ?= 127.0.0.1:8080
 DEMO_WORKERS ?= 4

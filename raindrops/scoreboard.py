@@ -20,11 +20,14 @@ from raindrops.histogram import HistogramSnapshot, SharedHistogram
 
 SLOTS_MAX = 256
 DURATION_BUCKETS = 32  # microseconds: the last finite bound is 2**31 us, about 36 minutes
-_REQUESTS, _ERRORS, _BUSY_US, _HISTOGRAM = 0, 1, 2, 3
 _SLOT_PID, _SLOT_START, _SLOT_CALLING, _SLOT_WRITING = 0, 1, 2, 3
 _SLOT_FIELDS = 4
-_FIRST_SLOT = _HISTOGRAM + SharedHistogram.slots(DURATION_BUCKETS)
-COUNTERS = _FIRST_SLOT + SLOTS_MAX * _SLOT_FIELDS
+# Slots come first: a snapshot reads in index order, gauges before totals
+# (the native side moves totals before gauges), so no read undercounts.
+_FIRST_SLOT = 0
+_REQUESTS = SLOTS_MAX * _SLOT_FIELDS
+_ERRORS, _BUSY_US, _HISTOGRAM = _REQUESTS + 1, _REQUESTS + 2, _REQUESTS + 3
+COUNTERS = _HISTOGRAM + SharedHistogram.slots(DURATION_BUCKETS)
 
 
 class _Process:

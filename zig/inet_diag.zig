@@ -29,7 +29,13 @@ pub const tcp_listen: u8 = 10;
 pub const states_listen: u32 = 1 << tcp_listen;
 pub const states_established: u32 = 1 << tcp_established;
 
-pub const request_v2_bytes: u32 = 56;
+/// The compat request (TCPDIAG_GETSOCK, struct inet_diag_req) with family
+/// AF_UNSPEC: the kernel walks its TCP hash tables once for IPv4 and IPv6
+/// together, where SOCK_DIAG_BY_FAMILY needs one full walk per family.
+pub const tcpdiag_getsock: u16 = 18;
+pub const af_unspec: u8 = 0;
+pub const request_legacy_bytes: u32 = 60;
+const request_states_offset: u32 = 52;
 pub const message_bytes: u32 = 72;
 const attribute_header_bytes: u32 = 4;
 const inet_diag_req_bytecode: u16 = 1;
@@ -46,7 +52,7 @@ const block_bytes_max: u32 = 8 + 8 + op_bytes + hostcond_bytes + 16 + op_bytes;
 /// Queries per request: keeps every jump within the u16 `no` of an op.
 pub const queries_max: u32 = 256;
 pub const bytecode_bytes_max: u32 = queries_max * block_bytes_max;
-pub const request_bytes_max: u32 = netlink.header_bytes + request_v2_bytes + attribute_header_bytes + bytecode_bytes_max;
+pub const request_bytes_max: u32 = netlink.header_bytes + request_legacy_bytes + attribute_header_bytes + bytecode_bytes_max;
 
 comptime {
     assert(bytecode_bytes_max + op_bytes <= std.math.maxInt(u16));
@@ -182,17 +188,15 @@ pub fn validQuery(query: *const Query) bool {
 /// Builds a dump request for `family` and `states` into `out`, with a bytecode
 /// filter on the queries' ports (and exact addresses) when there are queries.
 /// Returns the request bytes, a prefix of `out`.
-pub fn buildRequest(out: []u8, family: u16, states: u32, sequence: u32, queries: []const Query) []u8 {
-    assert(family == af_inet or family == af_inet6);
+pub fn buildRequest(out: []u8, states: u32, sequence: u32, queries: []const Query) []u8 {
     assert(states != 0);
     assert(queries.len <= queries_max);
     assert(out.len >= request_bytes_max);
     const request_start = netlink.header_bytes;
-    @memset(out[request_start..][0..request_v2_bytes], 0);
-    out[request_start] = @intCast(family);
-    out[request_start + 1] = ipproto_tcp;
-    netlink.writeU32(out, request_start + 4, states);
-    var length: u32 = request_start + request_v2_bytes;
+    @memset(out[request_start..][0..request_legacy_bytes], 0);
+    out[request_start] = af_unspec;
+    netlink.writeU32(out, request_start + request_states_offset, states);
+    var length: u32 = request_start + request_legacy_bytes;
     if (queries.len > 0) {
         const bytecode = buildBytecode(out[length + attribute_header_bytes ..], queries);
         const attribute_bytes: u32 = attribute_header_bytes + @as(u32, @intCast(bytecode.len));
@@ -200,7 +204,7 @@ pub fn buildRequest(out: []u8, family: u16, states: u32, sequence: u32, queries:
         netlink.writeU16(out, length + 2, inet_diag_req_bytecode);
         length += attribute_bytes;
     }
-    netlink.writeHeader(out, length, sequence);
+    netlink.writeHeader(out, length, tcpdiag_getsock, sequence);
     return out[0..length];
 }
 
@@ -259,7 +263,6 @@ fn writeOp(out: []u8, offset: u32, code: u8, yes: u32, no: u32) void {
 // Counting.
 
 const invalid: Status = netlink.errnoStatus(.INVAL);
-const families = [2]u16{ af_inet, af_inet6 };
 
 /// Binary search over `count` items sorted by key; `keyAt` gives item i's key.
 fn search(count: usize, context: anytype, key: Key, comptime keyAt: fn (@TypeOf(context), usize) Key) ?usize {
@@ -334,10 +337,8 @@ pub fn queryStats(fd: i32, queries: []const Query, results: []Result) Status {
     assert(queries.len == results.len);
     if (queries.len == 0) return ok;
     if (queries.len > queries_max) return invalid;
-    var any_v4 = false;
     for (queries) |*query| {
         if (!validQuery(query)) return invalid;
-        any_v4 = any_v4 or query.family == af_inet;
     }
     var order_buffer: [queries_max]u16 = undefined;
     const order = order_buffer[0..queries.len];
@@ -347,14 +348,8 @@ pub fn queryStats(fd: i32, queries: []const Query, results: []Result) Status {
     }
     var counter = QueryCounter{ .queries = queries, .results = results, .order = order };
     var request_buffer: [request_bytes_max]u8 align(8) = undefined;
-    for (families) |family| {
-        // AF_INET sockets only match v4 queries; AF_INET6 ones may match both (v4-mapped).
-        if (family == af_inet and !any_v4) continue;
-        const request = buildRequest(&request_buffer, family, states_listen | states_established, netlink.sequenceNext(), queries);
-        const dumped = netlink.dump(fd, request, netlink.sock_diag_by_family, &counter);
-        if (dumped != ok) return dumped;
-    }
-    return ok;
+    const request = buildRequest(&request_buffer, states_listen | states_established, netlink.sequenceNext(), queries);
+    return netlink.dump(fd, request, tcpdiag_getsock, &counter);
 }
 
 /// All-listeners mode, first pass: one result per LISTEN socket.
@@ -434,11 +429,9 @@ pub fn allListeners(fd: i32, results: []Result, count: *u64) Status {
     count.* = 0;
     var request_buffer: [request_bytes_max]u8 align(8) = undefined;
     var collector = ListenerCollector{ .results = results };
-    for (families) |family| {
-        const request = buildRequest(&request_buffer, family, states_listen, netlink.sequenceNext(), &.{});
-        const dumped = netlink.dump(fd, request, netlink.sock_diag_by_family, &collector);
-        if (dumped != ok) return dumped;
-    }
+    const listeners = buildRequest(&request_buffer, states_listen, netlink.sequenceNext(), &.{});
+    const listed = netlink.dump(fd, listeners, tcpdiag_getsock, &collector);
+    if (listed != ok) return listed;
     if (collector.seen > results.len) {
         count.* = collector.seen;
         return netlink.errnoStatus(.NOBUFS);
@@ -446,11 +439,9 @@ pub fn allListeners(fd: i32, results: []Result, count: *u64) Status {
     assert(collector.count == collector.seen);
     const unique = mergeListeners(results[0..collector.count]);
     var attributor = ConnectionAttributor{ .results = results[0..unique] };
-    for (families) |family| {
-        const request = buildRequest(&request_buffer, family, states_established, netlink.sequenceNext(), &.{});
-        const dumped = netlink.dump(fd, request, netlink.sock_diag_by_family, &attributor);
-        if (dumped != ok) return dumped;
-    }
+    const connections = buildRequest(&request_buffer, states_established, netlink.sequenceNext(), &.{});
+    const attributed = netlink.dump(fd, connections, tcpdiag_getsock, &attributor);
+    if (attributed != ok) return attributed;
     count.* = unique;
     return ok;
 }
@@ -600,24 +591,23 @@ test "bytecode of the largest request passes the audit; jumps fit" {
     var queries: [queries_max]Query = undefined;
     for (&queries, 0..) |*query, index| query.* = testQuery(af_inet6, &loopback_v6, @intCast(index + 1));
     var out: [request_bytes_max]u8 = undefined;
-    const request = buildRequest(&out, af_inet6, states_listen, 5, &queries);
+    const request = buildRequest(&out, states_listen, 5, &queries);
     try std.testing.expectEqual(@as(usize, request_bytes_max), request.len);
-    const bytecode = request[netlink.header_bytes + request_v2_bytes + attribute_header_bytes ..];
+    const bytecode = request[netlink.header_bytes + request_legacy_bytes + attribute_header_bytes ..];
     try std.testing.expect(testAudit(bytecode));
     try std.testing.expect(testRun(bytecode, &testSocket(af_inet6, &loopback_v6, queries_max, tcp_listen)));
     try std.testing.expect(!testRun(bytecode, &testSocket(af_inet6, &loopback_v6, queries_max + 1, tcp_listen)));
 }
 
-test "request header and inet_diag_req_v2 layout" {
+test "request header and inet_diag_req layout" {
     var out: [request_bytes_max]u8 = undefined;
-    const request = buildRequest(&out, af_inet, states_listen | states_established, 42, &.{});
-    try std.testing.expectEqual(@as(usize, 72), request.len);
-    try std.testing.expectEqual(@as(u32, 72), netlink.readU32(request, 0));
-    try std.testing.expectEqual(@as(u16, 20), netlink.readU16(request, 4));
+    const request = buildRequest(&out, states_listen | states_established, 42, &.{});
+    try std.testing.expectEqual(@as(usize, 76), request.len);
+    try std.testing.expectEqual(@as(u32, 76), netlink.readU32(request, 0));
+    try std.testing.expectEqual(@as(u16, 18), netlink.readU16(request, 4));
     try std.testing.expectEqual(@as(u32, 42), netlink.readU32(request, 8));
-    try std.testing.expectEqual(@as(u8, af_inet), request[16]);
-    try std.testing.expectEqual(ipproto_tcp, request[17]);
-    try std.testing.expectEqual(@as(u32, 0x402), netlink.readU32(request, 20));
+    try std.testing.expectEqual(af_unspec, request[16]);
+    try std.testing.expectEqual(@as(u32, 0x402), netlink.readU32(request, 16 + 52));
 }
 
 fn testMessage(out: *[message_bytes]u8, socket: Socket) void {

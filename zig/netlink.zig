@@ -68,12 +68,12 @@ pub fn writeU32(bytes: []u8, offset: usize, value: u32) void {
 }
 
 /// Writes an nlmsghdr for a sock_diag dump request of `length` bytes in all.
-pub fn writeHeader(bytes: []u8, length: u32, sequence: u32) void {
+pub fn writeHeader(bytes: []u8, length: u32, message_type: u16, sequence: u32) void {
     assert(length >= header_bytes);
     assert(length <= bytes.len);
     assert(length % alignment_bytes == 0);
     writeU32(bytes, 0, length);
-    writeU16(bytes, 4, sock_diag_by_family);
+    writeU16(bytes, 4, message_type);
     writeU16(bytes, 6, flag_request | flag_dump);
     writeU32(bytes, 8, sequence);
     writeU32(bytes, 12, 0); // pid 0: the kernel fills in this socket's port id.
@@ -330,7 +330,7 @@ test "walk: a handler failure stops the walk" {
 
 test "writeHeader and sequenceNext" {
     var bytes: [32]u8 = undefined;
-    writeHeader(&bytes, 32, 77);
+    writeHeader(&bytes, 32, sock_diag_by_family, 77);
     try std.testing.expectEqual(@as(u32, 32), readU32(&bytes, 0));
     try std.testing.expectEqual(sock_diag_by_family, readU16(&bytes, 4));
     try std.testing.expectEqual(@as(u16, 0x301), readU16(&bytes, 6));

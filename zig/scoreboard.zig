@@ -34,19 +34,22 @@ pub fn respond(board: *const Board) void {
     _ = counters.sub(board.calling.?, 1);
 }
 
+// The totals move before the gauge drops, and readers read the gauges first:
+// a reader that sees a request gone from `writing` also sees it counted.
+
 /// The body was closed: the request is over.
 pub fn leave(board: *const Board, duration_us: u64) void {
     assert(valid(board));
-    _ = counters.sub(board.writing.?, 1);
     finish(board, duration_us);
+    _ = counters.sub(board.writing.?, 1);
 }
 
 /// The application raised: the request is over without a body.
 pub fn fail(board: *const Board, duration_us: u64) void {
     assert(valid(board));
-    _ = counters.sub(board.calling.?, 1);
     _ = counters.add(board.errors.?, 1);
     finish(board, duration_us);
+    _ = counters.sub(board.calling.?, 1);
 }
 
 fn finish(board: *const Board, duration_us: u64) void {

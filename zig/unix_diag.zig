@@ -143,7 +143,7 @@ pub fn buildRequest(out: *[netlink.header_bytes + request_bytes]u8, states: u32,
     out[netlink.header_bytes] = af_unix;
     netlink.writeU32(out, netlink.header_bytes + 4, states);
     netlink.writeU32(out, netlink.header_bytes + 12, show);
-    netlink.writeHeader(out, out.len, sequence);
+    netlink.writeHeader(out, out.len, netlink.sock_diag_by_family, sequence);
     return out;
 }
 

@@ -1,0 +1,364 @@
+"""The middleware under a real gunicorn: raindrops.demo:app over loopback TCP.
+
+Three set-ups share most tests: sync workers loaded after fork, sync workers
+preloaded in the master (--preload), and threaded workers (gthread). Every
+count is checked exactly: each test waits until nothing is in flight, takes
+the totals, makes a known number of requests, and compares (requests to the
+statistics endpoint itself are not counted).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import threading
+from io import BytesIO
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+from raindrops import Middleware
+from raindrops.demo import application
+from servers import (
+    Background,
+    Gunicorn,
+    gunicorn,
+    is_dead,
+    parse_prometheus,
+    parse_text,
+    request,
+    run_threads,
+    wait_for,
+)
+
+# name -> (gunicorn arguments, workers, requests one worker serves at once)
+VARIANTS: dict[str, tuple[list[str], int, int]] = {
+    "sync": (["--worker-class", "sync"], 3, 1),
+    "sync-preload": (["--worker-class", "sync", "--preload"], 3, 1),
+    "gthread": (["--worker-class", "gthread", "--threads", "4"], 2, 4),
+}
+SETTLE_TIMEOUT = 10.0
+
+
+@pytest.fixture(scope="module", params=list(VARIANTS))
+def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gunicorn]:
+    args, workers, _ = VARIANTS[request.param]
+    with gunicorn(tmp_path_factory.mktemp(request.param), args, workers=workers) as running:
+        running.label = request.param
+        yield running
+
+
+def in_flight_capacity(server: Gunicorn) -> int:
+    """How many slow requests can be in flight while a statistics request still gets served at once.
+
+    Sync workers serve one request each: all workers but one. A gthread worker
+    queues requests beyond its threads, and any worker may accept a connection:
+    one thread fewer than a worker has, whichever worker they land on.
+    """
+    _, workers, threads = VARIANTS[server.label]
+    return workers - 1 if threads == 1 else threads - 1
+
+
+def settle(server: Gunicorn) -> dict[str, Any]:
+    return server.settle(SETTLE_TIMEOUT)
+
+
+def totals(server: Gunicorn, before: dict[str, Any], requests: int, errors: int = 0) -> dict[str, Any]:
+    """Waits until exactly `requests` more requests (`errors` of them failed) than `before` are counted."""
+    return server.wait_totals(before["requests_total"] + requests, before["request_errors_total"] + errors)
+
+
+def hammer(server: Gunicorn, threads: int, per_thread: int, path: str = "/") -> int:
+    """`threads` clients making `per_thread` requests each, one connection per request; returns how many."""
+
+    def client(_: int) -> int:
+        for _ in range(per_thread):
+            response = server.get(path)
+            assert response.status == 200, (response.status, response.body)
+        return per_thread
+
+    return sum(run_threads(threads, client))
+
+
+def test_in_flight_requests_show_in_calling_then_return_to_zero(server: Gunicorn) -> None:
+    before = settle(server)
+    slow = in_flight_capacity(server)
+    requests = Background()
+    for _ in range(slow):
+        requests.start(server.port, "/slow?seconds=3")
+    seen = wait_for(server.text, lambda stats: stats.calling == slow, 10, f"calling: {slow}")
+    assert seen.writing == 0
+    active, queued = seen.listeners[server.address]
+    assert active >= slow + 1, "the slow requests and this one are accepted connections"
+    assert queued == 0
+    responses = requests.join()
+    assert [(r.status, r.body) for r in responses] == [(200, b"slept\n")] * slow
+    after = wait_for(server.text, lambda stats: stats.calling == 0 and stats.writing == 0, SETTLE_TIMEOUT, "calling: 0")
+    assert set(after.listeners) == {server.address}
+    totals(server, before, slow)
+
+
+def test_a_streaming_body_shows_in_writing_then_returns_to_zero(server: Gunicorn) -> None:
+    before = settle(server)
+    stream = Background()
+    stream.start(server.port, "/stream?chunks=20&delay=0.1")
+    seen = wait_for(server.text, lambda stats: stats.writing == 1, 10, "writing: 1")
+    assert seen.calling == 0, "the application returned its iterator: only the body is left to write"
+    [response] = stream.join()
+    assert response.status == 200
+    assert response.body == b"".join(b"chunk %d\n" % index for index in range(20))
+    totals(server, before, 1)
+
+
+def test_json_counts_workers_and_finds_the_gunicorn_listener(server: Gunicorn) -> None:
+    before = settle(server)
+    hammer(server, 2, 10)
+    stats = totals(server, before, 20)
+    assert 0 < stats["workers"] <= server.workers
+    assert set(stats["listeners"]) == {server.address}, "auto-discovered: exactly the bind address"
+    listener = stats["listeners"][server.address]
+    assert listener["active"] >= 1 and listener["queued"] == 0, "this request's connection is active"
+    text = server.stats()
+    assert text.headers["content-type"] == "text/plain"
+    lines = text.text.splitlines()
+    assert lines[:2] == ["calling: 0", "writing: 0"]
+    assert lines[2].startswith(f"{server.address} active: ") and lines[3] == f"{server.address} queued: 0"
+    assert len(lines) == 4
+
+
+def test_sigkill_of_a_busy_worker_heals_within_one_read(server: Gunicorn) -> None:
+    before = settle(server)
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as client:
+        client.sendall(b"GET /slow?seconds=25 HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        busy = wait_for(server.json, lambda stats: stats["calling"] == 1, 10, "calling: 1")
+        owner = server.connection_owner(client.getsockname()[1])
+        assert owner in server.worker_pids()
+        os.kill(owner, signal.SIGKILL)
+        wait_for(lambda: is_dead(owner), bool, 10, f"worker {owner} to die")
+        healed = server.json()  # one read, no polling
+        assert healed["calling"] == busy["calling"] - 1 == 0
+        assert healed["writing"] == 0
+        assert healed["requests_total"] == before["requests_total"], "the killed request never finished"
+        try:
+            assert client.recv(4096) == b"", "the worker died with the connection"
+        except ConnectionResetError:
+            pass
+    # The master replaces the worker; the server keeps counting from where it was.
+    wait_for(lambda: len(server.worker_pids()), lambda n: n == server.workers, 20, "a replacement worker")
+    assert hammer(server, 1, 3) == 3
+    totals(server, before, 3)
+
+
+def test_two_thousand_requests_are_counted_exactly(server: Gunicorn) -> None:
+    before = settle(server)
+    made = hammer(server, 4, 500)
+    assert made == 2000
+    after = totals(server, before, 2000)
+    assert after["busy_seconds_total"] > before["busy_seconds_total"]
+
+
+@pytest.mark.parametrize("preload", [False, True], ids=["after-fork", "preload"])
+def test_totals_stay_exact_while_workers_recycle(preload: bool, tmp_path: Path) -> None:
+    args = ["--max-requests", "50", "--max-requests-jitter", "10"] + (["--preload"] if preload else [])
+    with gunicorn(tmp_path, args, workers=3) as server:
+        first_workers = set(server.worker_pids())
+        assert hammer(server, 4, 500) == 2000
+        stats = server.wait_totals(2000, 0)  # statistics requests are not counted, all others are
+        assert 0 < stats["workers"] <= 3
+        assert first_workers - set(server.worker_pids()), "some worker must have been recycled"
+
+
+def test_an_application_exception_is_a_500_and_counts_an_error(server: Gunicorn) -> None:
+    before = settle(server)
+    response = server.get("/fail")
+    assert response.status == 500
+    totals(server, before, 1, errors=1)  # failed requests are counted too
+    assert parse_text(server.stats().text).calling == 0
+
+
+def test_a_client_disconnect_mid_stream_ends_writing(server: Gunicorn) -> None:
+    before = settle(server)
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as client:
+        # 200 chunks 0.05 s apart: 10 s if nobody noticed the client left.
+        client.sendall(b"GET /stream?chunks=200&delay=0.05 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        received = b""
+        while b"chunk 1\n" not in received:
+            data = client.recv(4096)
+            assert data, received
+            received += data
+        assert received.startswith(b"HTTP/1.1 200 ")
+        wait_for(server.text, lambda stats: stats.writing == 1, 5, "writing: 1")
+    # gunicorn notices on its next write; well before the stream would have ended.
+    after = wait_for(server.json, lambda stats: stats["writing"] == 0, 5, "writing: 0 after the disconnect")
+    assert after["calling"] == 0
+    totals(server, before, 1, errors=0)  # the application did not fail
+
+
+SCRAPES: list[tuple[str, dict[str, str], str]] = [
+    ("", {}, "text"),
+    ("?format=text", {}, "text"),
+    ("?format=json", {}, "json"),
+    ("?format=prometheus", {}, "prometheus"),
+    ("", {"Accept": "text/plain;version=0.0.4"}, "prometheus"),
+    ("", {"Accept": "application/openmetrics-text; version=1.0.0"}, "openmetrics"),
+    ("?format=openmetrics", {}, "openmetrics"),
+]
+CONTENT_TYPES = {
+    "text": "text/plain",
+    "json": "application/json",
+    "prometheus": "text/plain; version=0.0.4; charset=utf-8",
+    "openmetrics": "application/openmetrics-text; version=1.0.0; charset=utf-8",
+}
+
+
+def check_scrape(server: Gunicorn, query: str, headers: dict[str, str], form: str) -> None:
+    response = server.get("/_raindrops" + query, headers=headers)
+    assert response.status == 200, (query, headers, response.status, response.body)
+    assert response.headers["content-type"] == CONTENT_TYPES[form]
+    if form == "text":
+        assert server.address in parse_text(response.text).listeners
+    elif form == "json":
+        stats = json.loads(response.body)
+        assert server.address in stats["listeners"] and stats["calling"] >= 0 and stats["requests_total"] >= 0
+    else:
+        samples = parse_prometheus(response.text, openmetrics=form == "openmetrics")
+        assert {"raindrops_calling", "raindrops_writing", "raindrops_requests_total"} <= set(samples)
+        assert f'raindrops_listener_active{{listener="{server.address}"}}' in samples
+
+
+def test_concurrent_scrapes_of_every_format_under_load(server: Gunicorn) -> None:
+    before = settle(server)
+    stop = threading.Event()
+    made = [0, 0]
+
+    def load(index: int) -> int:
+        path = "/" if index == 0 else "/stream?chunks=3&delay=0.01"
+        while not stop.is_set():
+            assert server.get(path).status == 200
+            made[index] += 1
+        return made[index]
+
+    loaders = Background()
+    loaders.run(lambda: run_threads(2, load))
+    try:
+
+        def scraper(index: int) -> int:
+            for round_ in range(25):
+                check_scrape(server, *SCRAPES[(index + round_) % len(SCRAPES)])
+            return 25
+
+        assert sum(run_threads(8, scraper)) == 200
+    finally:
+        stop.set()
+        loaders.join(30)
+    assert made[0] > 0 and made[1] > 0, "the load ran during the scrapes"
+    totals(server, before, sum(made))
+
+
+def test_the_endpoint_refuses_post_and_answers_head(server: Gunicorn) -> None:
+    before = settle(server)
+    response = server.get("/_raindrops", method="POST")
+    assert response.status == 405 and response.headers["allow"] == "GET, HEAD"
+    response = server.get("/_raindrops", method="HEAD")
+    assert response.status == 200 and response.body == b""
+    assert int(response.headers["content-length"]) > len("calling: 0\nwriting: 0\n")
+    assert server.get("/_raindrops?format=nope").status == 400
+    assert settle(server)["requests_total"] == before["requests_total"], "none of these reached the application"
+
+
+def test_allow_list_refuses_other_clients_in_process() -> None:
+    app = Middleware(application, listeners=[], allow=["10.0.0.0/8"])
+
+    def call(remote: str) -> tuple[str, bytes]:
+        seen: list[str] = []
+        environ = {
+            "REQUEST_METHOD": "GET",
+            "PATH_INFO": "/_raindrops",
+            "QUERY_STRING": "",
+            "REMOTE_ADDR": remote,
+            "wsgi.input": BytesIO(),
+            "wsgi.multiprocess": False,
+        }
+        body = b"".join(app(environ, lambda status, headers, exc_info=None: seen.append(status)))
+        return seen[0], body
+
+    assert call("127.0.0.1") == ("403 Forbidden", b"403 Forbidden\n")
+    assert call("::1")[0] == "403 Forbidden"
+    assert call("10.20.30.40") == ("200 OK", b"calling: 0\nwriting: 0\n")
+    app.stats.close()
+
+
+def _demo_session(server: Gunicorn) -> dict[str, Any]:
+    """A fixed set of requests to the demo app, as a user of `make demo` would make them."""
+    for _ in range(6):
+        assert server.get("/").body == b"hello from raindrops\n"
+    for _ in range(2):
+        assert server.get("/fail").status == 500
+    for _ in range(2):
+        assert server.get("/stream?chunks=5&delay=0").body == b"".join(b"chunk %d\n" % i for i in range(5))
+    counts = [server.get("/count").body for _ in range(5)]
+    assert counts == [b"%d\n" % n for n in range(1, 6)], "the demo counter is shared by all workers"
+    assert server.get("/slow?seconds=0").body == b"slept\n"
+    assert server.get("/nowhere").status == 404
+    stats = server.wait_totals(17, 2)
+    text = parse_text(server.stats().text)
+    prometheus = parse_prometheus(server.stats("?format=prometheus").text)
+    return {
+        "calling": (stats["calling"], text.calling, prometheus["raindrops_calling"]),
+        "writing": (stats["writing"], text.writing, prometheus["raindrops_writing"]),
+        "requests": (stats["requests_total"], prometheus["raindrops_requests_total"]),
+        "errors": (stats["request_errors_total"], prometheus["raindrops_request_errors_total"]),
+        "durations": (stats["request_duration_us"]["count"], prometheus["raindrops_request_duration_seconds_count"]),
+        "listeners": sorted(key.replace(str(server.port), "PORT") for key in stats["listeners"]),
+        "text listeners": sorted(key.replace(str(server.port), "PORT") for key in text.listeners),
+    }
+
+
+def test_make_demo_style_start_gives_the_same_numbers_with_and_without_preload(tmp_path: Path) -> None:
+    results = {}
+    for preload in (False, True):
+        with gunicorn(tmp_path / str(preload), ["--preload"] if preload else [], workers=4) as server:
+            results[preload] = _demo_session(server)
+    expected = {
+        "calling": (0, 0, 0.0),
+        "writing": (0, 0, 0.0),
+        "requests": (17, 17.0),
+        "errors": (2, 2.0),
+        "durations": (17, 17.0),
+        "listeners": ["127.0.0.1:PORT"],
+        "text listeners": ["127.0.0.1:PORT"],
+    }
+    assert results[False] == expected
+    assert results[True] == expected
+
+
+def test_ipv4_and_ipv6_loopback_listeners(tmp_path: Path) -> None:
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        pytest.skip("no IPv6 loopback on this host")
+    with gunicorn(tmp_path, [], workers=2, hosts=("127.0.0.1", "::1")) as server:
+        assert request(server.port, "/", host="::1").status == 200
+        assert request(server.port, "/", host="127.0.0.1").status == 200
+        stats = server.wait_totals(2, 0)
+        text = parse_text(request(server.port, "/_raindrops", host="::1").text)
+        assert set(text.listeners) == {f"127.0.0.1:{server.port}", f"[::1]:{server.port}"}
+        assert set(stats["listeners"]) == set(text.listeners)
+
+
+def test_every_server_is_stopped_and_its_segments_removed(tmp_path: Path) -> None:
+    with gunicorn(tmp_path, [], workers=2) as server:
+        hammer(server, 1, 2)
+        pid, workers = server.pid, server.worker_pids()
+        segments = list(Path("/dev/shm").glob(f"raindrops-mw-{pid}-*"))
+        assert len(segments) == 1, "workers loaded after fork meet in one named segment"
+        assert server.get("/count").body == b"1\n"
+        counter = Path("/dev/shm") / server.counter.lstrip("/")
+        assert counter.exists()
+    assert all(is_dead(worker) for worker in [pid, *workers])
+    assert not segments[0].exists() and not counter.exists()
+
