@@ -23,7 +23,7 @@ $(INSTALLED): pyproject.toml hatch_build.py | $(PY)
 
 $(LIBRARY): $(ZIG_SOURCES) | $(INSTALLED)
 	$(ZIG) build -Doptimize=ReleaseFast --prefix zig-out
-	cp zig-out/lib/libraindrops.so $@
+	cp zig-out/lib/libraindrops.so $@.tmp && mv -f $@.tmp $@  # a new inode: running processes keep the old one
 
 test: build zig-test pytest
 
@@ -55,7 +55,10 @@ demo: build
 	@echo "  curl 'http://$(DEMO_BIND)/slow?seconds=5' &              then watch calling rise"
 	@echo "  curl 'http://$(DEMO_BIND)/stream?chunks=50&delay=0.1'    writing while it streams"
 	@echo "  curl http://$(DEMO_BIND)/fail                            counts an error"
-	$(VENV)/bin/gunicorn --workers $(DEMO_WORKERS) --bind $(DEMO_BIND) $(DEMO_ARGS) raindrops.demo:app
+	@echo "  curl http://$(DEMO_BIND)/_raindrops/last_data_recv       time requests waited in the queue"
+	@echo "  open http://$(DEMO_BIND)/watch/                          live dashboard of every listener"
+	$(VENV)/bin/gunicorn --workers $(DEMO_WORKERS) --worker-class gthread --threads 4 --bind $(DEMO_BIND) --no-control-socket \
+		--config python:raindrops.demo_config $(DEMO_ARGS) raindrops.demo:app
 
 clean:
 	rm -rf $(VENV) zig-out .zig-cache $(LIBRARY) build dist .pytest_cache

@@ -6,6 +6,7 @@ gets it copied next to the sources, where `raindrops._native` looks for it.
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -30,6 +31,9 @@ class CustomBuildHook(BuildHookInterface):  # type: ignore[type-arg]
         build_data["pure_python"] = False
         build_data["infer_tag"] = True
         if version == "editable":
-            shutil.copy2(built, root / "raindrops" / LIBRARY)
+            # A new file renamed into place: processes that loaded the old one keep it intact.
+            staged = root / "raindrops" / f".{LIBRARY}.tmp"
+            shutil.copy2(built, staged)
+            os.replace(staged, root / "raindrops" / LIBRARY)
         else:
             build_data["force_include"][str(built)] = f"raindrops/{LIBRARY}"

@@ -5,10 +5,12 @@ every worker process of a server such as gunicorn or uWSGI.
 """
 
 from raindrops.counters import MAX, PAGE_SIZE, SIZE, Raindrops, Struct, StructBase
+from raindrops.last_data_recv import LastDataRecv
 from raindrops.linux import ListenStats
 from raindrops.middleware import Middleware
 from raindrops.scoreboard import Scoreboard
 from raindrops.tcp_info import TCP_STATES, TCPInfo
+from raindrops.watcher import Watcher
 
 __version__ = "0.1.0"
 
@@ -17,6 +19,7 @@ __all__ = [
     "PAGE_SIZE",
     "SIZE",
     "TCP_STATES",
+    "LastDataRecv",
     "ListenStats",
     "Middleware",
     "Raindrops",
@@ -24,5 +27,6 @@ __all__ = [
     "Struct",
     "StructBase",
     "TCPInfo",
+    "Watcher",
     "__version__",
 ]

@@ -2,20 +2,23 @@
 
 `raindrops listeners` prints listener statistics like raindrops'
 linux-listener-stats example: every TCP and unix listener of the host by
-default, once or every --interval seconds.
+default, once or every --interval seconds. `raindrops watch` serves the
+Watcher's dashboard and endpoints for the host's listeners.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import signal
+import os
 import sys
 import time
 from datetime import datetime, timezone
 from typing import Callable, Mapping, NoReturn, Sequence, TextIO
 
 from raindrops import exposition, linux
+from raindrops.server import make_server
+from raindrops.watcher import Watcher
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
@@ -69,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--queued-min", "-t", type=_count(0), default=0, metavar="N", help="show only rows with queued >= N"
     )
     listeners.add_argument("--format", choices=("text", "json", "prometheus"), default="text")
+    _add_watch(commands)
     return parser
 
 
@@ -129,11 +133,73 @@ def run_listeners(options: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     return 0
 
 
+# `raindrops watch`: the Watcher on its own, for any server of the host.
+
+WATCH_BIND = "127.0.0.1:9000"
+
+
+def _bind_address(text: str) -> tuple[str, int]:
+    """HOST:PORT, [V6]:PORT or PORT (on 127.0.0.1)."""
+    host, colon, port_text = text.rpartition(":")
+    if not colon:
+        host, port_text = "127.0.0.1", text
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not host or not (port_text.isascii() and port_text.isdigit()) or int(port_text) > 65535:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, [V6]:PORT or PORT, not {text!r}")
+    return host, int(port_text)
+
+
+def _add_watch(commands: argparse._SubParsersAction[_Parser]) -> None:
+    watch = commands.add_parser(
+        "watch",
+        help="serve the Watcher dashboard for the listeners of this host",
+        description="Serve raindrops.Watcher over HTTP: a live dashboard of active and queued connections per "
+        "listener, and raindrops' per-listener endpoints. Watches every TCP and unix listener of the host, or "
+        "the ADDRs given (HOST:PORT, [V6]:PORT, or a unix socket path starting with / or @).",
+    )
+    watch.add_argument("addresses", nargs="*", metavar="ADDR", help="listeners to watch (default: all)")
+    watch.add_argument(
+        "--bind",
+        "-b",
+        type=_bind_address,
+        default=_bind_address(WATCH_BIND),
+        metavar="HOST:PORT",
+        help=f"where to serve the dashboard (default: {WATCH_BIND})",
+    )
+    watch.add_argument("--delay", "-d", type=_positive_float, default=1.0, metavar="S", help="seconds between samples")
+    watch.add_argument(
+        "--history", type=_count(2), default=300, metavar="N", help="samples the dashboard charts (default: 300)"
+    )
+
+
+def run_watch(options: argparse.Namespace, err: TextIO) -> int:
+    """Serves until interrupted; the sampler thread and the server's threads are daemons."""
+    watcher = Watcher(options.addresses or None, delay=options.delay, history=options.history)
+    host, port = options.bind
+    server = make_server(host, port, watcher)
+    watcher.start()
+    try:
+        shown = f"[{host}]" if ":" in host else host
+        err.write(f"raindrops watch: serving http://{shown}:{server.server_port}/ (Ctrl-C stops)\n")
+        err.flush()
+        server.serve_forever()
+    finally:
+        server.server_close()
+        watcher.close()
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     options = build_parser().parse_args(argv)
-    signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # a closed pipe ends the program quietly
     try:
+        if options.command == "watch":
+            return run_watch(options, sys.stderr)
         return run_listeners(options, sys.stdout, sys.stderr)
+    except BrokenPipeError:
+        # The reader left (`| head`): stop quietly, and keep Python's exit-time
+        # flush of stdout from failing again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
     except (ValueError, TypeError) as error:

@@ -2,7 +2,9 @@
 
 Endpoints: / (hello), /slow?seconds=S (sleeps, at most 30 s), /stream?chunks=N&delay=S
 (a streaming body), /fail (raises), /count (increments a counter shared by all
-workers and returns its new value), and /_raindrops (the statistics).
+workers and returns its new value), /_raindrops (the statistics),
+/_raindrops/last_data_recv (queue time, see raindrops.demo_config) and
+/watch/ (the Watcher's live dashboard of this host's listeners).
 """
 
 from __future__ import annotations
@@ -13,7 +15,9 @@ from typing import Iterator
 from urllib.parse import parse_qs
 
 from raindrops.counters import Raindrops
+from raindrops.last_data_recv import LastDataRecv
 from raindrops.middleware import Environ, Middleware, StartResponse
+from raindrops.watcher import Watcher
 
 SLOW_SECONDS_MAX = 30.0
 STREAM_CHUNKS_MAX = 10_000
@@ -68,4 +72,18 @@ def application(environ: Environ, start_response: StartResponse) -> list[bytes] 
     return _text(start_response, "404 Not Found", "not found\n")
 
 
-app = Middleware(application)
+WATCH_PREFIX = "/watch"
+watcher = Watcher()
+
+
+def routes(environ: Environ, start_response: StartResponse) -> list[bytes] | Iterator[bytes]:
+    """Mounts the Watcher under /watch (its links are relative), the demo elsewhere."""
+    path = environ.get("PATH_INFO", "/")
+    if path == WATCH_PREFIX or path.startswith(WATCH_PREFIX + "/"):
+        environ["SCRIPT_NAME"] = environ.get("SCRIPT_NAME", "") + WATCH_PREFIX
+        environ["PATH_INFO"] = path[len(WATCH_PREFIX) :] or "/"
+        return watcher(environ, start_response)  # type: ignore[no-any-return]
+    return application(environ, start_response)
+
+
+app = Middleware(LastDataRecv(routes))

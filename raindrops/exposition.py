@@ -6,6 +6,7 @@ command line all print the same bytes for the same numbers.
 
 from __future__ import annotations
 
+import math
 from typing import Callable, Mapping, NamedTuple, Protocol
 
 from raindrops.histogram import HistogramSnapshot
@@ -166,3 +167,99 @@ def middleware_json(totals: Totals, listeners: Mapping[str, Listen]) -> dict[str
         "request_duration_us": histogram_json(totals.durations_us),
         "listeners": listeners_json(listeners),
     }
+
+
+# raindrops' aggregates: the Watcher's and LastDataRecv's text histograms and X-* headers.
+
+HISTOGRAM_COLUMNS = 80
+EMPTY_HISTOGRAM = "Empty histogram"
+
+
+def ruby_float(value: float) -> str:
+    """A float spelled as Ruby's Float#to_s spells it ("1.0", "NaN", "1.0e+16"), as raindrops sends it."""
+    if value != value:
+        return "NaN"
+    if value in (float("inf"), float("-inf")):
+        return "Infinity" if value > 0 else "-Infinity"
+    text = repr(value)
+    mantissa, marker, exponent = text.partition("e")
+    if marker and "." not in mantissa:
+        return f"{mantissa}.0e{exponent}"
+    return text
+
+
+def _round_half_up(value: float) -> int:
+    """Ruby's Float#round for the non-negative numbers used here (Python's round() goes to even)."""
+    return math.floor(value + 0.5)
+
+
+def outliers(snapshot: HistogramSnapshot) -> tuple[int, int]:
+    """Samples below and above the drawn buckets: zeros (raindrops' buckets start at 1), and none above,
+    because the last bucket of these histograms takes every larger value and is drawn."""
+    return (snapshot.buckets[0] if snapshot.buckets else 0), 0
+
+
+def histogram_text(snapshot: HistogramSnapshot, columns: int = HISTOGRAM_COLUMNS) -> str:
+    """raindrops' ASCII histogram (the aggregate gem's to_s), byte for byte.
+
+    One row per non-empty bucket, labelled with its lower bound (1, 2, 4, ...),
+    with a bar of "@" scaled to the fullest bucket, "~" for each run of empty
+    buckets and after the last row unless it is the last bucket, and a Total of
+    the drawn samples. Zeros are outliers and not drawn. "Empty histogram" when
+    nothing is drawn.
+    """
+    if columns < HISTOGRAM_COLUMNS:
+        raise ValueError(f"columns must be at least {HISTOGRAM_COLUMNS}, not {columns}")
+    rows = [(bucket, 1 << (bucket - 1), count) for bucket, count in enumerate(snapshot.buckets) if bucket and count]
+    if not rows:
+        return EMPTY_HISTOGRAM
+    total = sum(count for _, _, count in rows)
+    value_width = max(len(str(rows[-1][1])), len("value"), len("Total"))
+    count_width = max(len(str(total)), len("count"))
+    bar_width = columns - (value_width + len(" |") + len("| ") + count_width)
+    weight = max(max(count for _, _, count in rows) / bar_width, 1.0)
+    rule = "-" * bar_width
+    skipped = f"{'':>{value_width}} ~"
+    lines = [f"{'value':>{value_width}} |{rule}| {'count':>{count_width}}"]
+    previous = rows[0][0] - 1
+    for bucket, value, count in rows:
+        if bucket != previous + 1:
+            lines.append(skipped)
+        previous = bucket
+        bar = int(count / weight)
+        lines.append(f"{value:>{value_width}} |{'@' * bar}{' ' * (bar_width - bar)}| {count:>{count_width}}")
+    if rows[-1][0] != len(snapshot.buckets) - 1:
+        lines.append(skipped)
+    lines.append(f"{'Total':>{value_width}} |{rule}| {total:>{count_width}}")
+    return "\n".join(lines) + "\n"
+
+
+def watcher_headers(snapshot: HistogramSnapshot) -> list[tuple[str, str]]:
+    """The Watcher's X-Count .. X-Outliers-High: always all of them, "" or "NaN" where undefined."""
+    low, high = outliers(snapshot)
+    return [
+        ("X-Count", str(snapshot.count)),
+        ("X-Min", "" if snapshot.min is None else str(snapshot.min)),
+        ("X-Max", "" if snapshot.max is None else str(snapshot.max)),
+        ("X-Mean", ruby_float(snapshot.mean) if snapshot.count else "NaN"),
+        ("X-Std-Dev", ruby_float(snapshot.std_dev) if snapshot.count > 1 else "NaN"),
+        ("X-Outliers-Low", str(low)),
+        ("X-Outliers-High", str(high)),
+    ]
+
+
+def last_data_recv_headers(snapshot: HistogramSnapshot) -> list[tuple[str, str]]:
+    """raindrops' LastDataRecv headers: X-Count, and only past one sample the rest, mean and
+    standard deviation rounded to whole milliseconds."""
+    headers = [("X-Count", str(snapshot.count))]
+    if snapshot.count > 1:
+        low, high = outliers(snapshot)
+        headers += [
+            ("X-Min", str(snapshot.min)),
+            ("X-Max", str(snapshot.max)),
+            ("X-Mean", str(_round_half_up(snapshot.mean))),
+            ("X-Std-Dev", str(_round_half_up(snapshot.std_dev))),
+            ("X-Outliers-Low", str(low)),
+            ("X-Outliers-High", str(high)),
+        ]
+    return headers

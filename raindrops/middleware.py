@@ -11,18 +11,18 @@ memory that all workers of a preforking server find by themselves:
 
 from __future__ import annotations
 
-import hashlib
 import ipaddress
 import json
 import os
 import threading
 import time
-from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 from urllib.parse import parse_qs
 
-from raindrops import _native, exposition, linux
+from raindrops import _native, exposition, linux, segments
 from raindrops.scoreboard import PROCESS, Scoreboard, Totals
+from raindrops.segments import SHM_DIR as SHM_DIR
+from raindrops.segments import remove_stale_segments
 
 Environ = dict[str, Any]
 StartResponse = Callable[..., Any]
@@ -30,9 +30,8 @@ WSGIApp = Callable[[Environ, StartResponse], Iterable[bytes]]
 
 DEFAULT_ALLOW = ("127.0.0.0/8", "::1/128")
 """Clients allowed to read the endpoint by default: loopback only (a unix socket client is local too)."""
-NAME_PREFIX = "raindrops-mw-"
-SHM_DIR = Path("/dev/shm")
-_SHM_SCAN_MAX = 4096
+NAME_PREFIX = segments.PREFIX + "mw-"
+"""Start of the names of the per-master segments (see raindrops.segments)."""
 _enter = _native.board_enter
 _respond = _native.board_respond
 _leave = _native.board_leave
@@ -43,38 +42,21 @@ _SMALL_INT_MAX = _native.SMALL_INT_MAX
 _clock_ns = time.perf_counter_ns
 
 
-def _master_segment_name(path: str) -> str:
-    digest = hashlib.blake2s(f"{os.getcwd()}\0{path}".encode(), digest_size=6).hexdigest()
-    return f"/{NAME_PREFIX}{os.getppid()}-{digest}"
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
-def _pid_alive(pid: int) -> bool:
+def client_allowed(environ: Environ, networks: Iterable[Network]) -> bool:
+    """Whether the client of this request is in one of `networks` (an endpoint's `allow`)."""
+    remote = environ.get("REMOTE_ADDR") or ""
+    if not remote:
+        return True  # a unix socket peer is on this host
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        address = ipaddress.ip_address(remote.partition("%")[0])
+    except ValueError:
         return False
-    except PermissionError:
-        return True
-    return True
-
-
-def remove_stale_segments() -> list[str]:
-    """Unlinks the middleware segments of masters that are gone; returns their names.
-
-    Each server start makes a new name (the master's pid is in it), so without
-    this /dev/shm would collect one segment per restart.
-    """
-    removed = []
-    for entry in list(os.scandir(SHM_DIR))[:_SHM_SCAN_MAX]:
-        owner, _, _ = entry.name.removeprefix(NAME_PREFIX).partition("-")
-        if not entry.name.startswith(NAME_PREFIX) or not owner.isdigit() or _pid_alive(int(owner)):
-            continue
-        try:
-            os.unlink(entry.path)
-            removed.append("/" + entry.name)
-        except FileNotFoundError:
-            pass
-    return removed
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return any(address in network for network in networks)
 
 
 class _Body:
@@ -166,12 +148,16 @@ class Middleware:
         with self._bind_lock:
             pid = PROCESS.pid
             if self._bound_pid != pid or self._board is None:
-                inherited = pid != self._creator_pid
-                if not (self._explicit or inherited) and environ.get("wsgi.multiprocess"):
-                    remove_stale_segments()
-                    private = self._stats
-                    self._stats = Scoreboard(name=_master_segment_name(self.path))
-                    private.close()
+                self._stats = segments.shared_for_process(
+                    self._stats,
+                    environ,
+                    creator_pid=self._creator_pid,
+                    explicit=self._explicit,
+                    kind="mw",
+                    path=self.path,
+                    open_named=lambda name: Scoreboard(name=name),
+                    close=Scoreboard.close,
+                )
                 self._board = self._stats.board()
                 self._bound_pid = pid
             return self._board
@@ -203,16 +189,7 @@ class Middleware:
     # The endpoint.
 
     def _allowed(self, environ: Environ) -> bool:
-        remote = environ.get("REMOTE_ADDR") or ""
-        if not remote:
-            return True  # a unix socket peer is on this host
-        try:
-            address = ipaddress.ip_address(remote.partition("%")[0])
-        except ValueError:
-            return False
-        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-            address = address.ipv4_mapped
-        return any(address in network for network in self._allow)
+        return client_allowed(environ, self._allow)
 
     def _listener_stats(self) -> dict[str, linux.ListenStats]:
         if self._listeners == []:
@@ -280,4 +257,4 @@ def _reply(
     return [] if method == "HEAD" else [body]
 
 
-__all__ = ["DEFAULT_ALLOW", "Middleware", "Scoreboard", "Totals", "remove_stale_segments"]
+__all__ = ["DEFAULT_ALLOW", "Middleware", "Scoreboard", "Totals", "client_allowed", "remove_stale_segments"]

@@ -1,0 +1,278 @@
+"""raindrops.LastDataRecv: how long requests waited in the listen queue, from every worker.
+
+For each request the middleware reads TCP_INFO `last_data_recv` of the
+client's socket (milliseconds since data last arrived on it) as the
+application is called. When the listener has TCP_DEFER_ACCEPT set, a
+connection enters the accept queue only once its request has arrived, so
+for the first request of a connection this is the time it waited to be
+accepted (plus the time the server took to read it): the queueing delay
+that `queued` in listener stats counts but does not time. Without
+TCP_DEFER_ACCEPT the number also includes the time the client took to send
+its request after connecting. On a keep-alive connection later requests
+measure how long they waited for the worker to read them. The kernel keeps
+this in jiffies, so the resolution is 1000/HZ ms (1 to 10 ms).
+
+Samples go into a histogram in shared memory that all workers update with
+atomic instructions: no lock, no message, no sample lost or delayed. Its
+endpoint answers like raindrops' LastDataRecv (X-* headers, text histogram)
+and in the Prometheus format (`?format=prometheus`).
+
+With gunicorn, set TCP_DEFER_ACCEPT on the listeners in the config file:
+
+    from raindrops.last_data_recv import defer_accept
+
+    def when_ready(server):
+        defer_accept(server.LISTENERS)
+
+and wrap the application: `app = raindrops.LastDataRecv(app)`. The workers
+find the shared histogram as raindrops.Middleware's do, with or without
+--preload.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import socket
+import threading
+from typing import Any, Iterable, Sequence
+
+from raindrops import exposition, segments, tcp_info
+from raindrops.counters import Raindrops
+from raindrops.histogram import HistogramSnapshot, SharedHistogram
+from raindrops.middleware import (
+    DEFAULT_ALLOW,
+    Environ,
+    StartResponse,
+    WSGIApp,
+    _reply,
+    _requested_format,
+    client_allowed,
+)
+from raindrops.scoreboard import PROCESS
+
+PATH = "/_raindrops/last_data_recv"
+BUCKETS = 33
+"""Bit lengths 0..32: tcpi_last_data_recv is a 32-bit number of milliseconds, every value has a bucket."""
+DEFER_ACCEPT_SECONDS = 60
+"""raindrops' choice: a connection that sends nothing for a minute is accepted anyway (or dropped)."""
+CLIENT_SOCKET_KEYS = ("gunicorn.socket", "raindrops.socket")
+_SKIPPED = 0  # requests whose socket had no TCP_INFO (unix socket, server without a socket in environ)
+_HISTOGRAM = 1
+COUNTERS = _HISTOGRAM + SharedHistogram.slots(BUCKETS)
+_OFFSET, _FIELD = tcp_info._UNITS["last_data_recv"]
+_TCP_INFO_BYTES = _OFFSET + _FIELD.size
+_SECONDS_MAX = 2**31 - 1
+
+METRIC = exposition.Metric(
+    "raindrops_last_data_recv_seconds",
+    "histogram",
+    "Time from a request's arrival (TCP_INFO last_data_recv) to the application call: the listen queue wait "
+    "when the listener has TCP_DEFER_ACCEPT.",
+)
+SKIPPED_METRIC = exposition.Metric(
+    "raindrops_last_data_recv_skipped",
+    "counter",
+    "Requests not measured: their socket gave no TCP_INFO.",
+)
+
+
+def _seconds(milliseconds: int) -> str:
+    return repr(milliseconds / 1000)
+
+
+def last_data_recv(sock: Any) -> int | None:
+    """tcpi_last_data_recv of a connected TCP socket in ms, None when it has no TCP_INFO.
+
+    One getsockopt of just the bytes needed, since it runs on every request.
+    """
+    try:
+        raw = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCP_INFO_BYTES)
+    except (OSError, AttributeError, TypeError, ValueError):
+        return None
+    if not isinstance(raw, bytes) or len(raw) < _TCP_INFO_BYTES:
+        return None
+    value: int = _FIELD.unpack_from(raw, _OFFSET)[0]
+    return value
+
+
+class LastDataRecvStats:
+    """The shared counters: requests not measured, then the histogram of milliseconds."""
+
+    def __init__(self, *, name: str | None = None, mode: int = 0o600) -> None:
+        self.counters = Raindrops(COUNTERS, name=name, mode=mode)
+        self.histogram = SharedHistogram(self.counters, _HISTOGRAM, BUCKETS)
+
+    @property
+    def name(self) -> str | None:
+        return self.counters.name
+
+    def observe(self, milliseconds: int) -> None:
+        self.histogram.observe(milliseconds)
+
+    def skip(self) -> None:
+        self.counters.incr(_SKIPPED)
+
+    @property
+    def skipped(self) -> int:
+        return self.counters[_SKIPPED]
+
+    def snapshot(self) -> HistogramSnapshot:
+        return self.histogram.snapshot()
+
+    def close(self) -> None:
+        self.counters.close()
+
+
+class LastDataRecv:
+    """WSGI middleware: records each request's TCP_INFO last_data_recv in a histogram shared by all workers.
+
+    GET `path` (loopback clients by default, see `allow`) answers like
+    raindrops' LastDataRecv: `X-Count`, and past one sample `X-Min`, `X-Max`,
+    `X-Mean`, `X-Std-Dev` (whole ms), `X-Outliers-Low` (samples of 0 ms) and
+    `X-Outliers-High`, with the text histogram as the body;
+    `?format=prometheus` (or `openmetrics`, or `json`) gives the histogram in
+    that format. Requests to `path` are not measured.
+    """
+
+    def __init__(
+        self,
+        app: WSGIApp,
+        path: str = PATH,
+        *,
+        stats: LastDataRecvStats | None = None,
+        name: str | None = None,
+        allow: Iterable[str] = DEFAULT_ALLOW,
+    ) -> None:
+        if not path.startswith("/"):
+            raise ValueError(f"path must start with '/', not {path!r}")
+        self.app = app
+        self.path = path
+        self._allow = tuple(ipaddress.ip_network(network) for network in allow)
+        self._explicit = stats is not None or name is not None
+        self._stats = stats if stats is not None else LastDataRecvStats(name=name)
+        self._creator_pid = PROCESS.pid
+        self._bound_pid = 0
+        self._bind_lock = threading.Lock()
+
+    @property
+    def stats(self) -> LastDataRecvStats:
+        return self._stats
+
+    def _bind(self, environ: Environ) -> LastDataRecvStats:
+        """Finds this process's histogram once: inherited, shared with sibling workers, or private."""
+        with self._bind_lock:
+            if self._bound_pid != PROCESS.pid:
+                self._stats = segments.shared_for_process(
+                    self._stats,
+                    environ,
+                    creator_pid=self._creator_pid,
+                    explicit=self._explicit,
+                    kind="ldr",
+                    path=self.path,
+                    open_named=lambda name: LastDataRecvStats(name=name),
+                    close=LastDataRecvStats.close,
+                )
+                self._bound_pid = PROCESS.pid
+            return self._stats
+
+    def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+        if environ.get("PATH_INFO") == self.path:
+            return self._endpoint(environ, start_response)
+        stats = self._stats if self._bound_pid == PROCESS.pid else self._bind(environ)
+        client = next((environ[key] for key in CLIENT_SOCKET_KEYS if key in environ), None)
+        waited = None if client is None else last_data_recv(client)
+        if waited is None:
+            stats.skip()
+        else:
+            stats.observe(waited)
+        return self.app(environ, start_response)
+
+    def _endpoint(self, environ: Environ, start_response: StartResponse) -> list[bytes]:
+        method = environ.get("REQUEST_METHOD", "GET")
+        if method not in ("GET", "HEAD"):
+            status, allow = "405 Method Not Allowed", [("Allow", "GET, HEAD")]
+            return _reply(start_response, status, "text/plain", b"405 Method Not Allowed\n", method, allow)
+        if not client_allowed(environ, self._allow):
+            return _reply(start_response, "403 Forbidden", "text/plain", b"403 Forbidden\n", method)
+        form = _requested_format(environ)
+        if form is None:
+            message = b"unknown format: use text, prometheus, openmetrics or json\n"
+            return _reply(start_response, "400 Bad Request", "text/plain", message, method)
+        stats = self._bind(environ)
+        snapshot = stats.snapshot()
+        if form == "json":
+            numbers = {**exposition.histogram_json(snapshot), "unit": "ms", "skipped": stats.skipped}
+            return _reply(start_response, "200 OK", "application/json", json.dumps(numbers).encode() + b"\n", method)
+        if form in ("prometheus", "openmetrics"):
+            text = self.prometheus(snapshot, stats.skipped, openmetrics=form == "openmetrics")
+            kind = exposition.PROMETHEUS_CONTENT_TYPE if form == "prometheus" else exposition.OPENMETRICS_CONTENT_TYPE
+            return _reply(start_response, "200 OK", kind, text.encode(), method)
+        headers = exposition.last_data_recv_headers(snapshot)
+        body = exposition.histogram_text(snapshot).encode()
+        return _reply(start_response, "200 OK", "text/plain", body, method, headers)
+
+    @staticmethod
+    def prometheus(snapshot: HistogramSnapshot, skipped: int, openmetrics: bool = False) -> str:
+        """The histogram in seconds (bucket bounds are whole milliseconds), and the skipped requests."""
+        text = exposition.histogram_prometheus(METRIC, snapshot, _seconds)
+        text += exposition._scalar(SKIPPED_METRIC, skipped, openmetrics)
+        return text + ("# EOF\n" if openmetrics else "")
+
+
+# TCP_DEFER_ACCEPT.
+
+
+def _fileno(listener: Any) -> int:
+    if isinstance(listener, bool):
+        raise TypeError("a listener must be a socket, an object with fileno() or an fd, not bool")
+    if isinstance(listener, int):
+        return listener
+    fileno = getattr(listener, "fileno", None)
+    if fileno is None:
+        raise TypeError(f"a listener must be a socket, an object with fileno() or an fd, not {type(listener).__name__}")
+    fd = fileno()
+    if not isinstance(fd, int):
+        raise TypeError(f"fileno() returned {type(fd).__name__}, not int")
+    return fd
+
+
+def _listeners(listeners: Any) -> Sequence[Any]:
+    if isinstance(listeners, (int, socket.socket)) or hasattr(listeners, "fileno"):
+        return [listeners]
+    return list(listeners)
+
+
+def defer_accept(listeners: Any, seconds: int = DEFER_ACCEPT_SECONDS) -> list[int]:
+    """Sets TCP_DEFER_ACCEPT on TCP listening sockets; returns the fds it set it on.
+
+    `listeners` is a socket, an fd, an object with fileno() (gunicorn's
+    server.LISTENERS entries), or a list of them; unix sockets in it are
+    skipped. A connection then waits in the kernel until its first data
+    arrives (or for about `seconds`), which makes LastDataRecv measure the
+    listen queue. `seconds=0` turns it off again.
+    """
+    if isinstance(seconds, bool) or not isinstance(seconds, int) or not 0 <= seconds <= _SECONDS_MAX:
+        raise ValueError(f"seconds must be an int in [0, {_SECONDS_MAX}], not {seconds!r}")
+    changed = []
+    for listener in _listeners(listeners):
+        fd = _fileno(listener)
+        sock = socket.socket(fileno=fd)
+        try:
+            if sock.family not in (socket.AF_INET, socket.AF_INET6) or sock.type != socket.SOCK_STREAM:
+                continue
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT, seconds)
+            changed.append(fd)
+        finally:
+            sock.detach()
+    return changed
+
+
+__all__ = [
+    "BUCKETS",
+    "PATH",
+    "LastDataRecv",
+    "LastDataRecvStats",
+    "defer_accept",
+    "last_data_recv",
+]

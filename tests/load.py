@@ -1,0 +1,63 @@
+"""A loopback listener whose `active` and `queued` counts a test sets, for the Watcher's tests."""
+
+from __future__ import annotations
+
+import socket
+import time
+from typing import Callable, TypeVar
+
+T = TypeVar("T")
+
+
+class Load:
+    """127.0.0.1:P with `active` accepted connections held open and `queued` ones left in the accept queue."""
+
+    def __init__(self, backlog: int = 64) -> None:
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(backlog)
+        self.address = "127.0.0.1:%d" % self.listener.getsockname()[1]
+        self._clients: list[socket.socket] = []
+        self._accepted: list[socket.socket] = []
+
+    def set(self, active: int, queued: int) -> None:
+        """Replaces every connection: drains the queue (a closed client stays queued until accepted)."""
+        self._drop()
+        where = self.listener.getsockname()
+        self._clients = [socket.create_connection(where, timeout=5) for _ in range(active + queued)]
+        self._accepted = [self.listener.accept()[0] for _ in range(active)]
+
+    def _drop(self) -> None:
+        for sock in self._clients + self._accepted:
+            sock.close()
+        self._clients, self._accepted = [], []
+        self.listener.setblocking(False)
+        try:
+            for _ in range(10_000):
+                self.listener.accept()[0].close()
+        except BlockingIOError:
+            pass
+        finally:
+            self.listener.setblocking(True)
+
+    def close(self) -> None:
+        self._drop()
+        self.listener.close()
+
+    def __enter__(self) -> Load:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def wait_until(probe: Callable[[], T], timeout: float = 10.0, what: str = "a condition") -> T:
+    """probe() until it returns something true; fails after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = probe()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.01)

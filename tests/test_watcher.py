@@ -1,0 +1,406 @@
+"""raindrops.Watcher: endpoints, headers, peaks, reset, tail and its end, on real loopback listeners."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, Iterator
+from urllib.parse import quote, unquote
+
+import pytest
+
+from load import Load, wait_until
+from raindrops import ListenStats, Watcher, exposition
+from raindrops.aggregate import Aggregate
+from raindrops.server import WatchServer, make_server
+from raindrops.watcher import _Listener
+
+DELAY = 0.02
+STAT_HEADERS = [
+    "X-Count",
+    "X-Min",
+    "X-Max",
+    "X-Mean",
+    "X-Std-Dev",
+    "X-Outliers-Low",
+    "X-Outliers-High",
+    "X-Last-Reset",
+    "X-Current",
+    "X-First-Peak-At",
+    "X-Last-Peak-At",
+    "Content-Type",
+    "Expires",
+    "Content-Length",
+]
+HTTPDATE = re.compile(r"^[A-Z][a-z]{2}, \d\d [A-Z][a-z]{2} \d{4} \d\d:\d\d:\d\d GMT$")
+
+
+class Reply:
+    def __init__(self, status: str, headers: list[tuple[str, str]], body: bytes) -> None:
+        self.status = status
+        self.header_list = headers
+        self.headers = dict(headers)
+        self.body = body
+
+    @property
+    def code(self) -> int:
+        return int(self.status.split()[0])
+
+
+def call(app: Watcher, path: str, method: str = "GET", query: str = "", **extra: str) -> Reply:
+    environ: dict[str, Any] = {
+        "REQUEST_METHOD": method,
+        "PATH_INFO": unquote(path, "iso-8859-1"),  # as a server decodes it
+        "QUERY_STRING": query,
+        "SCRIPT_NAME": "",
+        "SERVER_NAME": "watch.test",
+        "SERVER_PORT": "80",
+        "HTTP_HOST": "watch.test",
+        "wsgi.url_scheme": "http",
+    }
+    environ.update(extra)
+    seen: dict[str, Any] = {}
+
+    def start_response(status: str, headers: list[tuple[str, str]], exc_info: object = None) -> Any:
+        seen.update(status=status, headers=headers)
+        return lambda data: None
+
+    body = app(environ, start_response)
+    data = b"".join(body)
+    getattr(body, "close", lambda: None)()
+    return Reply(seen["status"], seen["headers"], data)
+
+
+def escaped(address: str) -> str:
+    return quote(address, safe="")
+
+
+@pytest.fixture(autouse=True)
+def sigpipe_ignored() -> Iterator[None]:
+    """A server thread writing to a client that left must get EPIPE, as Python arranges by default;
+    raindrops.cli.main() (called in-process by test_cli) resets SIGPIPE to the default, which kills."""
+    previous = signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGPIPE, previous)
+
+
+@pytest.fixture
+def load() -> Iterator[Load]:
+    with Load() as listener:
+        listener.set(active=2, queued=1)
+        yield listener
+
+
+@pytest.fixture
+def watcher(load: Load) -> Iterator[Watcher]:
+    with Watcher([load.address], delay=DELAY) as app:
+        yield app
+
+
+def samples(app: Watcher, address: str, count: int) -> None:
+    """Waits until `count` samples of `address` were taken since its last reset."""
+    def enough() -> bool:
+        view = app.view(address, "active")
+        return view is not None and view.snapshot.count >= count
+
+    wait_until(enough, what=f"{count} samples")
+
+
+def test_stats_headers_histogram_and_head(watcher: Watcher, load: Load) -> None:
+    samples(watcher, load.address, 3)
+    active = call(watcher, f"/active/{escaped(load.address)}.txt")
+    assert active.code == 200
+    assert [name for name, _ in active.header_list] == STAT_HEADERS
+    count = int(active.headers["X-Count"])
+    assert count >= 3
+    assert (active.headers["X-Min"], active.headers["X-Max"], active.headers["X-Current"]) == ("2", "2", "2")
+    assert (active.headers["X-Mean"], active.headers["X-Std-Dev"]) == ("2.0", "0.0")
+    assert (active.headers["X-Outliers-Low"], active.headers["X-Outliers-High"]) == ("0", "0")
+    assert active.headers["Content-Type"] == "text/plain"
+    for name in ("X-Last-Reset", "X-First-Peak-At", "X-Last-Peak-At", "Expires"):
+        assert HTTPDATE.match(active.headers[name]), name
+    row = active.body.decode().splitlines()[1]  # the header, then the one bucket drawn
+    assert row.startswith("    2 |@") and row.endswith(f"| {count:>5}") and len(row) == 80
+    assert active.headers["Content-Length"] == str(len(active.body))
+
+    queued = call(watcher, f"/queued/{escaped(load.address)}.txt")
+    assert queued.headers["X-Current"] == "1" and queued.headers["X-Max"] == "1"
+    head = call(watcher, f"/queued/{escaped(load.address)}.txt", "HEAD")
+    assert head.body == b"" and head.headers["Content-Length"] == queued.headers["Content-Length"]
+
+    page = call(watcher, f"/queued/{escaped(load.address)}.html")
+    assert page.headers["Content-Type"] == "text/html" and page.headers["X-Current"] == "1"
+    assert f"<tr><td>Current</td><td>1</td></tr>" in page.body.decode()
+    assert f"action='../reset/{escaped(load.address)}'" in page.body.decode()
+
+    data = json.loads(call(watcher, f"/active/{escaped(load.address)}.json").body)
+    assert data["address"] == load.address and data["kind"] == "active" and data["current"] == 2
+    assert data["min"] == data["max"] == 2 and data["count"] >= 3 and data["first_peak_at"] <= data["last_peak_at"]
+
+
+def test_empty_aggregate_and_idle_listener_headers() -> None:
+    with Load() as idle, Watcher([idle.address], delay=DELAY) as app:
+        samples(app, idle.address, 2)
+        reply = call(app, f"/active/{escaped(idle.address)}.txt")
+        assert reply.body == b"Empty histogram"
+        assert reply.headers["X-Outliers-Low"] == reply.headers["X-Count"]
+        assert (reply.headers["X-Min"], reply.headers["X-Max"], reply.headers["X-Mean"]) == ("0", "0", "0.0")
+        # 0 is never a peak: an idle listener has no peak time.
+        assert (reply.headers["X-First-Peak-At"], reply.headers["X-Last-Peak-At"]) == ("", "")
+    empty = exposition.watcher_headers(Aggregate().snapshot())
+    assert dict(empty) == {
+        "X-Count": "0",
+        "X-Min": "",
+        "X-Max": "",
+        "X-Mean": "NaN",
+        "X-Std-Dev": "NaN",
+        "X-Outliers-Low": "0",
+        "X-Outliers-High": "0",
+    }
+
+
+def test_peaks_first_and_last_time_the_maximum_was_reached() -> None:
+    listener = _Listener(now=0.0)
+    for now, active in [(1, 0), (2, 3), (3, 1), (4, 3), (5, 0), (6, 2)]:
+        listener.add(load_stats(active), float(now))
+    view = listener.view("active")
+    assert (view.first_peak, view.last_peak) == (2.0, 4.0)
+    listener.add(load_stats(5), 7.0)
+    assert (listener.view("active").first_peak, listener.view("active").last_peak) == (7.0, 7.0)
+    idle = listener.view("queued")
+    assert (idle.first_peak, idle.last_peak) == (None, None)
+    listener.reset(8.0)
+    after = listener.view("active")
+    assert (after.first_peak, after.last_peak, after.last_reset, after.snapshot.count) == (None, None, 8.0, 0)
+
+
+def load_stats(active: int) -> ListenStats:
+    return ListenStats(active, 0)
+
+
+def test_reset_redirects_to_a_real_url_and_forgets_peaks(watcher: Watcher, load: Load) -> None:
+    samples(watcher, load.address, 20)
+    before = json.loads(call(watcher, f"/active/{escaped(load.address)}.json").body)
+    reply = call(watcher, f"/reset/{escaped(load.address)}", "POST")
+    assert reply.code == 302
+    assert reply.headers["Location"] == "http://watch.test/"
+    assert reply.body == b"Redirecting to http://watch.test/"
+    after = json.loads(call(watcher, f"/active/{escaped(load.address)}.json").body)
+    assert after["last_reset"] > before["last_reset"]
+    assert 1 <= after["count"] < before["count"]  # the reset waited for one new sample
+    assert after["first_peak_at"] > before["first_peak_at"]  # peaks start again too
+
+    back = f"http://watch.test/active/{escaped(load.address)}.html"
+    assert call(watcher, f"/reset/{escaped(load.address)}", "POST", HTTP_REFERER=back).headers["Location"] == back
+    foreign = call(watcher, f"/reset/{escaped(load.address)}", "POST", HTTP_REFERER="http://evil.test/")
+    assert foreign.headers["Location"] == "http://watch.test/"
+    mounted = call(watcher, "", SCRIPT_NAME="/watch")
+    assert (mounted.code, mounted.headers["Location"]) == (302, "http://watch.test/watch/")
+
+
+def test_not_found_and_method_not_allowed(watcher: Watcher, load: Load) -> None:
+    addr = escaped(load.address)
+    unknown = ("/nope", "/active/", f"/active/{addr}.xml", f"/active/{addr}", "/active/10.0.0.1%3A1.txt", "/tail/x.txt")
+    for path in unknown:
+        reply = call(watcher, path)
+        assert (reply.code, reply.body) == (404, b"Not Found"), path
+    assert call(watcher, "/reset/127.0.0.1:1", "POST").code == 404
+    put = call(watcher, "/", "PUT")
+    assert (put.code, put.headers["Allow"], put.body) == (405, "GET, HEAD", b"Method Not Allowed")
+    assert call(watcher, f"/reset/{addr}").headers["Allow"] == "POST"
+    assert call(watcher, f"/active/{addr}.txt", "POST").code == 405
+    assert call(watcher, f"/tail/{addr}.txt", query="active_min=x").code == 400
+
+
+def test_requests_for_unknown_addresses_create_no_state(watcher: Watcher, load: Load) -> None:
+    samples(watcher, load.address, 1)
+    sampler = watcher._running()
+    for port in range(1, 200):
+        call(watcher, f"/queued/10.0.0.1%3A{port}.txt")
+        call(watcher, f"/reset/10.0.0.1%3A{port}", "POST")
+    assert list(sampler.listeners) == [load.address]
+
+
+def test_index_escapes_names_and_lists_sorted(tmp_path: Path) -> None:
+    hostile = str(tmp_path / "<b>&'\"x.sock")
+    with socket.socket(socket.AF_UNIX) as unix, Load() as tcp:
+        unix.bind(hostile)
+        unix.listen(4)
+        with Watcher([hostile, tcp.address], delay=DELAY) as app:
+            reply = call(app, "/")
+            page = reply.body.decode()
+            assert reply.headers["Content-Type"] == "text/html; charset=utf-8"
+            assert "<b>" not in page and "&lt;b&gt;&amp;&#x27;&quot;x.sock" in page
+            assert f"href='tail/{escaped(hostile)}.txt'" in page
+            assert page.index("&lt;b&gt;") < page.index(tcp.address)  # sorted: "/tmp/..." before "127..."
+            assert "<h3>Updated at " in page and "<script>" in page and "src=" not in page
+            assert "'sha256-" in reply.headers["Content-Security-Policy"]
+            html_page = call(app, f"/active/{escaped(hostile)}.html").body.decode()
+            assert "<b>" not in html_page
+
+
+def test_series_json_since(watcher: Watcher, load: Load) -> None:
+    samples(watcher, load.address, 3)
+    first = json.loads(call(watcher, "/series.json").body)
+    assert first["listeners"] == {load.address: {"active": 2, "queued": 1}}
+    assert len(first["points"]) >= 3 and first["points"][-1][1] == {load.address: [2, 1]}
+    assert first["window"] == pytest.approx(DELAY * 300)
+    later = json.loads(call(watcher, "/series.json", query=f"since={first['updated']!r}").body)
+    assert all(point[0] > first["updated"] for point in later["points"])
+    assert call(watcher, "/series.json", query="since=yesterday").code == 400
+
+
+def test_a_configured_listener_that_is_absent_reads_zero(load: Load) -> None:
+    with Watcher(["/nonexistent/raindrops.sock", load.address], delay=DELAY) as app:
+        assert app.stats() == {"/nonexistent/raindrops.sock": (0, 0), load.address: (2, 1)}
+        assert call(app, "/queued/%2Fnonexistent%2Fraindrops.sock.txt").headers["X-Current"] == "0"
+
+
+def test_arguments_are_checked() -> None:
+    for delay in (0, -1, 1e9, float("nan")):
+        with pytest.raises(ValueError):
+            Watcher(delay=delay)
+    with pytest.raises(ValueError):
+        Watcher(["127.0.0.1:99999"])
+    with pytest.raises(ValueError):
+        Watcher(history=1)
+    with pytest.raises(TypeError):
+        Watcher("127.0.0.1:80")  # a str is a Sequence[str], but surely a mistake
+
+
+# /tail over a real server.
+
+
+@pytest.fixture
+def server(watcher: Watcher) -> Iterator[WatchServer]:
+    httpd = make_server("127.0.0.1", 0, watcher)
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        yield httpd
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join(5)
+
+
+def open_tail(port: int, address: str, query: str = "") -> socket.socket:
+    client = socket.create_connection(("127.0.0.1", port), timeout=5)
+    client.sendall(f"GET /tail/{escaped(address)}.txt?{query} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    return client
+
+
+def read_until(client: socket.socket, lines: int, timeout: float = 5.0) -> bytes:
+    data = b""
+    client.settimeout(timeout)
+    while data.partition(b"\r\n\r\n")[2].count(b"\n") < lines:
+        chunk = client.recv(4096)
+        assert chunk, data
+        data += chunk
+    return data
+
+
+def test_tail_lines_and_filters(server: WatchServer, watcher: Watcher, load: Load) -> None:
+    client = open_tail(server.server_port, load.address)
+    data = read_until(client, 2)
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert b"Cache-Control: no-transform" in head and b"Expires: Thu, 01 Jan 1970 00:00:00 GMT" in head
+    line = body.decode().splitlines()[0]
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ " + re.escape(load.address) + r" {10}2 {10}1", line), line
+    client.close()
+
+    waiting = open_tail(server.server_port, load.address, "queued_min=3&active_min=1")
+    waiting.settimeout(0.3)
+    with pytest.raises(socket.timeout):
+        waiting.recv(4096)  # no line passes the filters yet (wsgiref sends the headers with the first line)
+    load.set(active=1, queued=3)
+    assert b" 1          3\n" in read_until(waiting, 1)
+    waiting.close()
+
+
+def test_tail_ends_when_the_client_leaves(server: WatchServer, watcher: Watcher, load: Load) -> None:
+    quiet = open_tail(server.server_port, load.address, "queued_min=1000")  # never writes a line
+    talkative = open_tail(server.server_port, load.address)
+    read_until(talkative, 1)
+    wait_until(lambda: watcher.streams == 2, what="two streams")
+    quiet.close()
+    talkative.close()
+    wait_until(lambda: watcher.streams == 0, timeout=3, what="both streams to end")
+
+    remaining = open_tail(server.server_port, load.address, "queued_min=1000")
+    wait_until(lambda: watcher.streams == 1, what="a stream")
+    sampler = watcher._running()
+    watcher.close()  # closing the Watcher ends the streams still open
+    wait_until(lambda: sampler.streams == 0, timeout=3, what="the stream to end on close()")
+    remaining.settimeout(5)
+    assert remaining.recv(4096).startswith(b"HTTP/1.0 200")  # an empty response, then the server closes
+    remaining.close()
+
+
+def test_head_on_tail_sends_headers_only(watcher: Watcher, load: Load) -> None:
+    reply = call(watcher, f"/tail/{escaped(load.address)}.txt", "HEAD")
+    assert (reply.code, reply.body, reply.headers["Cache-Control"]) == (200, b"", "no-transform")
+
+
+# raindrops watch.
+
+
+def test_watch_command_serves_and_exits_130_on_ctrl_c(load: Load) -> None:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "raindrops", "watch", "--bind", "127.0.0.1:0", "--delay", "0.05", load.address],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stderr is not None
+        banner = process.stderr.readline()
+        match = re.search(r"http://127\.0\.0\.1:(\d+)/", banner)
+        assert match, banner
+        port = int(match.group(1))
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as client:
+            client.sendall(b"GET /series.json HTTP/1.0\r\n\r\n")
+            client.settimeout(5)
+            reply = b"".join(iter(lambda: client.recv(65536), b""))
+        assert reply.startswith(b"HTTP/1.0 200") and load.address.encode() in reply
+        process.send_signal(signal.SIGINT)
+        assert process.wait(10) == 130
+        assert process.stderr.read() == ""
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)
+
+
+def test_watch_command_rejects_bad_input() -> None:
+    for args in (["--bind", "nowhere"], ["127.0.0.1:99999"], ["--delay", "0"]):
+        command = [sys.executable, "-m", "raindrops", "watch", *args]
+        result = subprocess.run(command, capture_output=True, text=True, timeout=30)
+        assert result.returncode == 2, (args, result.stderr)
+        assert "Traceback" not in result.stderr
+
+
+def test_a_forked_child_samples_with_its_own_thread(watcher: Watcher, load: Load) -> None:
+    samples(watcher, load.address, 1)
+    parent = watcher._running()
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            child = watcher._running()
+            fresh = child is not parent and child._thread is not None and child._thread.is_alive()
+            code = 0 if fresh and watcher.stats()[load.address] == (2, 1) else 1
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert watcher._running() is parent
