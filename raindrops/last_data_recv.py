@@ -46,8 +46,7 @@ from raindrops.middleware import (
     StartResponse,
     WSGIApp,
     _reply,
-    _requested_format,
-    client_allowed,
+    endpoint_request,
 )
 from raindrops.scoreboard import PROCESS
 
@@ -189,16 +188,10 @@ class LastDataRecv:
         return self.app(environ, start_response)
 
     def _endpoint(self, environ: Environ, start_response: StartResponse) -> list[bytes]:
+        form, refusal = endpoint_request(environ, start_response, self._allow)
+        if refusal is not None:
+            return refusal
         method = environ.get("REQUEST_METHOD", "GET")
-        if method not in ("GET", "HEAD"):
-            status, allow = "405 Method Not Allowed", [("Allow", "GET, HEAD")]
-            return _reply(start_response, status, "text/plain", b"405 Method Not Allowed\n", method, allow)
-        if not client_allowed(environ, self._allow):
-            return _reply(start_response, "403 Forbidden", "text/plain", b"403 Forbidden\n", method)
-        form = _requested_format(environ)
-        if form is None:
-            message = b"unknown format: use text, prometheus, openmetrics or json\n"
-            return _reply(start_response, "400 Bad Request", "text/plain", message, method)
         stats = self._bind(environ)
         snapshot = stats.snapshot()
         if form == "json":

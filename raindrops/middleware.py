@@ -188,9 +188,6 @@ class Middleware:
 
     # The endpoint.
 
-    def _allowed(self, environ: Environ) -> bool:
-        return client_allowed(environ, self._allow)
-
     def _listener_stats(self) -> dict[str, linux.ListenStats]:
         if self._listeners == []:
             return {}
@@ -209,14 +206,10 @@ class Middleware:
         return stats
 
     def _endpoint(self, environ: Environ, start_response: StartResponse) -> list[bytes]:
+        form, refusal = endpoint_request(environ, start_response, self._allow)
+        if refusal is not None:
+            return refusal
         method = environ.get("REQUEST_METHOD", "GET")
-        if method not in ("GET", "HEAD"):
-            return _reply(start_response, "405 Method Not Allowed", "text/plain", b"405 Method Not Allowed\n", method, [("Allow", "GET, HEAD")])
-        if not self._allowed(environ):
-            return _reply(start_response, "403 Forbidden", "text/plain", b"403 Forbidden\n", method)
-        form = _requested_format(environ)
-        if form is None:
-            return _reply(start_response, "400 Bad Request", "text/plain", b"unknown format: use text, prometheus, openmetrics or json\n", method)
         self._bind(environ)
         totals = self._stats.totals()
         listeners = self._listener_stats()
@@ -229,6 +222,26 @@ class Middleware:
             body = exposition.middleware_prometheus(totals, listeners, openmetrics=True).encode()
             return _reply(start_response, "200 OK", exposition.OPENMETRICS_CONTENT_TYPE, body, method)
         return _reply(start_response, "200 OK", "text/plain", exposition.middleware_text(totals, listeners).encode(), method)
+
+
+def endpoint_request(
+    environ: Environ, start_response: StartResponse, allow: Iterable[Network]
+) -> tuple[str, list[bytes] | None]:
+    """Checks a statistics request: GET or HEAD, an allowed client, a known format.
+
+    Returns (format, None) to go on, or ("", body) after answering 405, 403 or 400.
+    """
+    method = environ.get("REQUEST_METHOD", "GET")
+    if method not in ("GET", "HEAD"):
+        refusal = b"405 Method Not Allowed\n"
+        return "", _reply(start_response, "405 Method Not Allowed", "text/plain", refusal, method, [("Allow", "GET, HEAD")])
+    if not client_allowed(environ, allow):
+        return "", _reply(start_response, "403 Forbidden", "text/plain", b"403 Forbidden\n", method)
+    form = _requested_format(environ)
+    if form is None:
+        refusal = b"unknown format: use text, prometheus, openmetrics or json\n"
+        return "", _reply(start_response, "400 Bad Request", "text/plain", refusal, method)
+    return form, None
 
 
 def _requested_format(environ: Environ) -> str | None:
@@ -257,4 +270,4 @@ def _reply(
     return [] if method == "HEAD" else [body]
 
 
-__all__ = ["DEFAULT_ALLOW", "Middleware", "Scoreboard", "Totals", "client_allowed", "remove_stale_segments"]
+__all__ = ["DEFAULT_ALLOW", "Middleware", "Scoreboard", "Totals", "client_allowed", "endpoint_request", "remove_stale_segments"]
