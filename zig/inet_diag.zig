@@ -438,15 +438,51 @@ pub fn allListeners(fd: i32, results: []Result, count: *u64) Status {
     }
     assert(collector.count == collector.seen);
     const unique = mergeListeners(results[0..collector.count]);
+    if (unique == 0) return ok; // no listener: no connection to attribute
     var attributor = ConnectionAttributor{ .results = results[0..unique] };
-    const connections = buildRequest(&request_buffer, states_established, netlink.sequenceNext(), &.{});
+    var port_queries: [queries_max]Query = undefined;
+    const ports = listenerPorts(results[0..unique], &port_queries);
+    const connections = buildRequest(&request_buffer, states_established, netlink.sequenceNext(), ports);
     const attributed = netlink.dump(fd, connections, tcpdiag_getsock, &attributor);
     if (attributed != ok) return attributed;
     count.* = unique;
     return ok;
 }
 
+/// Port-only queries for the listeners' distinct ports, so that the kernel
+/// skips every connection (outbound ones, the client ends of loopback ones)
+/// that no listener accepted. Empty, so no filter, past queries_max ports.
+fn listenerPorts(listeners: []const Result, queries: *[queries_max]Query) []const Query {
+    var count: usize = 0;
+    for (listeners, 0..) |*listener, index| {
+        // Results are sorted by port: a new port starts where the previous one differs.
+        if (index > 0 and listeners[index - 1].port == listener.port) continue;
+        if (count == queries_max) return &.{};
+        queries[count] = .{ .address = @splat(0), .family = af_inet6, .port = listener.port, .wildcard = 1, .reserved = @splat(0) };
+        count += 1;
+    }
+    return queries[0..count];
+}
+
 // Tests.
+
+test "listenerPorts: one wildcard query per distinct port, none past the limit" {
+    var listeners: [3]Result = undefined;
+    for (&listeners, [_]u16{ 80, 80, 443 }) |*listener, port| {
+        listener.* = .{ .address = @splat(0), .family = af_inet, .port = port, .listeners = 1, .active = 0, .queued = 0 };
+    }
+    var queries: [queries_max]Query = undefined;
+    const ports = listenerPorts(&listeners, &queries);
+    try std.testing.expectEqual(@as(usize, 2), ports.len);
+    try std.testing.expectEqual(@as(u16, 80), ports[0].port);
+    try std.testing.expectEqual(@as(u16, 443), ports[1].port);
+    try std.testing.expectEqual(@as(u8, 1), ports[1].wildcard);
+    var many: [queries_max + 1]Result = undefined;
+    for (&many, 0..) |*listener, index| {
+        listener.* = .{ .address = @splat(0), .family = af_inet, .port = @intCast(index + 1), .listeners = 1, .active = 0, .queued = 0 };
+    }
+    try std.testing.expectEqual(@as(usize, 0), listenerPorts(&many, &queries).len);
+}
 
 /// A model of the kernel's inet_diag_bc_audit (net/ipv4/inet_diag.c).
 fn testAudit(bytecode: []const u8) bool {
