@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 import timeit
 from collections.abc import Sequence
 from typing import Any
@@ -31,3 +33,10 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
     rule = "  ".join("-" * width for width in widths)
     return "\n".join([line(headers), rule, *(line(row) for row in rows)])
+
+
+def ruby_raindrops_installed() -> bool:
+    """Whether Ruby raindrops (Debian's ruby-raindrops) can be compared in this run."""
+    if shutil.which("ruby") is None:
+        return False
+    return subprocess.run(["ruby", "-e", 'require "raindrops"'], capture_output=True, check=False).returncode == 0

@@ -20,7 +20,6 @@ from __future__ import annotations
 import ctypes
 import multiprocessing
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -39,7 +38,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge  # noqa: E402
 from prometheus_client.multiprocess import MultiProcessCollector  # noqa: E402
 from raindrops import _native  # noqa: E402
 
-from _bench import REPEATS, ns_per_op, table  # noqa: E402
+from _bench import REPEATS, ns_per_op, ruby_raindrops_installed, table  # noqa: E402
 
 RAINDROPS_N = 4_000_000
 PROMETHEUS_N = 500_000
@@ -286,15 +285,9 @@ puts incr, empty
 """
 
 
-def _ruby_raindrops_installed() -> bool:
-    if shutil.which("ruby") is None:
-        return False
-    return subprocess.run(["ruby", "-e", 'require "raindrops"'], capture_output=True, check=False).returncode == 0
-
-
 def _ruby_table() -> str:
     """Ruby raindrops timed by Ruby itself, so interpreter start-up is not counted."""
-    if not _ruby_raindrops_installed():
+    if not ruby_raindrops_installed():
         return "skipped: ruby-raindrops not installed"
     command = ["ruby", "-e", _RUBY_SCRIPT, str(RUBY_N), str(REPEATS)]
     output = subprocess.run(command, capture_output=True, text=True, check=True).stdout

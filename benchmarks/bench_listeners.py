@@ -37,7 +37,6 @@ from __future__ import annotations
 import multiprocessing
 import re
 import resource
-import shutil
 import socket
 import struct
 import subprocess
@@ -53,7 +52,7 @@ import psutil  # type: ignore[import-untyped]
 from pyroute2 import DiagSocket  # type: ignore[import-untyped]
 from pyroute2.netlink.diag import SS_ESTABLISHED, SS_LISTEN  # type: ignore[import-untyped]
 
-from _bench import ns_per_op, table
+from _bench import ns_per_op, ruby_raindrops_installed, table
 from raindrops.linux import InetDiagSocket, ListenStats, tcp_listener_stats
 
 REPEATS = 3
@@ -423,12 +422,6 @@ end
 _RUBY_ROWS = {"one": RUBY_ONE, "four": RUBY_FOUR, "all": RUBY_ALL}
 
 
-def _ruby_raindrops_installed() -> bool:
-    if shutil.which("ruby") is None:
-        return False
-    return subprocess.run(["ruby", "-e", 'require "raindrops"'], capture_output=True, check=False).returncode == 0
-
-
 def _ruby(ports: list[int]) -> tuple[dict[str, float], dict[str, Counts]]:
     """Ruby raindrops' three queries: µs per call (best of REPEATS runs) and counts, by row label."""
     command = ["ruby", "-e", _RUBY_SCRIPT, str(REPEATS), *(f"{HOST}:{port}" for port in ports)]
@@ -528,7 +521,7 @@ def _ehash_note() -> str:
 
 def main() -> int:
     _raise_file_limit()
-    ruby = _ruby_raindrops_installed()
+    ruby = ruby_raindrops_installed()
     python = sys.version.split()[0]
     print(f"raindrops listener stats benchmark: Python {python}, {psutil.cpu_count()} CPUs, listeners on {HOST}")
     print(f"best of {REPEATS} timeit runs per method; Ruby raindrops timed inside Ruby the same way")
