@@ -24,10 +24,6 @@ const ok = status.ok;
 pub const af_inet: u16 = 2;
 pub const af_inet6: u16 = 10;
 pub const ipproto_tcp: u8 = 6;
-pub const tcp_established: u8 = 1;
-pub const tcp_listen: u8 = 10;
-pub const states_listen: u32 = 1 << tcp_listen;
-pub const states_established: u32 = 1 << tcp_established;
 
 /// The compat request (TCPDIAG_GETSOCK, struct inet_diag_req) with family
 /// AF_UNSPEC: the kernel walks its TCP hash tables once for IPv4 and IPv6
@@ -37,7 +33,6 @@ pub const af_unspec: u8 = 0;
 pub const request_legacy_bytes: u32 = 60;
 const request_states_offset: u32 = 52;
 pub const message_bytes: u32 = 72;
-const attribute_header_bytes: u32 = 4;
 const inet_diag_req_bytecode: u16 = 1;
 
 const bc_jmp: u8 = 1;
@@ -52,11 +47,11 @@ const block_bytes_max: u32 = 8 + 8 + op_bytes + hostcond_bytes + 16 + op_bytes;
 /// Queries per request: keeps every jump within the u16 `no` of an op.
 pub const queries_max: u32 = 256;
 pub const bytecode_bytes_max: u32 = queries_max * block_bytes_max;
-pub const request_bytes_max: u32 = netlink.header_bytes + request_legacy_bytes + attribute_header_bytes + bytecode_bytes_max;
+pub const request_bytes_max: u32 = netlink.header_bytes + request_legacy_bytes + netlink.attribute_header_bytes + bytecode_bytes_max;
 
 comptime {
     assert(bytecode_bytes_max + op_bytes <= std.math.maxInt(u16));
-    assert(attribute_header_bytes + bytecode_bytes_max <= std.math.maxInt(u16));
+    assert(netlink.attribute_header_bytes + bytecode_bytes_max <= std.math.maxInt(u16));
 }
 
 /// One requested address. Mirrored by `TcpQuery` in raindrops/_native.py.
@@ -198,8 +193,8 @@ pub fn buildRequest(out: []u8, states: u32, sequence: u32, queries: []const Quer
     netlink.writeU32(out, request_start + request_states_offset, states);
     var length: u32 = request_start + request_legacy_bytes;
     if (queries.len > 0) {
-        const bytecode = buildBytecode(out[length + attribute_header_bytes ..], queries);
-        const attribute_bytes: u32 = attribute_header_bytes + @as(u32, @intCast(bytecode.len));
+        const bytecode = buildBytecode(out[length + netlink.attribute_header_bytes ..], queries);
+        const attribute_bytes: u32 = netlink.attribute_header_bytes + @as(u32, @intCast(bytecode.len));
         netlink.writeU16(out, length, @intCast(attribute_bytes));
         netlink.writeU16(out, length + 2, inet_diag_req_bytecode);
         length += attribute_bytes;
@@ -295,9 +290,9 @@ const QueryCounter = struct {
     pub fn message(counter: *QueryCounter, payload: []const u8) Status {
         assert(counter.queries.len == counter.results.len);
         const socket = parseMessage(payload) orelse return netlink.bad_message;
-        const listening = socket.state == tcp_listen;
+        const listening = socket.state == netlink.state_listen;
         // inode 0: still in the accept queue, counted by its listener's rqueue.
-        const accepted = socket.state == tcp_established and socket.inode != 0;
+        const accepted = socket.state == netlink.state_established and socket.inode != 0;
         if (!listening and !accepted) return ok;
         var keys: [4]Key = undefined;
         for (matchingKeys(&socket, &keys)) |key| {
@@ -348,7 +343,7 @@ pub fn queryStats(fd: i32, queries: []const Query, results: []Result) Status {
     }
     var counter = QueryCounter{ .queries = queries, .results = results, .order = order };
     var request_buffer: [request_bytes_max]u8 align(8) = undefined;
-    const request = buildRequest(&request_buffer, states_listen | states_established, netlink.sequenceNext(), queries);
+    const request = buildRequest(&request_buffer, netlink.states_listen | netlink.states_established, netlink.sequenceNext(), queries);
     return netlink.dump(fd, request, tcpdiag_getsock, &counter);
 }
 
@@ -362,7 +357,7 @@ const ListenerCollector = struct {
     pub fn message(collector: *ListenerCollector, payload: []const u8) Status {
         assert(collector.count <= collector.results.len);
         const socket = parseMessage(payload) orelse return netlink.bad_message;
-        if (socket.state != tcp_listen) return ok;
+        if (socket.state != netlink.state_listen) return ok;
         collector.seen += 1;
         // Out of room: keep draining the dump to learn how much room is needed.
         if (collector.count == collector.results.len) return ok;
@@ -390,7 +385,7 @@ const ConnectionAttributor = struct {
 
     pub fn message(attributor: *ConnectionAttributor, payload: []const u8) Status {
         const socket = parseMessage(payload) orelse return netlink.bad_message;
-        if (socket.state != tcp_established or socket.inode == 0) return ok;
+        if (socket.state != netlink.state_established or socket.inode == 0) return ok;
         const exact = Key{ .port = socket.port, .family = socket.family, .address = socket.address };
         const position = search(attributor.results.len, attributor.results, exact, keyAt) orelse
             search(attributor.results.len, attributor.results, Key.wildcardOf(socket.family, socket.port), keyAt) orelse
@@ -429,7 +424,7 @@ pub fn allListeners(fd: i32, results: []Result, count: *u64) Status {
     count.* = 0;
     var request_buffer: [request_bytes_max]u8 align(8) = undefined;
     var collector = ListenerCollector{ .results = results };
-    const listeners = buildRequest(&request_buffer, states_listen, netlink.sequenceNext(), &.{});
+    const listeners = buildRequest(&request_buffer, netlink.states_listen, netlink.sequenceNext(), &.{});
     const listed = netlink.dump(fd, listeners, tcpdiag_getsock, &collector);
     if (listed != ok) return listed;
     if (collector.seen > results.len) {
@@ -442,7 +437,7 @@ pub fn allListeners(fd: i32, results: []Result, count: *u64) Status {
     var attributor = ConnectionAttributor{ .results = results[0..unique] };
     var port_queries: [queries_max]Query = undefined;
     const ports = listenerPorts(results[0..unique], &port_queries);
-    const connections = buildRequest(&request_buffer, states_established, netlink.sequenceNext(), ports);
+    const connections = buildRequest(&request_buffer, netlink.states_established, netlink.sequenceNext(), ports);
     const attributed = netlink.dump(fd, connections, tcpdiag_getsock, &attributor);
     if (attributed != ok) return attributed;
     count.* = unique;
@@ -608,17 +603,17 @@ test "bytecode passes the kernel audit and filters like the counting rule" {
     const bytecode = buildBytecode(&out, &queries);
     try std.testing.expect(testAudit(bytecode));
     const cases = [_]struct { socket: Socket, accepted: bool }{
-        .{ .socket = testSocket(af_inet, &loopback_v4, 8080, tcp_listen), .accepted = true },
-        .{ .socket = testSocket(af_inet, &.{ 127, 0, 0, 2 }, 8080, tcp_listen), .accepted = false },
-        .{ .socket = testSocket(af_inet6, &mapped_loopback, 8080, tcp_listen), .accepted = true },
-        .{ .socket = testSocket(af_inet, &loopback_v4, 8081, tcp_listen), .accepted = false },
-        .{ .socket = testSocket(af_inet6, &loopback_v6, 9090, tcp_listen), .accepted = true },
-        .{ .socket = testSocket(af_inet, &loopback_v4, 80, tcp_listen), .accepted = true },
-        .{ .socket = testSocket(af_inet6, &loopback_v6, 443, tcp_listen), .accepted = true },
-        .{ .socket = testSocket(af_inet6, &mapped_loopback, 443, tcp_listen), .accepted = false },
-        .{ .socket = testSocket(af_inet, &loopback_v4, 443, tcp_listen), .accepted = false },
-        .{ .socket = testSocket(af_inet, &loopback_v4, 1, tcp_listen), .accepted = false },
-        .{ .socket = testSocket(af_inet, &loopback_v4, 65535, tcp_listen), .accepted = false },
+        .{ .socket = testSocket(af_inet, &loopback_v4, 8080, netlink.state_listen), .accepted = true },
+        .{ .socket = testSocket(af_inet, &.{ 127, 0, 0, 2 }, 8080, netlink.state_listen), .accepted = false },
+        .{ .socket = testSocket(af_inet6, &mapped_loopback, 8080, netlink.state_listen), .accepted = true },
+        .{ .socket = testSocket(af_inet, &loopback_v4, 8081, netlink.state_listen), .accepted = false },
+        .{ .socket = testSocket(af_inet6, &loopback_v6, 9090, netlink.state_listen), .accepted = true },
+        .{ .socket = testSocket(af_inet, &loopback_v4, 80, netlink.state_listen), .accepted = true },
+        .{ .socket = testSocket(af_inet6, &loopback_v6, 443, netlink.state_listen), .accepted = true },
+        .{ .socket = testSocket(af_inet6, &mapped_loopback, 443, netlink.state_listen), .accepted = false },
+        .{ .socket = testSocket(af_inet, &loopback_v4, 443, netlink.state_listen), .accepted = false },
+        .{ .socket = testSocket(af_inet, &loopback_v4, 1, netlink.state_listen), .accepted = false },
+        .{ .socket = testSocket(af_inet, &loopback_v4, 65535, netlink.state_listen), .accepted = false },
     };
     for (cases) |case| try std.testing.expectEqual(case.accepted, testRun(bytecode, &case.socket));
 }
@@ -627,17 +622,17 @@ test "bytecode of the largest request passes the audit; jumps fit" {
     var queries: [queries_max]Query = undefined;
     for (&queries, 0..) |*query, index| query.* = testQuery(af_inet6, &loopback_v6, @intCast(index + 1));
     var out: [request_bytes_max]u8 = undefined;
-    const request = buildRequest(&out, states_listen, 5, &queries);
+    const request = buildRequest(&out, netlink.states_listen, 5, &queries);
     try std.testing.expectEqual(@as(usize, request_bytes_max), request.len);
-    const bytecode = request[netlink.header_bytes + request_legacy_bytes + attribute_header_bytes ..];
+    const bytecode = request[netlink.header_bytes + request_legacy_bytes + netlink.attribute_header_bytes ..];
     try std.testing.expect(testAudit(bytecode));
-    try std.testing.expect(testRun(bytecode, &testSocket(af_inet6, &loopback_v6, queries_max, tcp_listen)));
-    try std.testing.expect(!testRun(bytecode, &testSocket(af_inet6, &loopback_v6, queries_max + 1, tcp_listen)));
+    try std.testing.expect(testRun(bytecode, &testSocket(af_inet6, &loopback_v6, queries_max, netlink.state_listen)));
+    try std.testing.expect(!testRun(bytecode, &testSocket(af_inet6, &loopback_v6, queries_max + 1, netlink.state_listen)));
 }
 
 test "request header and inet_diag_req layout" {
     var out: [request_bytes_max]u8 = undefined;
-    const request = buildRequest(&out, states_listen | states_established, 42, &.{});
+    const request = buildRequest(&out, netlink.states_listen | netlink.states_established, 42, &.{});
     try std.testing.expectEqual(@as(usize, 76), request.len);
     try std.testing.expectEqual(@as(u32, 76), netlink.readU32(request, 0));
     try std.testing.expectEqual(@as(u16, 18), netlink.readU16(request, 4));
@@ -658,7 +653,7 @@ fn testMessage(out: *[message_bytes]u8, socket: Socket) void {
 
 test "parseMessage: fields, short and unknown-family messages" {
     var bytes: [message_bytes]u8 = undefined;
-    var socket = testSocket(af_inet6, &mapped_loopback, 8080, tcp_listen);
+    var socket = testSocket(af_inet6, &mapped_loopback, 8080, netlink.state_listen);
     socket.rqueue = 3;
     socket.inode = 99;
     testMessage(&bytes, socket);
@@ -684,15 +679,15 @@ test "query counting: exact, wildcard, v4-mapped, embryos, reuseport" {
     var bytes: [message_bytes]u8 = undefined;
     const sockets = [_]Socket{
         // Two reuseport listeners on 127.0.0.1 with 2 and 3 queued.
-        .{ .family = af_inet, .state = tcp_listen, .port = 8080, .address = testSocket(af_inet, &loopback_v4, 0, 0).address, .rqueue = 2, .inode = 1 },
-        .{ .family = af_inet, .state = tcp_listen, .port = 8080, .address = testSocket(af_inet, &loopback_v4, 0, 0).address, .rqueue = 3, .inode = 2 },
+        .{ .family = af_inet, .state = netlink.state_listen, .port = 8080, .address = testSocket(af_inet, &loopback_v4, 0, 0).address, .rqueue = 2, .inode = 1 },
+        .{ .family = af_inet, .state = netlink.state_listen, .port = 8080, .address = testSocket(af_inet, &loopback_v4, 0, 0).address, .rqueue = 3, .inode = 2 },
         // A dual-stack listener on [::].
-        .{ .family = af_inet6, .state = tcp_listen, .port = 8080, .address = @splat(0), .rqueue = 1, .inode = 3 },
-        testSocket(af_inet, &loopback_v4, 8080, tcp_established),
-        testSocket(af_inet6, &mapped_loopback, 8080, tcp_established),
-        testSocket(af_inet6, &loopback_v6, 8080, tcp_established),
+        .{ .family = af_inet6, .state = netlink.state_listen, .port = 8080, .address = @splat(0), .rqueue = 1, .inode = 3 },
+        testSocket(af_inet, &loopback_v4, 8080, netlink.state_established),
+        testSocket(af_inet6, &mapped_loopback, 8080, netlink.state_established),
+        testSocket(af_inet6, &loopback_v6, 8080, netlink.state_established),
         // Still in an accept queue: not active.
-        .{ .family = af_inet, .state = tcp_established, .port = 8080, .address = testSocket(af_inet, &loopback_v4, 0, 0).address, .rqueue = 0, .inode = 0 },
+        .{ .family = af_inet, .state = netlink.state_established, .port = 8080, .address = testSocket(af_inet, &loopback_v4, 0, 0).address, .rqueue = 0, .inode = 0 },
     };
     for (sockets) |socket| {
         testMessage(&bytes, socket);
@@ -735,10 +730,10 @@ test "all-listeners: merge and attribution to exact, then wildcard" {
     var collector = ListenerCollector{ .results = results[0..3] };
     var bytes: [message_bytes]u8 = undefined;
     const listeners = [_]Socket{
-        testSocket(af_inet, &.{}, 80, tcp_listen),
-        testSocket(af_inet, &loopback_v4, 80, tcp_listen),
-        testSocket(af_inet, &.{}, 80, tcp_listen),
-        testSocket(af_inet6, &.{}, 80, tcp_listen),
+        testSocket(af_inet, &.{}, 80, netlink.state_listen),
+        testSocket(af_inet, &loopback_v4, 80, netlink.state_listen),
+        testSocket(af_inet, &.{}, 80, netlink.state_listen),
+        testSocket(af_inet6, &.{}, 80, netlink.state_listen),
     };
     for (listeners) |socket| {
         testMessage(&bytes, socket);
@@ -755,10 +750,10 @@ test "all-listeners: merge and attribution to exact, then wildcard" {
     try std.testing.expectEqual(@as(usize, 3), unique);
     var attributor = ConnectionAttributor{ .results = results[0..unique] };
     const connections = [_]Socket{
-        testSocket(af_inet, &loopback_v4, 80, tcp_established),
-        testSocket(af_inet, &.{ 10, 0, 0, 1 }, 80, tcp_established),
-        testSocket(af_inet6, &mapped_loopback, 80, tcp_established),
-        testSocket(af_inet6, &loopback_v6, 81, tcp_established),
+        testSocket(af_inet, &loopback_v4, 80, netlink.state_established),
+        testSocket(af_inet, &.{ 10, 0, 0, 1 }, 80, netlink.state_established),
+        testSocket(af_inet6, &mapped_loopback, 80, netlink.state_established),
+        testSocket(af_inet6, &loopback_v6, 81, netlink.state_established),
     };
     for (connections) |socket| {
         testMessage(&bytes, socket);

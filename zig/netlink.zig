@@ -68,6 +68,13 @@ pub fn writeU32(bytes: []u8, offset: usize, value: u32) void {
 }
 
 /// Writes an nlmsghdr for a sock_diag dump request of `length` bytes in all.
+/// Socket states as sock_diag numbers them (TCP's; unix sockets reuse them).
+pub const state_established: u8 = 1;
+pub const state_listen: u8 = 10;
+pub const states_listen: u32 = 1 << state_listen;
+pub const states_established: u32 = 1 << state_established;
+pub const attribute_header_bytes: u32 = 4;
+
 pub fn writeHeader(bytes: []u8, length: u32, message_type: u16, sequence: u32) void {
     assert(length >= header_bytes);
     assert(length <= bytes.len);

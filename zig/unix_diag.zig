@@ -16,10 +16,6 @@ const ok = status.ok;
 const invalid: Status = netlink.errnoStatus(.INVAL);
 
 pub const af_unix: u8 = 1;
-pub const state_established: u8 = 1;
-pub const state_listen: u8 = 10;
-pub const states_listen: u32 = 1 << state_listen;
-pub const states_established: u32 = 1 << state_established;
 pub const show_name: u32 = 0x1;
 pub const show_rqlen: u32 = 0x10;
 pub const attribute_name: u16 = 0;
@@ -27,7 +23,6 @@ pub const attribute_rqlen: u16 = 4;
 
 pub const request_bytes: u32 = 24;
 pub const message_bytes: u32 = 16;
-const attribute_header_bytes: u32 = 4;
 /// sizeof(sockaddr_un.sun_path).
 pub const name_bytes_max: u32 = 108;
 pub const queries_max: u32 = 256;
@@ -75,10 +70,10 @@ pub fn parseMessage(payload: []const u8) ?Socket {
     while (offset < payload.len) : (attributes += 1) {
         if (attributes == attributes_max) return null;
         const rest = payload[offset..];
-        if (rest.len < attribute_header_bytes) return null;
+        if (rest.len < netlink.attribute_header_bytes) return null;
         const length = netlink.readU16(rest, 0);
-        if (length < attribute_header_bytes or length > rest.len) return null;
-        const value = rest[attribute_header_bytes..length];
+        if (length < netlink.attribute_header_bytes or length > rest.len) return null;
+        const value = rest[netlink.attribute_header_bytes..length];
         switch (netlink.readU16(rest, 2)) {
             attribute_name => socket.name = normalizedName(value) orelse return null,
             attribute_rqlen => {
@@ -167,10 +162,10 @@ const QueryCounter = struct {
 };
 
 fn countSocket(entry: *Entry, socket: *const Socket) void {
-    if (socket.state == state_listen) {
+    if (socket.state == netlink.state_listen) {
         entry.listeners +|= 1;
         entry.queued +|= socket.rqueue orelse 0;
-    } else if (socket.state == state_established and socket.inode != 0) {
+    } else if (socket.state == netlink.state_established and socket.inode != 0) {
         entry.active +|= 1;
     }
 }
@@ -205,7 +200,7 @@ pub fn queryStats(fd: i32, entries: []Entry) Status {
     if (!sortQueries(entries, order)) return invalid;
     var counter = QueryCounter{ .entries = entries, .order = order };
     var request: [netlink.header_bytes + request_bytes]u8 = undefined;
-    _ = buildRequest(&request, states_listen | states_established, show_name | show_rqlen, netlink.sequenceNext());
+    _ = buildRequest(&request, netlink.states_listen | netlink.states_established, show_name | show_rqlen, netlink.sequenceNext());
     return netlink.dump(fd, &request, netlink.sock_diag_by_family, &counter);
 }
 
@@ -217,7 +212,7 @@ const ListenerCollector = struct {
     pub fn message(collector: *ListenerCollector, payload: []const u8) Status {
         assert(collector.count <= collector.entries.len);
         const socket = parseMessage(payload) orelse return netlink.bad_message;
-        if (socket.state != state_listen) return ok;
+        if (socket.state != netlink.state_listen) return ok;
         const name = socket.name orelse return ok;
         if (name.len == 0) return ok;
         collector.seen += 1;
@@ -242,7 +237,7 @@ const ConnectionAttributor = struct {
     pub fn message(attributor: *ConnectionAttributor, payload: []const u8) Status {
         const socket = parseMessage(payload) orelse return netlink.bad_message;
         const name = socket.name orelse return ok;
-        if (socket.state != state_established or name.len == 0) return ok;
+        if (socket.state != netlink.state_established or name.len == 0) return ok;
         const position = search(attributor.entries.len, attributor.entries, name, nameAt) orelse return ok;
         countSocket(&attributor.entries[position], &socket);
         return ok;
@@ -274,7 +269,7 @@ pub fn allListeners(fd: i32, entries: []Entry, needed: *u64) Status {
     needed.* = 0;
     var request: [netlink.header_bytes + request_bytes]u8 = undefined;
     var collector = ListenerCollector{ .entries = entries };
-    _ = buildRequest(&request, states_listen, show_name | show_rqlen, netlink.sequenceNext());
+    _ = buildRequest(&request, netlink.states_listen, show_name | show_rqlen, netlink.sequenceNext());
     const listed = netlink.dump(fd, &request, netlink.sock_diag_by_family, &collector);
     if (listed != ok) return listed;
     if (collector.seen > entries.len) {
@@ -283,7 +278,7 @@ pub fn allListeners(fd: i32, entries: []Entry, needed: *u64) Status {
     }
     const unique = mergeListeners(entries[0..collector.count]);
     var attributor = ConnectionAttributor{ .entries = entries[0..unique] };
-    _ = buildRequest(&request, states_established, show_name, netlink.sequenceNext());
+    _ = buildRequest(&request, netlink.states_established, show_name, netlink.sequenceNext());
     const attributed = netlink.dump(fd, &request, netlink.sock_diag_by_family, &attributor);
     if (attributed != ok) return attributed;
     needed.* = unique;
@@ -300,10 +295,10 @@ fn testMessage(out: []u8, state: u8, inode: u32, name: ?[]const u8, rqueue: ?u32
     netlink.writeU32(out, 4, inode);
     var offset: usize = message_bytes;
     if (name) |bytes| {
-        netlink.writeU16(out, offset, @intCast(attribute_header_bytes + bytes.len));
+        netlink.writeU16(out, offset, @intCast(netlink.attribute_header_bytes + bytes.len));
         netlink.writeU16(out, offset + 2, attribute_name);
         @memcpy(out[offset + 4 ..][0..bytes.len], bytes);
-        offset += std.mem.alignForward(usize, attribute_header_bytes + bytes.len, 4);
+        offset += std.mem.alignForward(usize, netlink.attribute_header_bytes + bytes.len, 4);
     }
     if (rqueue) |value| {
         netlink.writeU16(out, offset, 12);
@@ -317,14 +312,14 @@ fn testMessage(out: []u8, state: u8, inode: u32, name: ?[]const u8, rqueue: ?u32
 
 test "parseMessage: name (path keeps no NUL, abstract kept), rqlen, malformed" {
     var buffer: [256]u8 = undefined;
-    var socket = parseMessage(testMessage(&buffer, state_listen, 5, "/tmp/a.sock\x00", 3)).?;
+    var socket = parseMessage(testMessage(&buffer, netlink.state_listen, 5, "/tmp/a.sock\x00", 3)).?;
     try std.testing.expectEqualStrings("/tmp/a.sock", socket.name.?);
     try std.testing.expectEqual(@as(?u32, 3), socket.rqueue);
-    try std.testing.expectEqual(state_listen, socket.state);
-    socket = parseMessage(testMessage(&buffer, state_established, 0, "\x00abs\x00x", null)).?;
+    try std.testing.expectEqual(netlink.state_listen, socket.state);
+    socket = parseMessage(testMessage(&buffer, netlink.state_established, 0, "\x00abs\x00x", null)).?;
     try std.testing.expectEqualStrings("\x00abs\x00x", socket.name.?);
     try std.testing.expectEqual(@as(?u32, null), socket.rqueue);
-    const message = testMessage(&buffer, state_listen, 5, "/p", 1);
+    const message = testMessage(&buffer, netlink.state_listen, 5, "/p", 1);
     var cut: usize = 0;
     while (cut < message.len) : (cut += 1) {
         // A cut inside a header or a value never parses; a cut in padding may.
@@ -350,12 +345,12 @@ test "query and all-listeners counting" {
     try std.testing.expect(sortQueries(&entries, &order));
     var counter = QueryCounter{ .entries = &entries, .order = &order };
     var buffer: [256]u8 = undefined;
-    try std.testing.expectEqual(ok, counter.message(testMessage(&buffer, state_listen, 1, "/a\x00", 2)));
-    try std.testing.expectEqual(ok, counter.message(testMessage(&buffer, state_listen, 2, "/a\x00", 1)));
-    try std.testing.expectEqual(ok, counter.message(testMessage(&buffer, state_established, 3, "/a\x00", null)));
-    try std.testing.expectEqual(ok, counter.message(testMessage(&buffer, state_established, 0, "/a\x00", null)));
-    try std.testing.expectEqual(ok, counter.message(testMessage(&buffer, state_established, 4, null, null)));
-    try std.testing.expectEqual(ok, counter.message(testMessage(&buffer, state_established, 4, "/c", null)));
+    try std.testing.expectEqual(ok, counter.message(testMessage(&buffer, netlink.state_listen, 1, "/a\x00", 2)));
+    try std.testing.expectEqual(ok, counter.message(testMessage(&buffer, netlink.state_listen, 2, "/a\x00", 1)));
+    try std.testing.expectEqual(ok, counter.message(testMessage(&buffer, netlink.state_established, 3, "/a\x00", null)));
+    try std.testing.expectEqual(ok, counter.message(testMessage(&buffer, netlink.state_established, 0, "/a\x00", null)));
+    try std.testing.expectEqual(ok, counter.message(testMessage(&buffer, netlink.state_established, 4, null, null)));
+    try std.testing.expectEqual(ok, counter.message(testMessage(&buffer, netlink.state_established, 4, "/c", null)));
     try std.testing.expectEqual(@as(u32, 2), entries[1].listeners);
     try std.testing.expectEqual(@as(u64, 3), entries[1].queued);
     try std.testing.expectEqual(@as(u64, 1), entries[1].active);
@@ -363,14 +358,14 @@ test "query and all-listeners counting" {
 
     var found: [3]Entry = undefined;
     var collector = ListenerCollector{ .entries = &found };
-    try std.testing.expectEqual(ok, collector.message(testMessage(&buffer, state_listen, 1, "/z", 2)));
-    try std.testing.expectEqual(ok, collector.message(testMessage(&buffer, state_listen, 2, "/y", 0)));
-    try std.testing.expectEqual(ok, collector.message(testMessage(&buffer, state_listen, 3, "/z", 1)));
-    try std.testing.expectEqual(ok, collector.message(testMessage(&buffer, state_listen, 4, null, 1)));
+    try std.testing.expectEqual(ok, collector.message(testMessage(&buffer, netlink.state_listen, 1, "/z", 2)));
+    try std.testing.expectEqual(ok, collector.message(testMessage(&buffer, netlink.state_listen, 2, "/y", 0)));
+    try std.testing.expectEqual(ok, collector.message(testMessage(&buffer, netlink.state_listen, 3, "/z", 1)));
+    try std.testing.expectEqual(ok, collector.message(testMessage(&buffer, netlink.state_listen, 4, null, 1)));
     const unique = mergeListeners(found[0..collector.count]);
     try std.testing.expectEqual(@as(usize, 2), unique);
     var attributor = ConnectionAttributor{ .entries = found[0..unique] };
-    try std.testing.expectEqual(ok, attributor.message(testMessage(&buffer, state_established, 9, "/z", null)));
+    try std.testing.expectEqual(ok, attributor.message(testMessage(&buffer, netlink.state_established, 9, "/z", null)));
     try std.testing.expectEqualStrings("/y", found[0].nameSlice());
     try std.testing.expectEqual(@as(u64, 3), found[1].queued);
     try std.testing.expectEqual(@as(u32, 2), found[1].listeners);
