@@ -30,12 +30,14 @@ PAGE_SIZE: int = mmap.PAGESIZE
 _PREPARED_POINTERS_MAX = 1 << 16
 _ONE = 1  # `n is _ONE` selects the one-argument native call for the default n.
 
+_SMALL_INT_MAX = _native.SMALL_INT_MAX
 _incr_one = _native.incr_one
 _decr_one = _native.decr_one
 _incr = _native.incr
 _decr = _native.decr
 _load = _native.load
 _store = _native.store
+_store_small = _native.store_small
 _ArgumentError = _native.ArgumentError
 
 
@@ -103,13 +105,15 @@ def _release(segment: _native.Segment, views: list[tuple[int, int]]) -> None:
 _Step = Callable[..., int]
 
 
-def _index_updater(step_one: _Step, step: _Step, doc: str) -> Callable[[Raindrops, int, int], int]:
-    """Builds incr/decr: one list lookup and one native call when n is the default 1."""
+def _index_updater(step_one: _Step, step_small: _Step, step: _Step, doc: str) -> Callable[[Raindrops, int, int], int]:
+    """Builds incr/decr: one list lookup and one native call, with no int conversion for the default n."""
 
     def update(self: Raindrops, index: int, n: int = 1) -> int:
         try:
             if n is _ONE:
                 return step_one(self._pointers[index])
+            if n.__class__ is int and 0 <= n <= _SMALL_INT_MAX:
+                return step_small(self._pointers[index], n)
             return step(self._pointers[index], _delta(n))
         except (IndexError, TypeError, _ArgumentError):
             return step(self._pointer(index), _checked_value(n, "increment n"))
@@ -206,10 +210,10 @@ class Raindrops:
 
     else:
         incr = _index_updater(
-            _incr_one, _incr, "Atomically adds `n` (default 1) to counter `index`; returns the new value."
+            _incr_one, _native.incr_small, _incr, "Atomically adds `n` (default 1) to counter `index`; returns the new value."
         )
         decr = _index_updater(
-            _decr_one, _decr, "Atomically subtracts `n` (default 1) from counter `index`; returns the new value."
+            _decr_one, _native.decr_small, _decr, "Atomically subtracts `n` (default 1) from counter `index`; returns the new value."
         )
 
     def __getitem__(self, index: int) -> int:
@@ -220,7 +224,10 @@ class Raindrops:
 
     def __setitem__(self, index: int, value: int) -> None:
         try:
-            _store(self._pointers[index], _delta(value))
+            if value.__class__ is int and 0 <= value <= _SMALL_INT_MAX:
+                _store_small(self._pointers[index], value)
+            else:
+                _store(self._pointers[index], _delta(value))
         except (IndexError, TypeError, _ArgumentError):
             _store(self._pointer(index), _checked_value(value))
 

@@ -306,3 +306,14 @@ def test_struct_bad_increments() -> None:
         with pytest.raises(ValueError):
             stats.calling = -1
         assert stats.calling == 0
+
+
+@pytest.mark.parametrize("value", [0, 1, 2**31 - 2, 2**31 - 1, 2**31, 2**32 - 1, 2**32, 2**63, MAX - 1, MAX])
+def test_values_around_the_small_int_fast_path_are_exact(value: int) -> None:
+    """Small values skip ctypes' c_uint64 conversion; both sides of the boundary must be exact."""
+    with Raindrops(2) as rd:
+        rd[0] = value
+        assert rd[0] == value
+        assert rd.incr(1, value) == value
+        assert rd.decr(1, value) == 0
+        assert rd.incr(1, 5) == 5 and rd.decr(1, value) == (5 - value) % 2**64
