@@ -22,7 +22,7 @@ from typing import Any
 from loadtests import formats
 from loadtests.config import ROOT, STOP_TIMEOUT, Plan
 from loadtests.sampler import ListenerSampler, Lost, Sample, Sampler
-from loadtests.server import STATS, Server, kill_if_sleeping, read_counter, running
+from loadtests.server import STATS, Server, kill_if_sleeping, read_counter, running, spawn_logged
 
 REST_TIMEOUT = 5.0
 WINDOW_TIMEOUT = 60.0  # locust's start (imports, spawning) until it reports the overload window
@@ -109,16 +109,7 @@ def _load(plan: Plan, server: Server, measured: Measured) -> None:
     sampler.start()
     listener.start()
     try:
-        with open(log, "wb") as log_file:
-            locust = subprocess.Popen(
-                locust_command(plan, server, measured),
-                cwd=ROOT,
-                env=environment,
-                stdin=subprocess.DEVNULL,
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+        locust = spawn_logged(locust_command(plan, server, measured), environment, log)
         try:
             measured.overload = _overload_window(window_file, locust, origin_wall)
             if measured.overload is not None:

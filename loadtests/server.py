@@ -24,6 +24,21 @@ from typing import Iterator
 
 from loadtests.config import ROOT, Variant
 
+def spawn_logged(command: list[str], environment: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    """Starts `command` in the repository with its output in `log`, in a session of
+    its own so that stopping it can signal its whole process group."""
+    with open(log, "wb") as log_file:
+        return subprocess.Popen(
+            command,
+            cwd=ROOT,
+            env=environment,
+            stdin=subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
 SHM_DIR = Path("/dev/shm")
 STATS = "/_raindrops"
 START_TIMEOUT = 30.0
@@ -123,16 +138,7 @@ def running(variant: Variant, log: Path) -> Iterator[Server]:
     counter = f"/raindrops-loadtest-{os.getpid()}-{uuid.uuid4().hex[:12]}"
     environment = {key: value for key, value in os.environ.items() if not key.startswith("RAINDROPS_")}
     environment.update(RAINDROPS_DEMO_COUNTER=counter, PYTHONUNBUFFERED="1")
-    with open(log, "wb") as log_file:
-        process = subprocess.Popen(
-            gunicorn_command(variant, port),
-            cwd=ROOT,
-            env=environment,
-            stdin=subprocess.DEVNULL,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    process = spawn_logged(gunicorn_command(variant, port), environment, log)
     server = Server(process, port, variant, counter, log)
     try:
         _wait_ready(server)

@@ -31,7 +31,6 @@ find the shared histogram as raindrops.Middleware's do, with or without
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import socket
 import threading
@@ -47,6 +46,7 @@ from raindrops.middleware import (
     WSGIApp,
     _reply,
     endpoint_request,
+    endpoint_settings,
 )
 from raindrops.scoreboard import PROCESS
 
@@ -143,11 +143,8 @@ class LastDataRecv:
         name: str | None = None,
         allow: Iterable[str] = DEFAULT_ALLOW,
     ) -> None:
-        if not path.startswith("/"):
-            raise ValueError(f"path must start with '/', not {path!r}")
         self.app = app
-        self.path = path
-        self._allow = tuple(ipaddress.ip_network(network) for network in allow)
+        self.path, self._allow = endpoint_settings(path, allow)
         self._explicit = stats is not None or name is not None
         self._stats = stats if stats is not None else LastDataRecvStats(name=name)
         self._creator_pid = PROCESS.pid

@@ -119,11 +119,8 @@ class Middleware:
         name: str | None = None,
         allow: Iterable[str] = DEFAULT_ALLOW,
     ) -> None:
-        if not path.startswith("/"):
-            raise ValueError(f"path must start with '/', not {path!r}")
         self.app = app
-        self.path = path
-        self._allow = tuple(ipaddress.ip_network(network) for network in allow)
+        self.path, self._allow = endpoint_settings(path, allow)
         self._listeners = None if listeners is None else list(listeners)
         self._tcp = [item for item in self._listeners or () if not item.startswith(("/", "@"))]
         self._unix = [item for item in self._listeners or () if item.startswith(("/", "@"))]
@@ -224,6 +221,13 @@ class Middleware:
         return _reply(start_response, "200 OK", "text/plain", exposition.middleware_text(totals, listeners).encode(), method)
 
 
+def endpoint_settings(path: str, allow: Iterable[str]) -> tuple[str, tuple[Network, ...]]:
+    """Checks where a statistics endpoint is mounted and parses who may read it."""
+    if not path.startswith("/"):
+        raise ValueError(f"path must start with '/', not {path!r}")
+    return path, tuple(ipaddress.ip_network(network) for network in allow)
+
+
 def endpoint_request(
     environ: Environ, start_response: StartResponse, allow: Iterable[Network]
 ) -> tuple[str, list[bytes] | None]:
@@ -270,4 +274,4 @@ def _reply(
     return [] if method == "HEAD" else [body]
 
 
-__all__ = ["DEFAULT_ALLOW", "Middleware", "Scoreboard", "Totals", "client_allowed", "endpoint_request", "remove_stale_segments"]
+__all__ = ["DEFAULT_ALLOW", "Middleware", "Scoreboard", "Totals", "client_allowed", "endpoint_request", "endpoint_settings", "remove_stale_segments"]

@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence, TypeVar
 
+from loadtests.server import spawn_logged
+
 ROOT = Path(__file__).resolve().parent.parent
 SHM_DIR = Path("/dev/shm")
 STATS = "/_raindrops"
@@ -442,16 +444,7 @@ def gunicorn(
         environment["PYTHONUNBUFFERED"] = "1"
         log = log_dir / f"gunicorn-{port}-{attempt}.log"
         bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}" for host in hosts]
-        with open(log, "wb") as log_file:
-            process = subprocess.Popen(
-                gunicorn_command(["--workers", str(workers), *args], bind),
-                cwd=ROOT,
-                env=environment,
-                stdin=subprocess.DEVNULL,
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+        process = spawn_logged(gunicorn_command(["--workers", str(workers), *args], bind), environment, log)
         server = Gunicorn(process, port, workers, log, counter, tuple(hosts))
         try:
             if _wait_ready(server):

@@ -6,7 +6,6 @@ import contextlib
 import json
 import os
 import socket
-import subprocess
 import threading
 import time
 from pathlib import Path
@@ -16,7 +15,8 @@ import pytest
 
 from raindrops import LastDataRecv
 from raindrops.last_data_recv import PATH, LastDataRecvStats, defer_accept, last_data_recv
-from servers import ROOT, SHM_DIR, children, free_port, gunicorn_command, stop_process
+from loadtests.server import spawn_logged
+from servers import SHM_DIR, children, free_port, gunicorn_command, stop_process
 
 # raindrops-outputs/probe_ldr.out: samples 5, 10, 100, 1000 and 0.
 PROBE_HEADERS = [
@@ -174,16 +174,7 @@ def ldr_gunicorn(log: Path, preload: bool) -> Iterator[int]:
     if preload:
         args.append("--preload")
     environment = {key: value for key, value in os.environ.items() if not key.startswith("RAINDROPS_")}
-    with open(log, "wb") as log_file:
-        process = subprocess.Popen(
-            gunicorn_command(args, [f"127.0.0.1:{port}"], app="ldr_app:app"),
-            cwd=ROOT,
-            env=environment,
-            stdin=subprocess.DEVNULL,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    process = spawn_logged(gunicorn_command(args, [f"127.0.0.1:{port}"], app="ldr_app:app"), environment, log)
     try:
         deadline = time.monotonic() + 30
         while not (ready(port) and len(children(process.pid)) >= WORKERS):
