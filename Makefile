@@ -8,27 +8,44 @@ ZIG_SOURCES := build.zig $(wildcard zig/*.zig)
 INSTALLED := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: build test zig-test pytest bench loadtest demo clean
+.PHONY: build test test-skips-reset zig-test pytest dist bench loadtest demo clean
 
 build: $(INSTALLED) $(LIBRARY)
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 
-# Build tools first, then the project in editable mode with its pinned test, bench and loadtest extras.
-$(INSTALLED): pyproject.toml hatch_build.py | $(PY)
+# Build tools first, then the project in editable mode with its pinned test, bench, loadtest and dist extras.
+$(INSTALLED): pyproject.toml hatch_build.py tools/elfcheck.py | $(PY)
 	$(PY) -m pip install --quiet --disable-pip-version-check hatchling==1.33.0 ziglang==0.17.0
-	$(PY) -m pip install --quiet --disable-pip-version-check --no-build-isolation --editable '.[test,bench,loadtest]'
+	@echo "raindrops: installing the project; its build compiles libraindrops.so with Zig (about 2 minutes on a machine's first build, seconds later)"
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-build-isolation --editable '.[test,bench,loadtest,dist]'
 	touch $@
 
 $(LIBRARY): $(ZIG_SOURCES) | $(INSTALLED)
 	$(ZIG) build -Doptimize=ReleaseFast --prefix zig-out
 	cp zig-out/lib/libraindrops.so $@.tmp && mv -f $@.tmp $@  # a new inode: running processes keep the old one
 
-test: build zig-test pytest
+# .test-skips collects one line per check skipped for a missing tool; pytest's summary shows them.
+test: test-skips-reset build zig-test pytest
 
+test-skips-reset:
+	rm -f .test-skips
+
+# The host's tests, then the aarch64 ones under qemu-user (a missing qemu fails CI, else is a skip).
+QEMU_SKIP := SKIP zig aarch64 tests: qemu-aarch64 not installed (Debian package qemu-user)
 zig-test: | $(INSTALLED)
 	$(ZIG) build test
+	@if command -v qemu-aarch64 >/dev/null 2>&1; then \
+		echo "$(ZIG) build test -Dtarget=aarch64-linux -fqemu"; \
+		$(ZIG) build test -Dtarget=aarch64-linux -fqemu; \
+	elif [ "$$CI" = true ]; then \
+		echo "FAIL zig aarch64 tests: qemu-aarch64 not installed (Debian package qemu-user), required when CI=true" >&2; \
+		exit 1; \
+	else \
+		echo "$(QEMU_SKIP)"; \
+		echo "$(QEMU_SKIP)" >> .test-skips; \
+	fi
 
 pytest: build
 	$(PY) -m pytest $(PYTEST_ARGS)
@@ -60,6 +77,20 @@ demo: build
 	$(VENV)/bin/gunicorn --workers $(DEMO_WORKERS) --worker-class gthread --threads 4 --bind $(DEMO_BIND) --no-control-socket \
 		--config python:raindrops.demo_config $(DEMO_ARGS) raindrops.demo:app
 
+# An sdist, then a wheel per architecture built from the unpacked sdist (proving it complete);
+# Zig cross-compiles, so this one machine builds them all. Then the checks of what would be uploaded.
+DIST_ARCHES := x86_64 aarch64
+dist: build
+	rm -rf dist build/sdist
+	$(PY) -m build --no-isolation --sdist --outdir dist .
+	mkdir -p build/sdist && tar -xzf dist/raindrops_stats-*.tar.gz -C build/sdist
+	for arch in $(DIST_ARCHES); do \
+		RAINDROPS_TARGET=$$arch $(PY) -m build --no-isolation --wheel --outdir dist build/sdist/raindrops_stats-* || exit 1; \
+	done
+	$(PY) -m twine check --strict dist/*
+	$(PY) tools/elfcheck.py dist/*.whl
+	for wheel in dist/*.whl; do $(VENV)/bin/auditwheel show $$wheel || exit 1; done
+
 clean:
-	rm -rf $(VENV) zig-out .zig-cache $(LIBRARY) build dist .pytest_cache
+	rm -rf $(VENV) zig-out .zig-cache $(LIBRARY) build dist .pytest_cache .test-skips
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +

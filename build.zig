@@ -1,7 +1,8 @@
 const std = @import("std");
 
 pub fn build(b: *std.Build) void {
-    // Baseline x86-64 by default: the wheel must run on CPUs other than the builder's.
+    // Baseline CPU of this machine's architecture by default: the wheel must run on CPUs other than
+    // the builder's. -Dtarget=aarch64-linux cross-compiles (-Dcpu=baseline is then the default).
     const target = b.standardTargetOptions(.{ .default_target = .{ .cpu_model = .baseline } });
     const optimize = b.standardOptimizeOption(.{});
     const strip = b.option(bool, "strip", "strip debug info") orelse (optimize != .debug);
@@ -14,9 +15,11 @@ pub fn build(b: *std.Build) void {
     const library = b.addLibrary(.{ .name = "raindrops", .linkage = .dynamic, .root_module = module });
     b.installArtifact(library);
 
+    // The tests build for -Dtarget too: `zig build test -Dtarget=aarch64-linux -fqemu`
+    // runs them under qemu-aarch64 (static binaries, no libc, so qemu-user needs no sysroot).
     const test_module = b.createModule(.{
         .root_source_file = b.path("zig/root.zig"),
-        .target = b.graph.host,
+        .target = target,
         .optimize = .Debug,
     });
     const tests = b.addTest(.{ .root_module = test_module, .use_llvm = true });

@@ -8,6 +8,7 @@ environment sets the seconds per variant (the default run is 60 s each;
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import time
 from pathlib import Path
@@ -34,8 +35,14 @@ def plans(args: argparse.Namespace) -> list[Plan]:
     return [Plan(VARIANTS[name], duration, users, spawn_rate=float(users + 1 + 2 * VARIANTS[name].capacity)) for name in names]
 
 
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    """SIGTERM (a test's timeout) unwinds like an exception, so gunicorn and locust are stopped too."""
+    raise SystemExit(128 + signum)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     began = time.monotonic()
     verdicts = []
     for plan in plans(args):

@@ -233,9 +233,13 @@ def _polls(verdict: Verdict) -> Check:
 
 
 def _promtool(measured: Measured) -> Check:
+    """promtool's verdict on every saved exposition, or the strict parser's where promtool is missing."""
     failed = [f"{Path(name).name}: {output[:200]}" for name, code, output in measured.promtool if code != 0]
     ok = len(measured.promtool) >= PROMTOOL_MINIMUM and not failed
-    return Check("promtool check metrics", ok, "; ".join(failed) or f"{len(measured.promtool)} expositions pass")
+    fallback = next((output for _, code, output in measured.promtool if code == 0 and "strict parser" in output), "")
+    checker = "the strict parser (promtool is missing)" if fallback else "promtool check metrics"
+    detail = "; ".join(failed) or f"{len(measured.promtool)} expositions pass {checker}"
+    return Check("Prometheus exposition format", ok, detail)
 
 
 def _rest(measured: Measured) -> Check:

@@ -179,3 +179,130 @@ def prometheus_stats(samples: dict[str, float]) -> Stats:
         errors=get("raindrops_request_errors_total"),
         observed=get("raindrops_request_duration_seconds_count"),
     )
+
+
+# A strict check of the Prometheus text format 0.0.4, for machines without promtool.
+
+_HELP_TEXT = re.compile(r"(?:[^\\\n]|\\[\\n])*")
+_LABEL_PAIR = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\\n]|\\[\\"n])*)"')
+_EXPOSED_SAMPLE = re.compile(rf"({_METRIC_NAME})(?:\{{(.*)\}})? ({_NUMBER})(?: (-?[0-9]+))?")
+_FAMILY_SUFFIXES = {
+    "counter": ("",),
+    "gauge": ("",),
+    "untyped": ("",),
+    "histogram": ("_bucket", "_sum", "_count"),
+    "summary": ("", "_sum", "_count"),
+}
+
+
+def _labels(text: str | None, line: str) -> dict[str, str]:
+    labels: dict[str, str] = {}
+    position = 0
+    while text and position < len(text):
+        pair = _LABEL_PAIR.match(text, position)
+        if pair is None:
+            raise FormatError(f"bad label set: {line!r}")
+        if pair[1] in labels:
+            raise FormatError(f"label {pair[1]} repeated: {line!r}")
+        labels[pair[1]] = pair[2]
+        position = pair.end()
+        if position < len(text):
+            if text[position] != ",":
+                raise FormatError(f"labels not separated by commas: {line!r}")
+            position += 1
+    return labels
+
+
+def _check_histogram(name: str, samples: list[tuple[str, dict[str, str], float]]) -> None:
+    """Cumulative buckets in increasing `le`, ending at +Inf, whose count is the _count sample."""
+    series: dict[tuple[tuple[str, str], ...], list[tuple[float, float]]] = {}
+    counts: dict[tuple[tuple[str, str], ...], float] = {}
+    for sample_name, labels, value in samples:
+        rest = tuple(sorted((key, text) for key, text in labels.items() if key != "le"))
+        if sample_name == f"{name}_bucket":
+            if "le" not in labels:
+                raise FormatError(f"{sample_name} without an le label")
+            series.setdefault(rest, []).append((float(labels["le"]), value))
+        elif sample_name == f"{name}_count":
+            counts[rest] = value
+    if set(series) != set(counts):
+        raise FormatError(f"histogram {name}: buckets and _count do not describe the same series")
+    for rest, buckets in series.items():
+        bounds = [bound for bound, _ in buckets]
+        values = [value for _, value in buckets]
+        if bounds != sorted(bounds) or len(set(bounds)) != len(bounds):
+            raise FormatError(f"histogram {name}{dict(rest)}: le values not strictly increasing")
+        if values != sorted(values):
+            raise FormatError(f"histogram {name}{dict(rest)}: bucket counts are not cumulative")
+        if bounds[-1] != float("inf") or values[-1] != counts[rest]:
+            raise FormatError(f"histogram {name}{dict(rest)}: no +Inf bucket equal to _count")
+
+
+def _typed_family(sample_name: str, kinds: dict[str, str]) -> str | None:
+    """The typed family a sample belongs to, given the suffixes its type allows."""
+    for suffix in ("_bucket", "_sum", "_count", ""):
+        family = sample_name[: len(sample_name) - len(suffix)]
+        if sample_name.endswith(suffix) and suffix in _FAMILY_SUFFIXES.get(kinds.get(family, ""), ()):
+            return family
+    return None
+
+
+def check_prometheus_text(body: str) -> int:
+    """Checks what `promtool check metrics` checks, and returns the number of samples.
+
+    Every family has one HELP and one TYPE line before its samples, which are
+    contiguous; counters end in _total; label sets are well formed and escaped;
+    histograms are cumulative and end at +Inf with their count. Raises
+    FormatError naming the first line that is wrong.
+    """
+    if not body.endswith("\n"):
+        raise FormatError("the exposition does not end with a newline")
+    kinds: dict[str, str] = {}
+    helped: set[str] = set()
+    finished: set[str] = set()
+    current = ""
+    by_family: dict[str, list[tuple[str, dict[str, str], float]]] = {}
+    seen: set[tuple[str, tuple[tuple[str, str], ...]]] = set()
+    for line in body.split("\n")[:-1]:
+        if line.startswith("#"):
+            comment = _COMMENT.fullmatch(line)
+            if comment is None:
+                raise FormatError(f"bad comment line: {line!r}")
+            kind, name, text = comment[1], comment[2], comment[3]
+            if name in finished or name in by_family:
+                raise FormatError(f"{kind} for {name} after its samples: {line!r}")
+            if kind == "HELP":
+                if name in helped or _HELP_TEXT.fullmatch(text) is None:
+                    raise FormatError(f"repeated or badly escaped HELP: {line!r}")
+                helped.add(name)
+            elif name in kinds or text not in _FAMILY_SUFFIXES:
+                raise FormatError(f"repeated or unknown TYPE: {line!r}")
+            else:
+                kinds[name] = text
+            continue
+        sample = _EXPOSED_SAMPLE.fullmatch(line)
+        if sample is None:
+            raise FormatError(f"bad sample line: {line!r}")
+        family = _typed_family(sample[1], kinds)
+        if family is None:
+            raise FormatError(f"sample without a TYPE line before it: {line!r}")
+        if family not in helped:
+            raise FormatError(f"{family} has no HELP line")
+        if kinds[family] == "counter" and not family.endswith("_total"):
+            raise FormatError(f"counter {family} does not end in _total")
+        if family != current:
+            if family in finished:
+                raise FormatError(f"samples of {family} are not together: {line!r}")
+            if current:
+                finished.add(current)
+            current = family
+        labels = _labels(sample[2], line)
+        identity = (sample[1], tuple(sorted(labels.items())))
+        if identity in seen:
+            raise FormatError(f"duplicate sample: {line!r}")
+        seen.add(identity)
+        by_family.setdefault(family, []).append((sample[1], labels, float(sample[3])))
+    for family, samples in by_family.items():
+        if kinds[family] == "histogram":
+            _check_histogram(family, samples)
+    return len(seen)

@@ -23,21 +23,8 @@ from pathlib import Path
 from typing import Iterator
 
 from loadtests.config import ROOT, Variant
-
-def spawn_logged(command: list[str], environment: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    """Starts `command` in the repository with its output in `log`, in a session of
-    its own so that stopping it can signal its whole process group."""
-    with open(log, "wb") as log_file:
-        return subprocess.Popen(
-            command,
-            cwd=ROOT,
-            env=environment,
-            stdin=subprocess.DEVNULL,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
+from testsupport import processes
+from testsupport.processes import children, stat_fields
 
 SHM_DIR = Path("/dev/shm")
 STATS = "/_raindrops"
@@ -98,26 +85,6 @@ def free_port() -> int:
         return port
 
 
-def _stat_fields(path: str) -> list[bytes] | None:
-    """Fields of a /proc stat file after the command name: [state, ppid, ...]; None when gone."""
-    try:
-        with open(path, "rb") as stat:
-            return stat.read().rpartition(b")")[2].split()
-    except OSError:
-        return None
-
-
-def children(pid: int) -> list[int]:
-    """Live (not zombie) child processes of `pid`, from /proc."""
-    found = []
-    for entry in os.scandir("/proc"):
-        if entry.name.isdigit():
-            fields = _stat_fields(f"{entry.path}/stat")
-            if fields and int(fields[1]) == pid and fields[0] not in (b"Z", b"X"):
-                found.append(int(entry.name))
-    return sorted(found)
-
-
 def gunicorn_command(variant: Variant, port: int) -> list[str]:
     script = Path(sys.executable).parent / "gunicorn"
     launcher = [str(script)] if script.exists() else [sys.executable, "-m", "gunicorn"]
@@ -138,13 +105,13 @@ def running(variant: Variant, log: Path) -> Iterator[Server]:
     counter = f"/raindrops-loadtest-{os.getpid()}-{uuid.uuid4().hex[:12]}"
     environment = {key: value for key, value in os.environ.items() if not key.startswith("RAINDROPS_")}
     environment.update(RAINDROPS_DEMO_COUNTER=counter, PYTHONUNBUFFERED="1")
-    process = spawn_logged(gunicorn_command(variant, port), environment, log)
+    process = processes.spawn(gunicorn_command(variant, port), log=log, cwd=ROOT, env=environment)
     server = Server(process, port, variant, counter, log)
     try:
         _wait_ready(server)
         yield server
     finally:
-        stop(process)
+        processes.stop(process, STOP_TIMEOUT)
         remove_segments(process.pid, counter)
 
 
@@ -158,19 +125,6 @@ def _wait_ready(server: Server) -> None:
                 return
         time.sleep(0.05)
     raise RuntimeError(f"gunicorn did not answer within {START_TIMEOUT} s:\n{server.log.read_text(errors='replace')}")
-
-
-def stop(process: subprocess.Popen[bytes]) -> None:
-    """SIGTERM (gunicorn's graceful stop), then SIGKILL to the whole process group; reaps the master."""
-    try:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                process.wait(STOP_TIMEOUT)
-    finally:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(process.pid, signal.SIGKILL)
-        process.wait(STOP_TIMEOUT)
 
 
 def remove_segments(master_pid: int, counter: str) -> None:
@@ -202,7 +156,7 @@ def _all_stopped(pid: int, timeout: float = 1.0) -> bool:
     """True once every thread of `pid` is in group stop (state T); False if it exits meanwhile."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        states = [_stat_fields(f"/proc/{pid}/task/{tid}/stat") for tid in _tasks(pid)]
+        states = [stat_fields(f"/proc/{pid}/task/{tid}/stat") for tid in _tasks(pid)]
         if not states or any(fields is None or fields[0] in (b"Z", b"X") for fields in states):
             return False
         if all(fields is not None and fields[0] in (b"T", b"t") for fields in states):

@@ -9,6 +9,7 @@ Watcher's dashboard and endpoints for the host's listeners.
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import json
 import os
 import sys
@@ -16,10 +17,12 @@ import time
 from datetime import datetime, timezone
 from typing import Callable, Mapping, NoReturn, Sequence, TextIO
 
+import raindrops
 from raindrops import exposition, linux
 from raindrops.server import make_server
 from raindrops.watcher import Watcher
 
+DISTRIBUTION = "raindrops-stats"
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 ADDRESS_WIDTH_MIN = 7
@@ -56,8 +59,17 @@ def _count(minimum: int) -> Callable[[str], int]:
     return parse
 
 
+def _version() -> str:
+    """The installed distribution's version; the package's own when there is no metadata (a bare checkout)."""
+    try:
+        return importlib.metadata.version(DISTRIBUTION)
+    except importlib.metadata.PackageNotFoundError:
+        return raindrops.__version__
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="raindrops", description="Real-time statistics for preforking servers.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     listeners = commands.add_parser(
         "listeners",

@@ -1,15 +1,75 @@
-"""Shared fixtures: unique shm names that are removed after each test."""
+"""Shared fixtures and the run's summary of what was not checked.
+
+Every process the tests start must be ended by them: at the end of the run,
+any that is still alive (orphans included: this process adopts them) is
+killed, named, and fails the run. A missing system program (testsupport.programs.MissingProgram, raised by a
+test or a fixture) is reported as a skip with its one line; in CI the same
+lookup fails instead. The run ends with every skip and fallback grouped by
+reason, with those `make test` logged before pytest started (the aarch64 Zig
+tests without qemu).
+"""
 
 from __future__ import annotations
 
+import collections
 import os
 import uuid
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import pytest
 
+from testsupport import processes, programs
+
 SHM_DIR = Path("/dev/shm")
+
+
+LEFTOVERS: list[str] = []
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    processes.restore_default_sigint()
+    processes.adopt_orphans()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Every test ends what it starts; a process still running now is a bug in a test, and fails the run."""
+    LEFTOVERS.extend(processes.end_leftovers())
+    if LEFTOVERS:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    report = yield
+    if call.excinfo is not None and call.excinfo.errisinstance(programs.MissingProgram):
+        report.outcome = "skipped"
+        report.longrepr = (str(item.path), item.location[1] or 0, f"Skipped: {call.excinfo.value}")
+    return report
+
+
+def _skip_reasons(reports: list[Any]) -> collections.Counter[str]:
+    reasons: collections.Counter[str] = collections.Counter()
+    for report in reports:
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        reasons[reason.removeprefix("Skipped: ")] += 1
+    return reasons
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    logged = programs.SKIP_LOG.read_text(encoding="utf-8").splitlines() if programs.SKIP_LOG.exists() else []
+    lines = list(dict.fromkeys(logged))
+    for reason, count in sorted(_skip_reasons(terminalreporter.stats.get("skipped", [])).items()):
+        lines.append(f"SKIP {count} test{'s' if count > 1 else ''}: {reason}")
+    if LEFTOVERS:
+        terminalreporter.section("processes the tests left running (killed now)", red=True)
+        for line in LEFTOVERS:
+            terminalreporter.write_line(line)
+    terminalreporter.section("what was not checked, and why")
+    for line in lines or ["nothing: every check ran"]:
+        terminalreporter.write_line(line)
+    if lines and not programs.in_ci():
+        terminalreporter.write_line("(.ci/run installs every program above; with CI=true a missing one fails)")
 
 
 @pytest.fixture

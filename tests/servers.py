@@ -16,7 +16,6 @@ import http.client
 import json
 import os
 import re
-import signal
 import socket
 import subprocess
 import sys
@@ -27,7 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence, TypeVar
 
-from loadtests.server import spawn_logged
+from testsupport import processes, programs
+from testsupport.processes import children
 
 ROOT = Path(__file__).resolve().parent.parent
 SHM_DIR = Path("/dev/shm")
@@ -56,51 +56,6 @@ def free_port(hosts: Sequence[str] = ("127.0.0.1",)) -> int:
             continue
         return port
     raise RuntimeError(f"no free port on {hosts}")
-
-
-def stop_process(process: subprocess.Popen[Any], timeout: float = STOP_TIMEOUT) -> None:
-    """SIGTERM, then SIGKILL to the process group after `timeout`; reaps the process.
-
-    The process was started with start_new_session=True, so its pid is also the
-    id of a process group holding only what it started. A process that ends on
-    SIGTERM has stopped its children itself (gunicorn's master waits for its
-    workers); one that does not, or that had died before, gets its whole group
-    killed so that no orphaned child (a worker of a dead master) survives.
-    """
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout)
-            return
-        except subprocess.TimeoutExpired:
-            pass
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(process.pid, signal.SIGKILL)
-    process.wait(STOP_TIMEOUT)
-
-
-def children(pid: int) -> list[int]:
-    """Pids of the live (not zombie) children of `pid`, from /proc/<pid>/stat of every process."""
-    found = []
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = Path(entry.path, "stat").read_bytes().rpartition(b")")[2].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid and fields[0] not in (b"Z", b"X"):
-            found.append(int(entry.name))
-    return sorted(found)
-
-
-def is_dead(pid: int) -> bool:
-    """True once `pid` is a zombie or gone: its memory is released and it will never run again."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_bytes().rpartition(b")")[2].split()
-    except OSError:
-        return True
-    return fields[0] in (b"Z", b"X")
 
 
 def wait_for(
@@ -444,7 +399,9 @@ def gunicorn(
         environment["PYTHONUNBUFFERED"] = "1"
         log = log_dir / f"gunicorn-{port}-{attempt}.log"
         bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}" for host in hosts]
-        process = spawn_logged(gunicorn_command(["--workers", str(workers), *args], bind), environment, log)
+        process = processes.spawn(
+            gunicorn_command(["--workers", str(workers), *args], bind), log=log, cwd=ROOT, env=environment
+        )
         server = Gunicorn(process, port, workers, log, counter, tuple(hosts))
         try:
             if _wait_ready(server):
@@ -452,7 +409,7 @@ def gunicorn(
                 return
             last_log = server.log_text()
         finally:
-            stop_process(process)
+            processes.stop(process)
             _remove_segments(process.pid, counter)
     raise RuntimeError(f"gunicorn did not start:\n{last_log}")
 
@@ -473,16 +430,9 @@ def _wait_ready(server: Gunicorn) -> bool:
 # Prometheus.
 
 
-def prometheus_binaries() -> tuple[str, str] | None:
-    """Paths of `prometheus` and `promtool`, or None. Absent in CI (CI set) is a failure, not a skip."""
-    import shutil
-
-    prometheus, promtool = shutil.which("prometheus"), shutil.which("promtool")
-    if prometheus and promtool:
-        return prometheus, promtool
-    if os.environ.get("CI"):
-        raise AssertionError("prometheus and promtool must be installed in CI (apt-get install prometheus)")
-    return None
+def prometheus_binaries() -> tuple[str, str]:
+    """Paths of `prometheus` and `promtool`; MissingProgram if absent (a failure when CI=true)."""
+    return programs.require("prometheus"), programs.require("promtool")
 
 
 JOB = "raindrops"
@@ -537,20 +487,13 @@ def prometheus(binary: str, work_dir: Path, target_port: int, scrape_interval: s
     )
     port = free_port()
     log = work_dir / "prometheus.log"
-    with open(log, "wb") as log_file:
-        process = subprocess.Popen(
-            [
-                binary,
-                f"--config.file={config}",
-                f"--storage.tsdb.path={work_dir / 'data'}",
-                f"--web.listen-address=127.0.0.1:{port}",
-            ],
-            cwd=work_dir,
-            stdin=subprocess.DEVNULL,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    command = [
+        binary,
+        f"--config.file={config}",
+        f"--storage.tsdb.path={work_dir / 'data'}",
+        f"--web.listen-address=127.0.0.1:{port}",
+    ]
+    process = processes.spawn(command, log=log, cwd=work_dir)
     server = Prometheus(process, port, log)
     try:
         deadline = time.monotonic() + START_TIMEOUT
@@ -563,4 +506,4 @@ def prometheus(binary: str, work_dir: Path, target_port: int, scrape_interval: s
             time.sleep(0.1)
         yield server
     finally:
-        stop_process(process)
+        processes.stop(process)

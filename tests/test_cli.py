@@ -14,12 +14,11 @@ from typing import Iterator
 import pytest
 
 from raindrops.cli import main
+from testsupport import processes
 
 
 def run(*args: str, timeout_s: float = 30) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "raindrops", *args], capture_output=True, text=True, timeout=timeout_s
-    )
+    return processes.run([sys.executable, "-m", "raindrops", *args], timeout=timeout_s, text=True)
 
 
 @pytest.fixture
@@ -97,29 +96,37 @@ def test_bad_input_is_one_line_and_exit_2(args: list[str]) -> None:
     assert "Traceback" not in result.stderr
 
 
+def interrupt_listeners(address: str) -> tuple[int, str]:
+    """Starts `raindrops listeners --interval`, sends SIGINT after its first line; exit code and stderr."""
+    command = [sys.executable, "-m", "raindrops", "listeners", address, "--interval", "0.05"]
+    with processes.running(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as process:
+        assert process.stdout is not None
+        process.stdout.readline()
+        process.send_signal(signal.SIGINT)
+        _, err = process.communicate(timeout=10)
+        return process.returncode, err
+
+
 def test_ctrl_c_ends_quietly(busy_listener: str) -> None:
-    process = subprocess.Popen(
-        [sys.executable, "-m", "raindrops", "listeners", busy_listener, "--interval", "0.05"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    assert process.stdout is not None
-    process.stdout.readline()
-    process.send_signal(signal.SIGINT)
-    _, err = process.communicate(timeout=10)
-    assert process.returncode == 130
+    code, err = interrupt_listeners(busy_listener)
+    assert code == 130
+    assert "Traceback" not in err
+
+
+def test_ctrl_c_works_when_the_test_runner_ignores_sigint(busy_listener: str) -> None:
+    """`make test &` starts everything with SIGINT ignored, which exec keeps; the child must still get it."""
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        code, err = interrupt_listeners(busy_listener)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert code == 130
     assert "Traceback" not in err
 
 
 def test_closed_pipe_ends_quietly(busy_listener: str) -> None:
-    pipeline = subprocess.run(
-        f"{sys.executable} -m raindrops listeners {busy_listener} --interval 0.01 | head -n 2",
-        shell=True,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    command = f"{sys.executable} -m raindrops listeners {busy_listener} --interval 0.01 | head -n 2"
+    pipeline = processes.run(["sh", "-c", command], timeout=30, text=True)
     assert len(pipeline.stdout.splitlines()) == 2
     assert "Traceback" not in pipeline.stderr and "Broken pipe" not in pipeline.stderr
 

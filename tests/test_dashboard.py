@@ -3,8 +3,8 @@
 Chromium runs the page's script, which draws each listener's chart into SVG
 elements carrying their point counts (data-points, data-max-active,
 data-max-queued); --dump-dom shows them once the page's timers ran. A
-screenshot goes to test-artifacts/dashboard.png. In CI (CI set) a missing
-Chromium fails the test; elsewhere it is skipped.
+screenshot goes to test-artifacts/dashboard.png. In CI (CI=true) a missing
+Chromium fails the test; elsewhere it is skipped with one line.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -24,7 +23,8 @@ from typing import Any, Iterator
 import pytest
 
 from load import Load, wait_until
-from servers import ROOT, stop_process
+from servers import ROOT
+from testsupport import processes, programs
 
 ARTIFACTS = ROOT / "test-artifacts"
 BROWSERS = ("chromium", "chromium-browser", "google-chrome")
@@ -34,13 +34,7 @@ DELAY = 0.1
 
 @pytest.fixture(scope="module")
 def browser() -> str:
-    found = next((path for path in map(shutil.which, BROWSERS) if path), None)
-    if found is None:
-        message = "Chromium is not installed (apt-get install chromium)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    return found
+    return programs.require(*BROWSERS)  # a skip without it, a failure in CI
 
 
 def run_browser(browser: str, profile: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -59,9 +53,7 @@ def run_browser(browser: str, profile: Path, *args: str) -> subprocess.Completed
         *args,
     ]
     environment = {**os.environ, "HOME": str(profile)}
-    return subprocess.run(
-        command, capture_output=True, text=True, timeout=BROWSER_TIMEOUT, env=environment, start_new_session=True
-    )
+    return processes.run(command, timeout=BROWSER_TIMEOUT, env=environment, text=True)
 
 
 @pytest.fixture
@@ -91,14 +83,8 @@ def load() -> Iterator[Load]:
 def watch(load: Load) -> Iterator[int]:
     """`raindrops watch` on a free port, watching the loaded listener and an idle one; its port."""
     with Load() as idle:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "raindrops", "watch", "--bind", "127.0.0.1:0", "--delay", str(DELAY)]
-            + ["--history", "80", load.address, idle.address],
-            stderr=subprocess.PIPE,
-            text=True,
-            start_new_session=True,
-        )
-        try:
+        command = [sys.executable, "-m", "raindrops", "watch", "--bind", "127.0.0.1:0", "--delay", str(DELAY)]
+        with processes.running([*command, "--history", "80", load.address, idle.address], stderr=subprocess.PIPE, text=True) as process:
             assert process.stderr is not None
             banner = process.stderr.readline()
             match = re.search(r"http://127\.0\.0\.1:(\d+)/", banner)
@@ -106,8 +92,6 @@ def watch(load: Load) -> Iterator[int]:
             yield int(match.group(1))
             process.send_signal(signal.SIGINT)
             assert process.wait(10) == 130
-        finally:
-            stop_process(process)
 
 
 def series(port: int) -> Any:

@@ -26,13 +26,13 @@ from servers import (
     Background,
     Gunicorn,
     gunicorn,
-    is_dead,
     parse_prometheus,
     parse_text,
     request,
     run_threads,
     wait_for,
 )
+from testsupport.processes import is_dead
 
 # name -> (gunicorn arguments, workers, requests one worker serves at once)
 VARIANTS: dict[str, tuple[list[str], int, int]] = {

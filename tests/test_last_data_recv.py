@@ -15,8 +15,8 @@ import pytest
 
 from raindrops import LastDataRecv
 from raindrops.last_data_recv import PATH, LastDataRecvStats, defer_accept, last_data_recv
-from loadtests.server import spawn_logged
-from servers import SHM_DIR, children, free_port, gunicorn_command, stop_process
+from servers import ROOT, SHM_DIR, children, free_port, gunicorn_command
+from testsupport import processes
 
 # raindrops-outputs/probe_ldr.out: samples 5, 10, 100, 1000 and 0.
 PROBE_HEADERS = [
@@ -174,7 +174,8 @@ def ldr_gunicorn(log: Path, preload: bool) -> Iterator[int]:
     if preload:
         args.append("--preload")
     environment = {key: value for key, value in os.environ.items() if not key.startswith("RAINDROPS_")}
-    process = spawn_logged(gunicorn_command(args, [f"127.0.0.1:{port}"], app="ldr_app:app"), environment, log)
+    command = gunicorn_command(args, [f"127.0.0.1:{port}"], app="ldr_app:app")
+    process = processes.spawn(command, log=log, cwd=ROOT, env=environment)
     try:
         deadline = time.monotonic() + 30
         while not (ready(port) and len(children(process.pid)) >= WORKERS):
@@ -182,7 +183,7 @@ def ldr_gunicorn(log: Path, preload: bool) -> Iterator[int]:
             time.sleep(0.05)
         yield port
     finally:
-        stop_process(process)
+        processes.stop(process)
         for segment in SHM_DIR.glob(f"raindrops-ldr-{process.pid}-*"):
             segment.unlink(missing_ok=True)
 

@@ -1,8 +1,10 @@
 """The Prometheus side, checked by Prometheus' own tools: promtool and a real Prometheus server.
 
-These tests need `promtool` and `prometheus` (Debian: apt-get install
-prometheus). Without them they are skipped, except in CI (CI set), where the
-binaries are required and their absence is a failure.
+These tests need `promtool` and `prometheus` (Debian package prometheus).
+Without them they are skipped, except in CI (CI=true), where the binaries are
+required and their absence is a failure. The strict parser that stands in for
+promtool where it is missing is tested here too, against promtool's verdicts
+when promtool is installed.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ import time
 from typing import Iterator
 
 import pytest
+
+from loadtests import formats
 
 from servers import (
     JOB,
@@ -25,16 +29,14 @@ from servers import (
     prometheus_binaries,
     wait_for,
 )
+from testsupport import processes, programs
 
 SLOW_SECONDS = 8
 
 
 @pytest.fixture(scope="module")
 def binaries() -> tuple[str, str]:
-    found = prometheus_binaries()  # raises in CI when absent
-    if found is None:
-        pytest.skip("prometheus and promtool are not installed (apt-get install prometheus); CI is not set")
-    return found
+    return prometheus_binaries()  # a skip without them, a failure in CI
 
 
 @pytest.fixture(scope="module")
@@ -48,11 +50,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gunicorn]:
         yield running
 
 
-def promtool_check(promtool: str, exposition: str) -> None:
-    result = subprocess.run(
-        [promtool, "check", "metrics"], input=exposition, capture_output=True, text=True, timeout=60
-    )
-    assert result.returncode == 0, f"promtool check metrics failed:\n{result.stdout}{result.stderr}\n{exposition}"
+def promtool_check(promtool: str, exposition: str) -> subprocess.CompletedProcess[str]:
+    return processes.run([promtool, "check", "metrics"], input=exposition, timeout=60, text=True)
 
 
 def test_promtool_accepts_the_prometheus_format(binaries: tuple[str, str], server: Gunicorn) -> None:
@@ -65,15 +64,43 @@ def test_promtool_accepts_the_prometheus_format(binaries: tuple[str, str], serve
         assert samples["raindrops_requests_total"] >= 3 and samples["raindrops_request_errors_total"] >= 1
         assert f'raindrops_listener_queued{{listener="{server.address}"}}' in samples
         assert samples['raindrops_request_duration_seconds_bucket{le="+Inf"}'] >= 3
-        promtool_check(promtool, response.text)
+        result = promtool_check(promtool, response.text)
+        assert result.returncode == 0, f"promtool check metrics failed:\n{result.stdout}{result.stderr}"
 
 
-def test_promtool_rejects_a_broken_exposition(binaries: tuple[str, str], server: Gunicorn) -> None:
-    """The check above can fail: promtool does reject a malformed body."""
-    _, promtool = binaries
-    broken = server.stats("?format=prometheus").text.replace("raindrops_calling ", "raindrops_calling{ ", 1)
-    result = subprocess.run([promtool, "check", "metrics"], input=broken, capture_output=True, text=True, timeout=60)
-    assert result.returncode != 0
+# What promtool rejects, and so must the strict parser that stands in for it (loadtests.formats).
+BREAKAGES = {
+    "broken label set": ("\nraindrops_calling ", "\nraindrops_calling{ "),
+    "sample before its TYPE": ("# TYPE raindrops_calling gauge\n", ""),
+    "unknown type": ("# TYPE raindrops_calling gauge", "# TYPE raindrops_calling gaugeish"),
+    "value not a number": ("\nraindrops_calling ", "\nraindrops_calling x"),
+    "no newline at the end": (None, None),
+    "+Inf bucket is not the count": ("\nraindrops_request_duration_seconds_count ", "\nraindrops_request_duration_seconds_count 9"),
+    "counter without _total": ("raindrops_requests_total", "raindrops_requests"),
+}
+
+
+def broken(exposition: str, breakage: str) -> str:
+    old, new = BREAKAGES[breakage]
+    if old is None:
+        return exposition.rstrip("\n")
+    assert old in exposition, (breakage, old)
+    return exposition.replace(old, new)
+
+
+def test_the_strict_parser_accepts_what_the_endpoint_serves(server: Gunicorn) -> None:
+    body = server.stats("?format=prometheus").text
+    assert formats.check_prometheus_text(body) == len(parse_prometheus(body))
+
+
+@pytest.mark.parametrize("breakage", sorted(BREAKAGES))
+def test_the_strict_parser_rejects_what_promtool_rejects(breakage: str, server: Gunicorn) -> None:
+    body = broken(server.stats("?format=prometheus").text, breakage)
+    with pytest.raises(formats.FormatError):
+        formats.check_prometheus_text(body)
+    promtool = programs.find("promtool")
+    if promtool is not None:
+        assert promtool_check(promtool, body).returncode != 0, breakage
 
 
 def test_openmetrics_ends_with_eof(binaries: tuple[str, str], server: Gunicorn) -> None:

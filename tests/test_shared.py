@@ -15,6 +15,7 @@ import pytest
 
 import raindrops
 from raindrops import Raindrops
+from testsupport import processes
 
 SHM_DIR = Path("/dev/shm")
 MAGIC = 0x504F_5244_4E49_4152  # "RAINDROP", from zig/shm.zig
@@ -40,9 +41,7 @@ def fork_all(workers: int, work: Callable[[int], None]) -> None:
 
 def run_python(code: str, timeout_s: float = 60) -> subprocess.CompletedProcess[str]:
     """Runs code in a fresh, unrelated interpreter."""
-    return subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=timeout_s
-    )
+    return processes.run([sys.executable, "-c", textwrap.dedent(code)], timeout=timeout_s, text=True)
 
 
 def test_eight_processes_250k_increments_sum_exactly() -> None:
@@ -161,18 +160,18 @@ def test_four_processes_racing_to_create_share_one_segment(shm_name: Callable[[]
             rd.incr(1)
         print(os.fstat(rd._segment.fd).st_ino)
         """
-    children = [
-        subprocess.Popen(
-            [sys.executable, "-c", textwrap.dedent(code)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
-        )
-        for _ in range(4)
-    ]
-    for child in children:
-        child.stdin.write("x")  # type: ignore[union-attr]
-    for child in children:
-        child.stdin.close()  # type: ignore[union-attr]
-    inodes = {child.stdout.read().strip() for child in children}  # type: ignore[union-attr]
-    assert all(child.wait(timeout=60) == 0 for child in children)
+    command = [sys.executable, "-c", textwrap.dedent(code)]
+    children = [processes.spawn(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) for _ in range(4)]
+    try:
+        for child in children:
+            child.stdin.write("x")  # type: ignore[union-attr]
+        for child in children:
+            child.stdin.close()  # type: ignore[union-attr]
+        inodes = {child.stdout.read().strip() for child in children}  # type: ignore[union-attr]
+        assert all(child.wait(timeout=60) == 0 for child in children)
+    finally:
+        for child in children:
+            processes.stop(child)
     assert len(inodes) == 1
     with Raindrops.open(name) as rd:
         assert rd[1] == 80_000

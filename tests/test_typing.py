@@ -2,21 +2,17 @@
 
 from __future__ import annotations
 
-import subprocess
 import sys
 from pathlib import Path
+
+from testsupport import processes
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_package_passes_mypy_strict() -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "mypy", "--strict", "--no-error-summary", "raindrops"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    command = [sys.executable, "-m", "mypy", "--strict", "--no-error-summary", "raindrops"]
+    result = processes.run(command, cwd=ROOT, timeout=300, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -31,11 +27,6 @@ def test_a_typed_user_can_call_the_api(tmp_path: Path) -> None:
         "stats = raindrops.linux.tcp_listener_stats(['127.0.0.1:80'])\n"
         "queued: int = stats['127.0.0.1:80'].queued\n"
     )
-    result = subprocess.run(
-        [sys.executable, "-m", "mypy", "--strict", "--no-error-summary", str(user)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    command = [sys.executable, "-m", "mypy", "--strict", "--no-error-summary", str(user)]
+    result = processes.run(command, cwd=ROOT, timeout=300, text=True)
     assert result.returncode == 0, result.stdout + result.stderr

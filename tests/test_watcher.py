@@ -10,7 +10,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 from typing import Any, Iterator
 from urllib.parse import quote, unquote
@@ -21,6 +20,7 @@ from load import Load, wait_until
 from raindrops import ListenStats, Watcher, exposition
 from raindrops.aggregate import Aggregate
 from raindrops.server import WatchServer, make_server
+from testsupport import processes
 from raindrops.watcher import _Listener
 
 DELAY = 0.02
@@ -140,7 +140,7 @@ def test_stats_headers_histogram_and_head(watcher: Watcher, load: Load) -> None:
 
     page = call(watcher, f"/queued/{escaped(load.address)}.html")
     assert page.headers["Content-Type"] == "text/html" and page.headers["X-Current"] == "1"
-    assert f"<tr><td>Current</td><td>1</td></tr>" in page.body.decode()
+    assert "<tr><td>Current</td><td>1</td></tr>" in page.body.decode()
     assert f"action='../reset/{escaped(load.address)}'" in page.body.decode()
 
     data = json.loads(call(watcher, f"/active/{escaped(load.address)}.json").body)
@@ -356,12 +356,8 @@ def test_head_on_tail_sends_headers_only(watcher: Watcher, load: Load) -> None:
 
 
 def test_watch_command_serves_and_exits_130_on_ctrl_c(load: Load) -> None:
-    process = subprocess.Popen(
-        [sys.executable, "-m", "raindrops", "watch", "--bind", "127.0.0.1:0", "--delay", "0.05", load.address],
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
+    command = [sys.executable, "-m", "raindrops", "watch", "--bind", "127.0.0.1:0", "--delay", "0.05", load.address]
+    with processes.running(command, stderr=subprocess.PIPE, text=True) as process:
         assert process.stderr is not None
         banner = process.stderr.readline()
         match = re.search(r"http://127\.0\.0\.1:(\d+)/", banner)
@@ -375,16 +371,12 @@ def test_watch_command_serves_and_exits_130_on_ctrl_c(load: Load) -> None:
         process.send_signal(signal.SIGINT)
         assert process.wait(10) == 130
         assert process.stderr.read() == ""
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait(10)
 
 
 def test_watch_command_rejects_bad_input() -> None:
     for args in (["--bind", "nowhere"], ["127.0.0.1:99999"], ["--delay", "0"]):
         command = [sys.executable, "-m", "raindrops", "watch", *args]
-        result = subprocess.run(command, capture_output=True, text=True, timeout=30)
+        result = processes.run(command, timeout=30, text=True)
         assert result.returncode == 2, (args, result.stderr)
         assert "Traceback" not in result.stderr
 

@@ -1,0 +1,1 @@
+"""Support shared by the test suite (tests/) and the load tests (loadtests/): never shipped."""
