@@ -58,7 +58,7 @@ def _skip_reasons(reports: list[Any]) -> collections.Counter[str]:
 
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
     logged = programs.SKIP_LOG.read_text(encoding="utf-8").splitlines() if programs.SKIP_LOG.exists() else []
-    lines = list(dict.fromkeys(logged))
+    lines = list(dict.fromkeys(line for line in logged if line.strip()))
     for reason, count in sorted(_skip_reasons(terminalreporter.stats.get("skipped", [])).items()):
         lines.append(f"SKIP {count} test{'s' if count > 1 else ''}: {reason}")
     if LEFTOVERS:

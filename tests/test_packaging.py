@@ -13,7 +13,6 @@ import importlib.util
 import os
 import platform
 import shutil
-import subprocess
 import sys
 import zipfile
 from dataclasses import dataclass
@@ -21,6 +20,8 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
+
+from testsupport import processes, programs
 
 ROOT = Path(__file__).resolve().parent.parent
 WHEEL_TAGS = {
@@ -52,12 +53,12 @@ class Built:
 def _build_wheel(out: Path, arch: str | None) -> Built:
     """`pip wheel` for `arch`, or with no RAINDROPS_TARGET (this machine's architecture)."""
     env = {name: value for name, value in os.environ.items() if name != "RAINDROPS_TARGET"}
-    result = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "-v", "--no-deps", "--no-build-isolation", "--disable-pip-version-check", "-w", str(out), str(ROOT)],
+    pip_wheel = [sys.executable, "-m", "pip", "wheel", "-v", "--no-deps", "--no-build-isolation"]
+    result = processes.run(
+        [*pip_wheel, "--disable-pip-version-check", "-w", str(out), str(ROOT)],
         env=env if arch is None else {**env, "RAINDROPS_TARGET": arch},
-        capture_output=True,
-        text=True,
         timeout=300,
+        text=True,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     (wheel,) = out.glob("raindrops_stats-*.whl")
@@ -88,9 +89,8 @@ def test_host_wheel_is_tagged_for_any_python_and_libc(host_wheel: Built) -> None
 
 
 def test_elfcheck_accepts_the_wheel(host_wheel: Built) -> None:
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "tools" / "elfcheck.py"), str(host_wheel.wheel)], capture_output=True, text=True, timeout=60
-    )
+    command = [sys.executable, str(ROOT / "tools" / "elfcheck.py"), str(host_wheel.wheel)]
+    result = processes.run(command, timeout=60, text=True)
     assert result.returncode == 0, result.stderr
     assert f"ok: {HOST} shared object, no DT_NEEDED, no undefined dynamic symbols" in result.stdout
 
@@ -106,12 +106,12 @@ def test_aarch64_wheel_cross_builds(tmp_path: Path) -> None:
 
 
 def test_unknown_target_fails_the_build_naming_the_supported_ones(tmp_path: Path) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--disable-pip-version-check", "-w", str(tmp_path), str(ROOT)],
+    pip_wheel = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation"]
+    result = processes.run(
+        [*pip_wheel, "--disable-pip-version-check", "-w", str(tmp_path), str(ROOT)],
         env={**os.environ, "RAINDROPS_TARGET": "sparc64"},
-        capture_output=True,
-        text=True,
         timeout=300,
+        text=True,
     )
     assert result.returncode != 0
     assert "RAINDROPS_TARGET=sparc64: unsupported target architecture 'sparc64'" in result.stdout + result.stderr
@@ -139,7 +139,7 @@ def test_elfcheck_refuses_a_program_that_needs_libc(tmp_path: Path) -> None:
     shutil.copy(shutil.which("ls") or "/bin/ls", ls)
     with pytest.raises(elfcheck.ElfError, match=r"needs shared libraries \(DT_NEEDED\): .*libc\.so\.6.*undefined dynamic symbols"):
         elfcheck.check_library(ls.read_bytes(), HOST, str(ls))
-    result = subprocess.run([sys.executable, str(ROOT / "tools" / "elfcheck.py"), str(ls)], capture_output=True, text=True, timeout=60)
+    result = processes.run([sys.executable, str(ROOT / "tools" / "elfcheck.py"), str(ls)], timeout=60, text=True)
     assert result.returncode == 1 and "DT_NEEDED" in result.stderr and not result.stdout
 
 
@@ -202,7 +202,7 @@ def _pythons() -> dict[str, str]:
     found: dict[str, str] = {}
     for candidate in candidates:
         try:
-            result = subprocess.run([candidate, "-I", "-c", probe], capture_output=True, text=True, timeout=30)
+            result = processes.run([candidate, "-I", "-c", probe], timeout=30, text=True)
         except OSError:
             continue
         fields = result.stdout.split()
@@ -262,23 +262,24 @@ def test_a_cpython_is_found() -> None:
 @pytest.mark.parametrize("version", list(PYTHONS))
 def test_wheel_installs_and_works_in_a_fresh_venv(version: str, host_wheel: Built, tmp_path: Path) -> None:
     venv = tmp_path / "venv"
-    subprocess.run([PYTHONS[version], "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
+    made = processes.run([PYTHONS[version], "-m", "venv", "--without-pip", str(venv)], timeout=120, text=True)
+    assert made.returncode == 0, made.stderr
     python = venv / "bin" / "python"
-    install = subprocess.run(
-        [sys.executable, "-m", "pip", "--python", str(python), "install", "--quiet", "--disable-pip-version-check", "--no-index", "--no-deps", str(host_wheel.wheel)],
-        capture_output=True,
-        text=True,
+    pip_install = [sys.executable, "-m", "pip", "--python", str(python), "install", "--quiet"]
+    install = processes.run(
+        [*pip_install, "--disable-pip-version-check", "--no-index", "--no-deps", str(host_wheel.wheel)],
         timeout=300,
+        text=True,
     )
     assert install.returncode == 0, install.stdout + install.stderr
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     (elsewhere / "smoke.py").write_text(SMOKE)
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(tmp_path)}
-    result = subprocess.run([str(python), "-I", "smoke.py", str(venv)], cwd=elsewhere, env=env, capture_output=True, text=True, timeout=120)
+    result = processes.run([str(python), "-I", "smoke.py", str(venv)], cwd=elsewhere, env=env, timeout=120, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.startswith(f"ok {version.replace('.', ' ')} ")
-    cli = subprocess.run([str(venv / "bin" / "raindrops"), "--version"], cwd=elsewhere, env=env, capture_output=True, text=True, timeout=60)
+    cli = processes.run([str(venv / "bin" / "raindrops"), "--version"], cwd=elsewhere, env=env, timeout=60, text=True)
     assert (cli.returncode, cli.stdout) == (0, "raindrops 0.1.0\n"), cli.stderr
 
 
@@ -286,7 +287,7 @@ def test_wheel_installs_and_works_in_a_fresh_venv(version: str, host_wheel: Buil
 
 
 def test_version_option_prints_the_distribution_version(tmp_path: Path) -> None:
-    result = subprocess.run([sys.executable, "-m", "raindrops", "--version"], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    result = processes.run([sys.executable, "-m", "raindrops", "--version"], cwd=tmp_path, timeout=60, text=True)
     assert (result.returncode, result.stdout, result.stderr) == (0, "raindrops 0.1.0\n", "")
 
 
@@ -306,5 +307,7 @@ def test_version_falls_back_to_the_package_without_metadata(monkeypatch: pytest.
 def test_library_is_built_for_a_baseline_cpu() -> None:
     """The wheel must run on CPUs older than the builder's: no AVX-512 or AVX2-only code."""
     library = ROOT / "raindrops" / "libraindrops.so"
-    disassembly = subprocess.run(["objdump", "-d", str(library)], capture_output=True, text=True, check=True).stdout
+    result = processes.run([programs.require("objdump"), "-d", str(library)], timeout=60, text=True)
+    assert result.returncode == 0, result.stderr
+    disassembly = result.stdout
     assert "zmm" not in disassembly and "ymm" not in disassembly

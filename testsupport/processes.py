@@ -64,13 +64,15 @@ def stop(process: subprocess.Popen[Any], timeout: float = STOP_TIMEOUT) -> None:
 
 
 @contextlib.contextmanager
-def running(command: Sequence[str], *, log: Path | None = None, **options: Any) -> Iterator[subprocess.Popen[Any]]:
+def running(
+    command: Sequence[str], *, log: Path | None = None, stop_timeout: float = STOP_TIMEOUT, **options: Any
+) -> Iterator[subprocess.Popen[Any]]:
     """spawn() for the length of a `with` block; stop() when it ends, however it ends."""
     process = spawn(command, log=log, **options)
     try:
         yield process
     finally:
-        stop(process)
+        stop(process, stop_timeout)
 
 
 def run(

@@ -20,6 +20,7 @@ PACKAGES = {
     "prometheus": "prometheus",
     "chromium": "chromium",
     "qemu-aarch64": "qemu-user",
+    "objdump": "binutils",
 }
 
 
