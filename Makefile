@@ -90,6 +90,10 @@ dist: build
 	$(PY) -m twine check --strict dist/*
 	$(PY) tools/elfcheck.py dist/*.whl
 	for wheel in dist/*.whl; do $(VENV)/bin/auditwheel show $$wheel || exit 1; done
+	@echo "the sdist, installed by pip with build isolation (hatchling and ziglang from the index):"
+	rm -rf build/sdist-venv && $(PYTHON) -m venv build/sdist-venv
+	build/sdist-venv/bin/python -m pip install --quiet --disable-pip-version-check dist/raindrops_stats-*.tar.gz
+	cd build && sdist-venv/bin/python -c "import raindrops; r = raindrops.Raindrops(1); assert r.incr(0) == 1; print('sdist install ok:', raindrops.__file__)"
 
 clean:
 	rm -rf $(VENV) zig-out .zig-cache $(LIBRARY) build dist .pytest_cache .test-skips
