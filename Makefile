@@ -63,7 +63,7 @@ DEMO_BIND ?= 127.0.0.1:8080
 DEMO_WORKERS ?= 4
 DEMO_ARGS ?=
 
-# gunicorn with 4 workers serving raindrops.demo (an app wrapped in raindrops.Middleware).
+# gunicorn with 4 workers serving examples.demo (an app wrapped in raindrops.Middleware).
 demo: build
 	@echo "raindrops demo on http://$(DEMO_BIND)/ (Ctrl-C stops it). Try:"
 	@echo "  curl http://$(DEMO_BIND)/_raindrops                      raindrops' text format"
@@ -75,7 +75,7 @@ demo: build
 	@echo "  curl http://$(DEMO_BIND)/_raindrops/last_data_recv       time requests waited in the queue"
 	@echo "  open http://$(DEMO_BIND)/watch/                          live dashboard of every listener"
 	$(VENV)/bin/gunicorn --workers $(DEMO_WORKERS) --worker-class gthread --threads 4 --bind $(DEMO_BIND) --no-control-socket \
-		--config python:raindrops.demo_config $(DEMO_ARGS) raindrops.demo:app
+		--config python:examples.demo_config $(DEMO_ARGS) examples.demo:app
 
 # An sdist, then a wheel per architecture built from the unpacked sdist (proving it complete);
 # Zig cross-compiles, so this one machine builds them all. Then the checks of what would be uploaded.

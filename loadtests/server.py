@@ -1,4 +1,4 @@
-"""gunicorn serving raindrops.demo:app for the load test: start, probe, kill one worker, stop, clean up.
+"""gunicorn serving examples.demo:app for the load test: start, probe, kill one worker, stop, clean up.
 
 The runner's own small helpers (the test suite's tests/servers.py serves
 pytest; this package must stand alone for `python -m loadtests`). The server
@@ -94,7 +94,7 @@ def gunicorn_command(variant: Variant, port: int) -> list[str]:
         "--no-control-socket",  # its default path is one per user: concurrent servers would share it
         "--graceful-timeout", str(GRACEFUL_TIMEOUT),
         *variant.gunicorn_args(),
-        "raindrops.demo:app",
+        "examples.demo:app",
     ]  # fmt: skip
 
 

@@ -5,12 +5,12 @@ every worker process of a server such as gunicorn or uWSGI.
 """
 
 from raindrops.counters import MAX, PAGE_SIZE, SIZE, Raindrops, Struct, StructBase
-from raindrops.last_data_recv import LastDataRecv
 from raindrops.linux import ListenStats
-from raindrops.middleware import Middleware
 from raindrops.scoreboard import Scoreboard
 from raindrops.tcp_info import TCP_STATES, TCPInfo
 from raindrops.watcher import Watcher
+from raindrops.wsgi.last_data_recv import LastDataRecv, defer_accept
+from raindrops.wsgi.middleware import Middleware
 
 __version__ = "0.1.0"
 
@@ -29,4 +29,5 @@ __all__ = [
     "TCPInfo",
     "Watcher",
     "__version__",
+    "defer_accept",
 ]

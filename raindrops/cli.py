@@ -88,31 +88,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-class ListenerSource:
-    """Reads the requested listeners, reusing one netlink socket across reports."""
-
-    def __init__(self, addresses: Sequence[str]) -> None:
-        unix = [address for address in addresses if address.startswith(("/", "@"))]
-        tcp = [address for address in addresses if not address.startswith(("/", "@"))]
-        self._everything = not addresses
-        self._tcp = tcp
-        self._unix = unix
-        self._socket = linux.InetDiagSocket()
-        if tcp:
-            linux.tcp_listener_stats(tcp, self._socket)  # reject bad addresses before the first report
-
-    def read(self) -> dict[str, linux.ListenStats]:
-        stats: dict[str, linux.ListenStats] = {}
-        if self._everything or self._tcp:
-            stats.update(linux.tcp_listener_stats(None if self._everything else self._tcp, self._socket))
-        if self._everything or self._unix:
-            stats.update(linux.unix_listener_stats(None if self._everything else self._unix))
-        return stats
-
-    def close(self) -> None:
-        self._socket.close()
-
-
 def _timestamp() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -122,15 +97,15 @@ def render(stats: Mapping[str, linux.ListenStats], form: str, stamp: str, width:
         return json.dumps({"timestamp": stamp, "listeners": exposition.listeners_json(stats)}) + "\n"
     if form == "prometheus":
         return exposition.listeners_prometheus(stats)
-    return "".join(f"{stamp:>20} {address:>{width}} {stat.active:>10} {stat.queued:>10}\n" for address, stat in stats.items())
+    return "".join(exposition.tail_line(stamp, address, stat.active, stat.queued, width) for address, stat in stats.items())
 
 
 def run_listeners(options: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    source = ListenerSource(options.addresses)
+    source = linux.ListenerSet(options.addresses or None)
     try:
         width = min(max([ADDRESS_WIDTH_MIN, *map(len, options.addresses)]), ADDRESS_WIDTH_MAX)
         if options.format == "text":
-            err.write(f"{'timestamp':>20} {'address':>{width}} {'active':>10} {'queued':>10}\n")
+            err.write(exposition.tail_line("timestamp", "address", "active", "queued", width))
         count = options.count if options.count is not None else (None if options.interval else 1)
         report = 0
         while count is None or report < count:

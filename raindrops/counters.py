@@ -202,6 +202,13 @@ class Raindrops:
             return pointers[position]
         return _native.counter_pointer(self._live(), position)
 
+    def address(self, index: int) -> int:
+        """Where counter `index` is in this process's mapping, for native descriptors built on it
+        (a shared histogram, the scoreboard's board); valid until close()."""
+        address = self._pointer(index).value
+        assert address is not None, "a mapped counter has an address"
+        return address
+
     if TYPE_CHECKING:  # the signatures that the generated methods below implement
 
         def incr(self, index: int, n: int = 1) -> int: ...

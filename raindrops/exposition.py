@@ -1,25 +1,56 @@
 """Rendering of statistics: raindrops' text format, Prometheus text exposition, JSON.
 
-Kept apart from the data sources so that the middleware, the Watcher and the
-command line all print the same bytes for the same numbers.
+Kept apart from the data sources so that the middleware, LastDataRecv, the
+Watcher and the command line all print the same bytes for the same numbers.
+An endpoint picks a format and calls render(format, report): the report
+knows its numbers, render() knows the content types and the framing (JSON's
+final newline, OpenMetrics' "# EOF").
 """
 
 from __future__ import annotations
 
+import json
 import math
 from typing import Callable, Mapping, NamedTuple, Protocol
 
 from raindrops.histogram import HistogramSnapshot
+from raindrops.linux import ListenStats
+from raindrops.scoreboard import Totals
+
+FORMATS = ("text", "prometheus", "openmetrics", "json")
+PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+OPENMETRICS_CONTENT_TYPE = "application/openmetrics-text; version=1.0.0; charset=utf-8"
+CONTENT_TYPES = {
+    "text": "text/plain",
+    "prometheus": PROMETHEUS_CONTENT_TYPE,
+    "openmetrics": OPENMETRICS_CONTENT_TYPE,
+    "json": "application/json",
+}
 
 
-class Listen(Protocol):
-    """What a listener statistic offers (raindrops.linux.ListenStats)."""
+class Report(Protocol):
+    """Numbers an endpoint serves, in each format."""
 
-    @property
-    def active(self) -> int: ...
+    def text(self) -> str: ...
 
-    @property
-    def queued(self) -> int: ...
+    def prometheus(self, openmetrics: bool) -> str:
+        """The metric families, without OpenMetrics' final "# EOF"."""
+        ...
+
+    def json(self) -> dict[str, object]: ...
+
+
+def render(form: str, report: Report) -> tuple[str, bytes]:
+    """(content type, body) of `report` in `form`, one of FORMATS."""
+    if form == "json":
+        body = json.dumps(report.json()) + "\n"
+    elif form in ("prometheus", "openmetrics"):
+        body = report.prometheus(form == "openmetrics") + ("# EOF\n" if form == "openmetrics" else "")
+    elif form == "text":
+        body = report.text()
+    else:
+        raise ValueError(f"format must be one of {', '.join(FORMATS)}, not {form!r}")
+    return CONTENT_TYPES[form], body.encode("utf-8")
 
 
 class Metric(NamedTuple):
@@ -48,25 +79,28 @@ def prometheus_family(metric: Metric, samples: Mapping[str, int], label: str) ->
     return "\n".join(lines) + "\n"
 
 
-def listeners_text(stats: Mapping[str, Listen]) -> str:
+def listeners_text(stats: Mapping[str, ListenStats]) -> str:
     """raindrops' middleware lines: "ADDR active: N" then "ADDR queued: N" per listener."""
     return "".join(f"{address} active: {stat.active}\n{address} queued: {stat.queued}\n" for address, stat in stats.items())
 
 
-def listeners_prometheus(stats: Mapping[str, Listen]) -> str:
+def listeners_prometheus(stats: Mapping[str, ListenStats]) -> str:
     return prometheus_family(
         LISTENER_ACTIVE, {address: stat.active for address, stat in stats.items()}, "listener"
     ) + prometheus_family(LISTENER_QUEUED, {address: stat.queued for address, stat in stats.items()}, "listener")
 
 
-def listeners_json(stats: Mapping[str, Listen]) -> dict[str, dict[str, int]]:
+def listeners_json(stats: Mapping[str, ListenStats]) -> dict[str, dict[str, int]]:
     return {address: {"active": stat.active, "queued": stat.queued} for address, stat in stats.items()}
+
+
+def tail_line(stamp: str, address: str, active: int | str, queued: int | str, width: int) -> str:
+    """One row of raindrops' linux-listener-stats and Watcher tail output (also its header row)."""
+    return f"{stamp:>20} {address:>{width}} {active:>10} {queued:>10}\n"
 
 
 # The middleware's endpoint.
 
-PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-OPENMETRICS_CONTENT_TYPE = "application/openmetrics-text; version=1.0.0; charset=utf-8"
 _US_PER_SECOND = 1_000_000
 
 CALLING = Metric("raindrops_calling", "gauge", "Requests inside the application now, across all workers.")
@@ -82,26 +116,7 @@ DURATION = Metric(
 )
 
 
-class Totals(Protocol):
-    """What the middleware's scoreboard reports (raindrops.scoreboard.Totals)."""
-
-    @property
-    def calling(self) -> int: ...
-    @property
-    def writing(self) -> int: ...
-    @property
-    def workers(self) -> int: ...
-    @property
-    def requests(self) -> int: ...
-    @property
-    def errors(self) -> int: ...
-    @property
-    def busy_seconds(self) -> float: ...
-    @property
-    def durations_us(self) -> HistogramSnapshot: ...
-
-
-def middleware_text(totals: Totals, listeners: Mapping[str, Listen]) -> str:
+def middleware_text(totals: Totals, listeners: Mapping[str, ListenStats]) -> str:
     """raindrops' body, byte for byte: calling, writing, then two lines per listener."""
     return f"calling: {totals.calling}\nwriting: {totals.writing}\n" + listeners_text(listeners)
 
@@ -126,8 +141,8 @@ def histogram_prometheus(metric: Metric, snapshot: HistogramSnapshot, to_unit: C
     return "\n".join(lines) + "\n"
 
 
-def middleware_prometheus(totals: Totals, listeners: Mapping[str, Listen], openmetrics: bool = False) -> str:
-    """The Prometheus text exposition format, or OpenMetrics (which ends with # EOF)."""
+def middleware_prometheus(totals: Totals, listeners: Mapping[str, ListenStats], openmetrics: bool = False) -> str:
+    """The Prometheus text exposition format, or OpenMetrics' families (render() adds its # EOF)."""
     parts = [
         _scalar(CALLING, totals.calling, openmetrics),
         _scalar(WRITING, totals.writing, openmetrics),
@@ -139,8 +154,6 @@ def middleware_prometheus(totals: Totals, listeners: Mapping[str, Listen], openm
     ]
     if listeners:
         parts.append(listeners_prometheus(listeners))
-    if openmetrics:
-        parts.append("# EOF\n")
     return "".join(parts)
 
 
@@ -156,7 +169,7 @@ def histogram_json(snapshot: HistogramSnapshot) -> dict[str, object]:
     }
 
 
-def middleware_json(totals: Totals, listeners: Mapping[str, Listen]) -> dict[str, object]:
+def middleware_json(totals: Totals, listeners: Mapping[str, ListenStats]) -> dict[str, object]:
     return {
         "calling": totals.calling,
         "writing": totals.writing,
@@ -167,6 +180,59 @@ def middleware_json(totals: Totals, listeners: Mapping[str, Listen]) -> dict[str
         "request_duration_us": histogram_json(totals.durations_us),
         "listeners": listeners_json(listeners),
     }
+
+
+class MiddlewareReport(NamedTuple):
+    """The middleware endpoint's numbers: the scoreboard's totals and the listeners."""
+
+    totals: Totals
+    listeners: Mapping[str, ListenStats]
+
+    def text(self) -> str:
+        return middleware_text(self.totals, self.listeners)
+
+    def prometheus(self, openmetrics: bool) -> str:
+        return middleware_prometheus(self.totals, self.listeners, openmetrics)
+
+    def json(self) -> dict[str, object]:
+        return middleware_json(self.totals, self.listeners)
+
+
+# LastDataRecv's endpoint.
+
+LAST_DATA_RECV = Metric(
+    "raindrops_last_data_recv_seconds",
+    "histogram",
+    "Time from a request's arrival (TCP_INFO last_data_recv) to the application call: the listen queue wait "
+    "when the listener has TCP_DEFER_ACCEPT.",
+)
+LAST_DATA_RECV_SKIPPED = Metric(
+    "raindrops_last_data_recv_skipped",
+    "counter",
+    "Requests not measured: their socket gave no TCP_INFO.",
+)
+
+
+def _milliseconds_in_seconds(milliseconds: int) -> str:
+    return repr(milliseconds / 1000)
+
+
+class LastDataRecvReport(NamedTuple):
+    """LastDataRecv's histogram of milliseconds, and the requests it could not measure."""
+
+    snapshot: HistogramSnapshot
+    skipped: int
+
+    def text(self) -> str:
+        return histogram_text(self.snapshot)
+
+    def prometheus(self, openmetrics: bool) -> str:
+        """The histogram in seconds (bucket bounds are whole milliseconds), and the skipped requests."""
+        histogram = histogram_prometheus(LAST_DATA_RECV, self.snapshot, _milliseconds_in_seconds)
+        return histogram + _scalar(LAST_DATA_RECV_SKIPPED, self.skipped, openmetrics)
+
+    def json(self) -> dict[str, object]:
+        return {**histogram_json(self.snapshot), "unit": "ms", "skipped": self.skipped}
 
 
 # raindrops' aggregates: the Watcher's and LastDataRecv's text histograms and X-* headers.

@@ -64,7 +64,7 @@ class SharedHistogram:
         self._counters = counters
         self._first = first
         self._buckets = buckets
-        self._descriptor = _native.Histogram(counters._pointer(first).value, SIZE, buckets)
+        self._descriptor = _native.Histogram(counters.address(first), SIZE, buckets)
         self._pointer = _native.descriptor_pointer(self._descriptor)
 
     @staticmethod

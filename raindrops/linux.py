@@ -28,8 +28,16 @@ import weakref
 from typing import Iterable, NamedTuple, Union
 
 from raindrops import _native
+from raindrops._process import PerProcess
 
-__all__ = ["InetDiagSocket", "ListenStats", "tcp_listener_stats", "unix_listener_stats"]
+__all__ = [
+    "InetDiagSocket",
+    "ListenStats",
+    "ListenerSet",
+    "process_listeners",
+    "tcp_listener_stats",
+    "unix_listener_stats",
+]
 
 _PORT_MAX = 65535
 _AF_INET = socket.AF_INET.value
@@ -403,3 +411,72 @@ def process_listeners() -> list[str]:
         if key is not None and key not in keys:
             keys.append(key)
     return keys
+
+
+# ---------------------------------------------------------------------------
+# Which listeners to report: what the middleware, the Watcher and the CLI share.
+
+
+def is_unix_name(name: str) -> bool:
+    """A unix socket is named by a path ("/run/app.sock") or an abstract name ("@app")."""
+    return name.startswith(("/", "@"))
+
+
+class ListenerSet:
+    """The listeners to report, parsed once, and read through one netlink socket per process.
+
+    `ListenerSet(None)` is every TCP and unix listener of the host;
+    `ListenerSet(["127.0.0.1:8080", "/run/app.sock"])` those (bad addresses
+    raise ValueError now, not at each read; a single string is a TypeError:
+    it would be read as a list of characters); `ListenerSet([])` none;
+    `ListenerSet.of_this_process()` the listening sockets this process holds,
+    looked up at each read (a prefork worker inherits its master's).
+    """
+
+    def __init__(self, listeners: Iterable[str] | None) -> None:
+        if isinstance(listeners, (str, bytes)):
+            raise TypeError(f"listeners must be a list of addresses, not a single {type(listeners).__name__}")
+        names = None if listeners is None else list(listeners)
+        self.everything = names is None
+        self.own = False
+        self._tcp = _tcp_addresses([name for name in names or () if not is_unix_name(name)])
+        self._unix = [_unix_name(name) for name in names or () if is_unix_name(name)]
+        self.keys: tuple[str, ...] = tuple(
+            dict.fromkeys([address.key for address in self._tcp] + [_unix_key(name) for name in self._unix])
+        )
+        """The requested listeners' canonical names ("[::1]:80" for "[0:0::1]:80"), as results are keyed."""
+        self._diag: PerProcess[InetDiagSocket] = PerProcess()
+
+    @classmethod
+    def of_this_process(cls) -> ListenerSet:
+        found = cls([])
+        found.own = True
+        return found
+
+    def read(self) -> dict[str, ListenStats]:
+        """Statistics of the listeners that exist now; requested ones without a listener are left out."""
+        if self.own:
+            keys = process_listeners()
+            tcp = _tcp_addresses([key for key in keys if not is_unix_name(key)])
+            unix: list[bytes] | None = [_unix_name(key) for key in keys if is_unix_name(key)]
+        else:
+            tcp, unix = self._tcp, self._unix
+        if self.everything:
+            stats = _tcp_listener_stats(None, self._socket())
+            stats.update(unix_listener_stats(None))
+            return stats
+        stats = _tcp_listener_stats(tcp, self._socket()) if tcp else {}
+        if unix:
+            stats.update(unix_listener_stats(unix))
+        return stats
+
+    def _socket(self) -> InetDiagSocket:
+        return self._diag.get(InetDiagSocket)
+
+    def reset(self) -> None:
+        """Closes this process's socket (after an error, in case it is broken); the next read opens one."""
+        diag = self._diag.take()
+        if diag is not None:
+            diag.close()
+
+    close = reset

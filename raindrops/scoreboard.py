@@ -11,10 +11,10 @@ histogram are shared counters that survive worker restarts.
 
 from __future__ import annotations
 
-import os
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 from raindrops import _native
+from raindrops._process import PROCESS, PerProcess
 from raindrops.counters import Raindrops
 from raindrops.histogram import HistogramSnapshot, SharedHistogram
 
@@ -30,20 +30,32 @@ _ERRORS, _BUSY_US, _HISTOGRAM = _REQUESTS + 1, _REQUESTS + 2, _REQUESTS + 3
 COUNTERS = _HISTOGRAM + SharedHistogram.slots(DURATION_BUCKETS)
 
 
-class _Process:
-    """This process's pid, kept current across fork without a getpid() syscall per request."""
-
-    __slots__ = ("pid",)
-
-    def __init__(self) -> None:
-        self.pid = os.getpid()
-
-    def refresh(self) -> None:
-        self.pid = os.getpid()
+# What a request does to the board, given by this module so that servers never call native code.
+Board = _native.CounterPointer
+"""A prepared pointer to this process's native board (slot gauges, totals, histogram)."""
+enter: Callable[[Board], None] = _native.board_enter
+"""A request enters the application: calling + 1."""
+respond: Callable[[Board], None] = _native.board_respond
+"""The application returned its body: calling - 1, writing + 1."""
 
 
-PROCESS = _Process()
-os.register_at_fork(after_in_child=PROCESS.refresh)
+def _duration_update(small: Callable[[Board, int], None], large: Callable[[Board, int], None]) -> Callable[[Board, int], None]:
+    """Passes durations up to SMALL_INT_MAX us (35 minutes) without a c_uint64 conversion."""
+    limit = _native.SMALL_INT_MAX
+
+    def update(board: Board, elapsed_us: int) -> None:
+        if elapsed_us <= limit:
+            small(board, elapsed_us)
+        else:
+            large(board, elapsed_us)
+
+    return update
+
+
+leave = _duration_update(_native.board_leave, _native.board_leave_long)
+"""The body is closed: writing - 1, requests + 1, the duration observed."""
+fail = _duration_update(_native.board_fail, _native.board_fail_long)
+"""The application raised: calling - 1, requests + 1, errors + 1, the duration observed."""
 
 
 class Totals(NamedTuple):
@@ -78,43 +90,37 @@ class Scoreboard:
     def __init__(self, *, name: str | None = None, mode: int = 0o600) -> None:
         self.counters = Raindrops(COUNTERS, name=name, mode=mode)
         self.durations_us = SharedHistogram(self.counters, _HISTOGRAM, DURATION_BUCKETS)
-        self._board: _native.Board | None = None
-        self._board_pointer: _native.CounterPointer | None = None
-        self._board_pid = 0
+        self._board: PerProcess[tuple[_native.Board, Board]] = PerProcess()
 
     @property
     def name(self) -> str | None:
         return self.counters.name
 
-    def board(self) -> _native.CounterPointer:
-        """This process's prepared Board pointer; claims a slot on first use after a fork."""
-        pointer = self._board_pointer
-        if self._board_pid == PROCESS.pid and pointer is not None:
-            return pointer
-        return self._claim()
+    def board(self) -> Board:
+        """This process's board, for enter/respond/leave/fail; claims a slot on first use after a fork."""
+        return self._board.get(self._claim)[1]
 
-    def _claim(self) -> _native.CounterPointer:
+    def _claim(self) -> tuple[_native.Board, Board]:
         pid = PROCESS.pid
         start = _start_ticks(pid) or 0
         slot = self._claim_slot(pid, start)
         counters = self.counters
         base = _FIRST_SLOT + slot * _SLOT_FIELDS
         board = _native.Board(
-            calling=counters._pointer(base + _SLOT_CALLING).value,
-            writing=counters._pointer(base + _SLOT_WRITING).value,
-            requests=counters._pointer(_REQUESTS).value,
-            errors=counters._pointer(_ERRORS).value,
-            busy_us=counters._pointer(_BUSY_US).value,
+            calling=counters.address(base + _SLOT_CALLING),
+            writing=counters.address(base + _SLOT_WRITING),
+            requests=counters.address(_REQUESTS),
+            errors=counters.address(_ERRORS),
+            busy_us=counters.address(_BUSY_US),
             durations_us=self.durations_us.descriptor,
         )
-        self._board, self._board_pointer, self._board_pid = board, _native.descriptor_pointer(board), pid
-        return self._board_pointer
+        return board, _native.descriptor_pointer(board)  # the pointer is valid while `board` lives
 
     def _claim_slot(self, pid: int, start: int) -> int:
         counters = self.counters
         for slot in range(SLOTS_MAX):
             base = _FIRST_SLOT + slot * _SLOT_FIELDS
-            owner_pointer = counters._pointer(base + _SLOT_PID)
+            owner_pointer = _native.CounterPointer(counters.address(base + _SLOT_PID))
             owner = _native.compare_swap(owner_pointer, 0, pid)
             if owner == pid and counters[base + _SLOT_START] == start:
                 return slot  # already ours: another scoreboard object of this process

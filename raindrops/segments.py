@@ -1,6 +1,6 @@
 """How the workers of one preforking server find the same shared memory.
 
-Both WSGI wrappers that keep server-wide numbers (raindrops.Middleware and
+Both wrappers that keep server-wide numbers (raindrops.Middleware and
 raindrops.LastDataRecv) need the same three cases:
 - built before fork (gunicorn --preload): the anonymous segment made in the
   master is inherited by every worker, nothing to do;
@@ -16,9 +16,9 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, TypeVar
+from typing import Any, Callable, Generic, Iterable, Mapping, Protocol, TypeVar
 
-from raindrops.scoreboard import PROCESS
+from raindrops._process import PROCESS, PerProcess
 
 SHM_DIR = Path("/dev/shm")
 PREFIX = "raindrops-"
@@ -26,7 +26,6 @@ KINDS = ("mw", "ldr")
 """Kinds of per-master segments: the middleware's scoreboard, LastDataRecv's histogram."""
 _SHM_SCAN_MAX = 4096
 
-T = TypeVar("T")
 
 
 def master_segment_name(kind: str, path: str) -> str:
@@ -79,29 +78,45 @@ def remove_stale_segments(kinds: Iterable[str] = KINDS) -> list[str]:
     return removed
 
 
-def shared_for_process(
-    current: T,
-    environ: Mapping[str, Any],
-    *,
-    creator_pid: int,
-    explicit: bool,
-    kind: str,
-    path: str,
-    open_named: Callable[[str], T],
-    close: Callable[[T], None],
-) -> T:
-    """The object this process must count into: `current`, or its sibling workers' named one.
+class _Closable(Protocol):
+    def close(self) -> None: ...
 
-    Switches only in the process that built `current` (so it was not
-    inherited across fork), when the caller named no segment itself and the
-    server says it runs several processes. The private object is closed.
+
+C = TypeVar("C", bound=_Closable)
+
+
+class ServerWide(Generic[C]):
+    """The object (a scoreboard, a histogram) that this process counts into, found once per process.
+
+    `make(name=None)` builds it where the wrapper is built, unless the caller
+    gave one (`given`) or named a segment (`name`). That object is kept when it
+    was inherited across fork, when the caller chose it, or when the server
+    runs one process; else each worker that built its own closes it for the
+    named segment of its master's workers (`kind` and `path` make the name).
     """
-    if explicit or PROCESS.pid != creator_pid or not environ.get("wsgi.multiprocess"):
-        return current
-    remove_stale_segments()
-    shared = open_named(master_segment_name(kind, path))
-    close(current)
-    return shared
+
+    def __init__(self, make: Callable[..., C], *, given: C | None, name: str | None, kind: str, path: str) -> None:
+        self.current = given if given is not None else make(name=name)
+        self._make = make
+        self._explicit = given is not None or name is not None
+        self._creator_pid = PROCESS.pid
+        self._kind = kind
+        self._path = path
+        self._bound: PerProcess[C] = PerProcess()
+
+    def get(self, environ: Mapping[str, Any]) -> C:
+        """This process's object; `environ` tells whether the server runs several processes."""
+        bound = self._bound.current()
+        return bound if bound is not None else self._bound.get(lambda: self._find(environ))
+
+    def _find(self, environ: Mapping[str, Any]) -> C:
+        if self._explicit or PROCESS.pid != self._creator_pid or not environ.get("wsgi.multiprocess"):
+            return self.current
+        remove_stale_segments()
+        shared = self._make(name=master_segment_name(self._kind, self._path))
+        self.current.close()
+        self.current = shared
+        return shared
 
 
-__all__ = ["KINDS", "SHM_DIR", "master_segment_name", "remove_stale_segments", "shared_for_process"]
+__all__ = ["KINDS", "SHM_DIR", "ServerWide", "master_segment_name", "remove_stale_segments"]

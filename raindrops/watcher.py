@@ -46,8 +46,8 @@ from raindrops import dashboard, exposition, linux
 from raindrops.aggregate import Aggregate
 from raindrops.histogram import HistogramSnapshot
 from raindrops.linux import ListenStats
-from raindrops.middleware import Environ, StartResponse
-from raindrops.scoreboard import PROCESS
+from raindrops._process import PROCESS
+from raindrops.wsgi.http import Environ, StartResponse
 
 DELAY = 1.0
 DELAY_MIN = 0.001

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from raindrops.last_data_recv import defer_accept
+from raindrops import defer_accept
 
 
 def when_ready(server: Any) -> None:

@@ -1,4 +1,4 @@
-"""Real servers for the tests: gunicorn serving raindrops.demo, Prometheus, a tiny HTTP client.
+"""Real servers for the tests: gunicorn serving examples.demo, Prometheus, a tiny HTTP client.
 
 Every server is started in its own session and always stopped by the test that
 started it (context managers with `finally`): SIGTERM, then SIGKILL for the
@@ -252,7 +252,7 @@ def parse_prometheus(body: str, openmetrics: bool = False) -> dict[str, float]:
 
 @dataclass
 class Gunicorn:
-    """A running gunicorn master serving raindrops.demo:app on 127.0.0.1:port."""
+    """A running gunicorn master serving examples.demo:app on 127.0.0.1:port."""
 
     process: subprocess.Popen[bytes]
     port: int
@@ -357,7 +357,7 @@ def _server_socket_inode(server_port: int, client_port: int) -> int:
     raise AssertionError(f"no established connection :{server_port} <- :{client_port}")
 
 
-def gunicorn_command(args: Sequence[str], bind: Sequence[str], app: str = "raindrops.demo:app") -> list[str]:
+def gunicorn_command(args: Sequence[str], bind: Sequence[str], app: str = "examples.demo:app") -> list[str]:
     """The venv's gunicorn script (as `make demo` runs it), else `python -m gunicorn`."""
     script = Path(sys.executable).parent / "gunicorn"
     launcher = [str(script)] if script.exists() else [sys.executable, "-m", "gunicorn"]

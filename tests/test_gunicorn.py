@@ -1,4 +1,4 @@
-"""The middleware under a real gunicorn: raindrops.demo:app over loopback TCP.
+"""The middleware under a real gunicorn: examples.demo:app over loopback TCP.
 
 Three set-ups share most tests: sync workers loaded after fork, sync workers
 preloaded in the master (--preload), and threaded workers (gthread). Every
@@ -21,7 +21,7 @@ from typing import Any, Iterator
 import pytest
 
 from raindrops import Middleware
-from raindrops.demo import application
+from examples.demo import application
 from servers import (
     Background,
     Gunicorn,

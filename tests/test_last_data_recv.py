@@ -14,7 +14,7 @@ from typing import Any, Iterator
 import pytest
 
 from raindrops import LastDataRecv
-from raindrops.last_data_recv import PATH, LastDataRecvStats, defer_accept, last_data_recv
+from raindrops.wsgi.last_data_recv import PATH, LastDataRecvStats, defer_accept, last_data_recv
 from servers import ROOT, SHM_DIR, children, free_port, gunicorn_command
 from testsupport import processes
 

@@ -17,7 +17,8 @@ from typing import Any, Callable, Iterable, Iterator
 import pytest
 
 from raindrops import Middleware
-from raindrops.middleware import NAME_PREFIX, SHM_DIR, remove_stale_segments
+from raindrops.segments import SHM_DIR, remove_stale_segments
+from raindrops.wsgi.middleware import NAME_PREFIX
 from raindrops.scoreboard import Scoreboard
 
 Environ = dict[str, Any]

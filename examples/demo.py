@@ -3,7 +3,7 @@
 Endpoints: / (hello), /slow?seconds=S (sleeps, at most 30 s), /stream?chunks=N&delay=S
 (a streaming body), /fail (raises), /count (increments a counter shared by all
 workers and returns its new value), /_raindrops (the statistics),
-/_raindrops/last_data_recv (queue time, see raindrops.demo_config) and
+/_raindrops/last_data_recv (queue time, see examples.demo_config) and
 /watch/ (the Watcher's live dashboard of this host's listeners).
 """
 
@@ -14,10 +14,8 @@ import time
 from typing import Iterator
 from urllib.parse import parse_qs
 
-from raindrops.counters import Raindrops
-from raindrops.last_data_recv import LastDataRecv
-from raindrops.middleware import Environ, Middleware, StartResponse
-from raindrops.watcher import Watcher
+from raindrops import LastDataRecv, Middleware, Raindrops, Watcher
+from raindrops.wsgi.http import Environ, StartResponse
 
 SLOW_SECONDS_MAX = 30.0
 STREAM_CHUNKS_MAX = 10_000

@@ -1,4 +1,4 @@
-"""gunicorn settings for `make demo`: `gunicorn -c python:raindrops.demo_config raindrops.demo:app`.
+"""gunicorn settings for `make demo`: `gunicorn -c python:examples.demo_config examples.demo:app`.
 
 TCP_DEFER_ACCEPT on the listeners makes a connection wait in the kernel until
 its request has arrived, so LastDataRecv measures how long requests waited in
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from raindrops.last_data_recv import defer_accept
+from raindrops import defer_accept
 
 
 def when_ready(server: Any) -> None:

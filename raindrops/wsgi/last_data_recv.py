@@ -19,7 +19,7 @@ and in the Prometheus format (`?format=prometheus`).
 
 With gunicorn, set TCP_DEFER_ACCEPT on the listeners in the config file:
 
-    from raindrops.last_data_recv import defer_accept
+    from raindrops import defer_accept
 
     def when_ready(server):
         defer_accept(server.LISTENERS)
@@ -31,54 +31,26 @@ find the shared histogram as raindrops.Middleware's do, with or without
 
 from __future__ import annotations
 
-import json
 import socket
-import threading
 from typing import Any, Iterable, Sequence
 
 from raindrops import exposition, segments, tcp_info
 from raindrops.counters import Raindrops
 from raindrops.histogram import HistogramSnapshot, SharedHistogram
-from raindrops.middleware import (
-    DEFAULT_ALLOW,
-    Environ,
-    StartResponse,
-    WSGIApp,
-    _reply,
-    endpoint_request,
-    endpoint_settings,
-)
-from raindrops.scoreboard import PROCESS
+from raindrops.wsgi import http
+from raindrops.wsgi.http import DEFAULT_ALLOW, Environ, StartResponse, WSGIApp
 
 PATH = "/_raindrops/last_data_recv"
 BUCKETS = 33
 """Bit lengths 0..32: tcpi_last_data_recv is a 32-bit number of milliseconds, every value has a bucket."""
 DEFER_ACCEPT_SECONDS = 60
 """raindrops' choice: a connection that sends nothing for a minute is accepted anyway (or dropped)."""
-CLIENT_SOCKET_KEYS = ("gunicorn.socket", "raindrops.socket")
 _SKIPPED = 0  # requests whose socket had no TCP_INFO (unix socket, server without a socket in environ)
 _HISTOGRAM = 1
 COUNTERS = _HISTOGRAM + SharedHistogram.slots(BUCKETS)
 _OFFSET, _FIELD = tcp_info._UNITS["last_data_recv"]
 _TCP_INFO_BYTES = _OFFSET + _FIELD.size
 _SECONDS_MAX = 2**31 - 1
-
-METRIC = exposition.Metric(
-    "raindrops_last_data_recv_seconds",
-    "histogram",
-    "Time from a request's arrival (TCP_INFO last_data_recv) to the application call: the listen queue wait "
-    "when the listener has TCP_DEFER_ACCEPT.",
-)
-SKIPPED_METRIC = exposition.Metric(
-    "raindrops_last_data_recv_skipped",
-    "counter",
-    "Requests not measured: their socket gave no TCP_INFO.",
-)
-
-
-def _seconds(milliseconds: int) -> str:
-    return repr(milliseconds / 1000)
-
 
 def last_data_recv(sock: Any) -> int | None:
     """tcpi_last_data_recv of a connected TCP socket in ms, None when it has no TCP_INFO.
@@ -144,39 +116,18 @@ class LastDataRecv:
         allow: Iterable[str] = DEFAULT_ALLOW,
     ) -> None:
         self.app = app
-        self.path, self._allow = endpoint_settings(path, allow)
-        self._explicit = stats is not None or name is not None
-        self._stats = stats if stats is not None else LastDataRecvStats(name=name)
-        self._creator_pid = PROCESS.pid
-        self._bound_pid = 0
-        self._bind_lock = threading.Lock()
+        self.path, self._allow = http.endpoint_settings(path, allow)
+        self._histogram = segments.ServerWide(LastDataRecvStats, given=stats, name=name, kind="ldr", path=self.path)
 
     @property
     def stats(self) -> LastDataRecvStats:
-        return self._stats
-
-    def _bind(self, environ: Environ) -> LastDataRecvStats:
-        """Finds this process's histogram once: inherited, shared with sibling workers, or private."""
-        with self._bind_lock:
-            if self._bound_pid != PROCESS.pid:
-                self._stats = segments.shared_for_process(
-                    self._stats,
-                    environ,
-                    creator_pid=self._creator_pid,
-                    explicit=self._explicit,
-                    kind="ldr",
-                    path=self.path,
-                    open_named=lambda name: LastDataRecvStats(name=name),
-                    close=LastDataRecvStats.close,
-                )
-                self._bound_pid = PROCESS.pid
-            return self._stats
+        return self._histogram.current
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         if environ.get("PATH_INFO") == self.path:
             return self._endpoint(environ, start_response)
-        stats = self._stats if self._bound_pid == PROCESS.pid else self._bind(environ)
-        client = next((environ[key] for key in CLIENT_SOCKET_KEYS if key in environ), None)
+        stats = self._histogram.get(environ)
+        client = http.client_socket(environ)
         waited = None if client is None else last_data_recv(client)
         if waited is None:
             stats.skip()
@@ -185,29 +136,14 @@ class LastDataRecv:
         return self.app(environ, start_response)
 
     def _endpoint(self, environ: Environ, start_response: StartResponse) -> list[bytes]:
-        form, refusal = endpoint_request(environ, start_response, self._allow)
+        form, refusal = http.endpoint_request(environ, start_response, self._allow)
         if refusal is not None:
             return refusal
-        method = environ.get("REQUEST_METHOD", "GET")
-        stats = self._bind(environ)
+        stats = self._histogram.get(environ)
         snapshot = stats.snapshot()
-        if form == "json":
-            numbers = {**exposition.histogram_json(snapshot), "unit": "ms", "skipped": stats.skipped}
-            return _reply(start_response, "200 OK", "application/json", json.dumps(numbers).encode() + b"\n", method)
-        if form in ("prometheus", "openmetrics"):
-            text = self.prometheus(snapshot, stats.skipped, openmetrics=form == "openmetrics")
-            kind = exposition.PROMETHEUS_CONTENT_TYPE if form == "prometheus" else exposition.OPENMETRICS_CONTENT_TYPE
-            return _reply(start_response, "200 OK", kind, text.encode(), method)
-        headers = exposition.last_data_recv_headers(snapshot)
-        body = exposition.histogram_text(snapshot).encode()
-        return _reply(start_response, "200 OK", "text/plain", body, method, headers)
-
-    @staticmethod
-    def prometheus(snapshot: HistogramSnapshot, skipped: int, openmetrics: bool = False) -> str:
-        """The histogram in seconds (bucket bounds are whole milliseconds), and the skipped requests."""
-        text = exposition.histogram_prometheus(METRIC, snapshot, _seconds)
-        text += exposition._scalar(SKIPPED_METRIC, skipped, openmetrics)
-        return text + ("# EOF\n" if openmetrics else "")
+        report = exposition.LastDataRecvReport(snapshot, stats.skipped)
+        headers = exposition.last_data_recv_headers(snapshot) if form == "text" else []
+        return http.serve(start_response, environ.get("REQUEST_METHOD", "GET"), form, report, headers)
 
 
 # TCP_DEFER_ACCEPT.

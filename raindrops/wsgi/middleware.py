@@ -1,0 +1,134 @@
+"""WSGI middleware: requests in flight across every worker, and an endpoint to read them.
+
+Wrapping the application is the whole set-up. The counters live in shared
+memory that all workers of a preforking server find by themselves:
+- built before fork (gunicorn --preload), the anonymous segment made here is
+  inherited by every worker;
+- built in each worker after fork (no preload), the workers of one master meet
+  in a named segment derived from the master's pid and the endpoint path;
+- in a single-process server the segment is private to it.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any, Callable, Iterable, Iterator, Sequence
+
+from raindrops import exposition, linux, scoreboard, segments
+from raindrops._process import PROCESS, PerProcess
+from raindrops.scoreboard import Scoreboard
+from raindrops.wsgi import http
+from raindrops.wsgi.http import DEFAULT_ALLOW, Environ, StartResponse, WSGIApp
+
+NAME_PREFIX = segments.PREFIX + "mw-"
+"""Start of the names of the per-master segments (see raindrops.segments)."""
+_enter = scoreboard.enter
+_respond = scoreboard.respond
+_leave = scoreboard.leave
+_fail = scoreboard.fail
+_clock_ns = time.perf_counter_ns
+
+
+class _Body:
+    """The response body, wrapped so that close() ends the request exactly once."""
+
+    __slots__ = ("_iterable", "_close", "_once", "_started_ns")
+
+    def __init__(self, iterable: Iterable[bytes], board: scoreboard.Board, started_ns: int) -> None:
+        self._iterable = iterable
+        self._close: Callable[[], object] | None = getattr(iterable, "close", None)
+        self._once = [board]  # list.pop() is atomic: a second close() finds it empty
+        self._started_ns = started_ns
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(self._iterable)
+
+    def close(self) -> None:
+        try:
+            board = self._once.pop()
+        except IndexError:
+            return
+        try:
+            if self._close is not None:
+                self._close()
+        finally:
+            _leave(board, (_clock_ns() - self._started_ns) // 1000)
+
+
+def _wrap_file(result: Any, board: scoreboard.Board, started_ns: int) -> Any:
+    """Keeps a wsgi.file_wrapper body (sendfile) by hooking its close() instead of wrapping it."""
+    body = _Body(result, board, started_ns)
+    try:
+        result.close = body.close
+    except AttributeError:
+        return body
+    return result
+
+
+class Middleware:
+    """Counts `calling` (inside the application) and `writing` (while the body is sent).
+
+    GET `path` answers in raindrops' text format, in the Prometheus text format
+    (`?format=prometheus`, or an Accept header asking for it) or JSON
+    (`?format=json`). `listeners=None` reports the listening sockets of the
+    process (inherited from the master); a list overrides, `[]` disables.
+    `allow` lists the client networks that may read the endpoint.
+    """
+
+    def __init__(
+        self,
+        app: WSGIApp,
+        path: str = "/_raindrops",
+        listeners: Sequence[str] | None = None,
+        stats: Scoreboard | None = None,
+        *,
+        name: str | None = None,
+        allow: Iterable[str] = DEFAULT_ALLOW,
+    ) -> None:
+        self.app = app
+        self.path, self._allow = http.endpoint_settings(path, allow)
+        # Bad addresses fail now, not on every scrape.
+        self._listeners = linux.ListenerSet.of_this_process() if listeners is None else linux.ListenerSet(listeners)
+        name = name or os.environ.get("RAINDROPS_NAME") or None
+        self._scoreboard = segments.ServerWide(Scoreboard, given=stats, name=name, kind="mw", path=self.path)
+        self._board: PerProcess[scoreboard.Board] = PerProcess()
+
+    @property
+    def stats(self) -> Scoreboard:
+        return self._scoreboard.current
+
+    def _bind(self, environ: Environ) -> scoreboard.Board:
+        """This process's board in the scoreboard it shares with its server's other workers."""
+        return self._board.get(lambda: self._scoreboard.get(environ).board())
+
+    def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+        if environ.get("PATH_INFO") == self.path:
+            return self._endpoint(environ, start_response)
+        bound = self._board
+        board = bound.value if bound.pid == PROCESS.pid else None
+        if board is None:
+            board = self._bind(environ)
+        started_ns = _clock_ns()
+        _enter(board)
+        try:
+            result = self.app(environ, start_response)
+        except BaseException:
+            _fail(board, (_clock_ns() - started_ns) // 1000)
+            raise
+        _respond(board)
+        if result.__class__ is not list:
+            file_wrapper = environ.get("wsgi.file_wrapper")
+            if isinstance(file_wrapper, type) and isinstance(result, file_wrapper):
+                return _wrap_file(result, board, started_ns)  # type: ignore[no-any-return]
+        return _Body(result, board, started_ns)
+
+    def _endpoint(self, environ: Environ, start_response: StartResponse) -> list[bytes]:
+        form, refusal = http.endpoint_request(environ, start_response, self._allow)
+        if refusal is not None:
+            return refusal
+        report = exposition.MiddlewareReport(self._scoreboard.get(environ).totals(), self._listeners.read())
+        return http.serve(start_response, environ.get("REQUEST_METHOD", "GET"), form, report)
+
+
+__all__ = ["Middleware", "NAME_PREFIX"]
