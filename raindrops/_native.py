@@ -16,11 +16,13 @@ from typing import Any, Callable
 
 LIBRARY_PATH = Path(__file__).with_name("libraindrops.so")
 
-# Validation codes from zig/status.zig.
+# Validation codes from zig/status.zig, in the order raindrops_status_code()
+# reports them; checked against the library at import.
 _NOT_RAINDROPS = -4001
 _LAYOUT_MISMATCH = -4002
 _TRUNCATED = -4003
 _CORRUPT = -4004
+_VALIDATION_CODES = (_NOT_RAINDROPS, _LAYOUT_MISMATCH, _TRUNCATED, _CORRUPT)
 _VALIDATION_MESSAGES = {
     _NOT_RAINDROPS: "is not a raindrops segment",
     _LAYOUT_MISMATCH: "is a raindrops segment of another layout version",
@@ -110,6 +112,18 @@ noop_pointer = _declare(_fast, "noop_pointer", _c.c_uint64, None)
 
 if _segment_bytes() != ctypes.sizeof(Segment):
     raise ImportError(f"raindrops: {LIBRARY_PATH} does not match this package (Segment layout differs)")
+
+try:
+    _status_code = _declare(_lib, "status_code", _c.c_int32, [_c.c_uint32])
+except AttributeError as _error:  # a library older than this package
+    raise ImportError(f"raindrops: {LIBRARY_PATH} does not match this package ({_error})") from _error
+# One past its table the library answers 0, so a longer table is caught too.
+_library_codes = tuple(_status_code(index) for index in range(len(_VALIDATION_CODES) + 1))
+if _library_codes != (*_VALIDATION_CODES, 0):
+    raise ImportError(
+        f"raindrops: {LIBRARY_PATH} does not match this package "
+        f"(status codes {_library_codes} differ from {(*_VALIDATION_CODES, 0)})"
+    )
 
 STRIDE: int = _stride()
 COUNTERS_MAX: int = _counters_max()

@@ -15,6 +15,7 @@
 //! dumps, so the attribution does not depend on the kernel's dump order.
 const std = @import("std");
 const assert = std.debug.assert;
+const diag = @import("diag.zig");
 const netlink = @import("netlink.zig");
 const status = @import("status.zig");
 
@@ -144,7 +145,8 @@ fn isV4Mapped(socket: *const Socket) bool {
 
 /// The keys of every query that matches `socket` by the query-mode rule,
 /// without duplicates (a listener on 0.0.0.0 is its own wildcard).
-fn matchingKeys(socket: *const Socket, keys: *[4]Key) []const Key {
+fn matchingKeys(socket: *const Socket, keys: []Key) []const Key {
+    assert(keys.len >= keys_max);
     var count: usize = 0;
     const exact = Key{ .port = socket.port, .family = socket.family, .address = socket.address };
     appendUnique(keys, &count, exact);
@@ -159,7 +161,7 @@ fn matchingKeys(socket: *const Socket, keys: *[4]Key) []const Key {
     return keys[0..count];
 }
 
-fn appendUnique(keys: *[4]Key, count: *usize, key: Key) void {
+fn appendUnique(keys: []Key, count: *usize, key: Key) void {
     for (keys[0..count.*]) |existing| {
         if (Key.order(existing, key) == .eq) return;
     }
@@ -255,76 +257,82 @@ fn writeOp(out: []u8, offset: u32, code: u8, yes: u32, no: u32) void {
     netlink.writeU16(out, offset + 2, @intCast(no));
 }
 
-// Counting.
+// Counting: TCP's side of the shared counting in diag.zig.
 
-const invalid: Status = netlink.errnoStatus(.INVAL);
+const invalid: Status = status.fromErrno(.INVAL);
+/// The most keys one socket counts for (matchingKeys).
+const keys_max: u32 = 4;
 
-/// Binary search over `count` items sorted by key; `keyAt` gives item i's key.
-fn search(count: usize, context: anytype, key: Key, comptime keyAt: fn (@TypeOf(context), usize) Key) ?usize {
-    var low: usize = 0;
-    var high: usize = count;
-    var steps: u32 = 0;
-    while (low < high) : (steps += 1) {
-        assert(steps <= 64);
-        const middle = low + (high - low) / 2;
-        switch (Key.order(key, keyAt(context, middle))) {
-            .eq => return middle,
-            .gt => low = middle + 1,
-            .lt => high = middle,
-        }
-    }
-    return null;
+/// An accepted connection; one with inode 0 is still in an accept queue,
+/// counted by its listener's rqueue.
+fn isAccepted(socket: *const Socket) bool {
+    return socket.state == netlink.state_established and socket.inode != 0;
 }
 
-/// Query mode: counts into results[i] for queries[i], found through `order`,
-/// the query indexes sorted by key.
-const QueryCounter = struct {
-    queries: []const Query,
-    results: []Result,
-    order: []const u16,
-
-    fn keyAt(counter: *const QueryCounter, position: usize) Key {
-        return Key.ofQuery(&counter.queries[counter.order[position]]);
-    }
-
-    pub fn message(counter: *QueryCounter, payload: []const u8) Status {
-        assert(counter.queries.len == counter.results.len);
-        const socket = parseMessage(payload) orelse return netlink.bad_message;
-        const listening = socket.state == netlink.state_listen;
-        // inode 0: still in the accept queue, counted by its listener's rqueue.
-        const accepted = socket.state == netlink.state_established and socket.inode != 0;
-        if (!listening and !accepted) return ok;
-        var keys: [4]Key = undefined;
-        for (matchingKeys(&socket, &keys)) |key| {
-            const position = search(counter.order.len, counter, key, keyAt) orelse continue;
-            const result = &counter.results[counter.order[position]];
-            if (listening) {
-                result.listeners +|= 1;
-                result.queued +|= socket.rqueue;
-            } else {
-                result.active +|= 1;
-            }
-        }
-        return ok;
-    }
-};
-
-/// Sorts the query indexes by key; false when two queries are equal.
-fn sortQueries(queries: []const Query, order: []u16) bool {
-    assert(order.len == queries.len);
-    assert(queries.len <= queries_max);
-    for (order, 0..) |*slot, index| slot.* = @intCast(index);
-    std.sort.pdq(u16, order, queries, struct {
-        fn less(context: []const Query, a: u16, b: u16) bool {
-            return Key.order(Key.ofQuery(&context[a]), Key.ofQuery(&context[b])) == .lt;
-        }
-    }.less);
-    for (1..order.len) |position| {
-        const previous = Key.ofQuery(&queries[order[position - 1]]);
-        if (Key.order(previous, Key.ofQuery(&queries[order[position]])) == .eq) return false;
-    }
-    return true;
+/// Query mode: listeners and accepted connections count for every query
+/// that matches their local address.
+fn queryKeys(socket: *const Socket, keys: []Key) []const Key {
+    if (socket.state != netlink.state_listen and !isAccepted(socket)) return keys[0..0];
+    return matchingKeys(socket, keys);
 }
+
+/// All-listeners mode: an accepted connection belongs to the listener of its
+/// exact local address and port, else to its family's wildcard on that port.
+fn connectionKeys(socket: *const Socket, keys: []Key) []const Key {
+    assert(keys.len >= 2);
+    if (!isAccepted(socket)) return keys[0..0];
+    keys[0] = .{ .port = socket.port, .family = socket.family, .address = socket.address };
+    keys[1] = Key.wildcardOf(socket.family, socket.port);
+    return keys[0..2];
+}
+
+fn listenerResult(socket: *const Socket) ?Result {
+    if (socket.state != netlink.state_listen) return null;
+    return .{
+        .address = socket.address,
+        .family = socket.family,
+        .port = socket.port,
+        .listeners = 1,
+        .active = 0,
+        .queued = socket.rqueue,
+    };
+}
+
+fn countSocket(result: *Result, socket: *const Socket) void {
+    if (socket.state == netlink.state_listen) {
+        result.listeners +|= 1;
+        result.queued +|= socket.rqueue;
+    } else if (isAccepted(socket)) {
+        result.active +|= 1;
+    }
+}
+
+const RequestBuffer = [request_bytes_max]u8;
+
+fn listenerRequest(buffer: *RequestBuffer, sequence: u32) []const u8 {
+    return buildRequest(buffer, netlink.states_listen, sequence, &.{});
+}
+
+fn connectionRequest(buffer: *RequestBuffer, listeners: []const Result, sequence: u32) []const u8 {
+    var port_queries: [queries_max]Query = undefined;
+    return buildRequest(buffer, netlink.states_established, sequence, listenerPorts(listeners, &port_queries));
+}
+
+const counting = diag.Counting(diag.Family(Key, Query, Result, Socket, RequestBuffer){
+    .keys_max = keys_max,
+    .queries_max = queries_max,
+    .message_type = tcpdiag_getsock,
+    .order = Key.order,
+    .queryKey = Key.ofQuery,
+    .resultKey = Key.ofResult,
+    .parseMessage = parseMessage,
+    .queryKeys = queryKeys,
+    .connectionKeys = connectionKeys,
+    .listener = listenerResult,
+    .count = countSocket,
+    .listenerRequest = listenerRequest,
+    .connectionRequest = connectionRequest,
+});
 
 /// Query mode: results[i] answers queries[i]. One filtered dump per family
 /// that can match, for LISTEN and ESTABLISHED sockets at once.
@@ -337,112 +345,20 @@ pub fn queryStats(fd: i32, queries: []const Query, results: []Result) Status {
     }
     var order_buffer: [queries_max]u16 = undefined;
     const order = order_buffer[0..queries.len];
-    if (!sortQueries(queries, order)) return invalid;
+    if (!counting.sortQueries(queries, order)) return invalid;
     for (results, queries) |*result, *query| {
         result.* = .{ .address = query.address, .family = query.family, .port = query.port, .listeners = 0, .active = 0, .queued = 0 };
     }
-    var counter = QueryCounter{ .queries = queries, .results = results, .order = order };
-    var request_buffer: [request_bytes_max]u8 align(8) = undefined;
+    var counter = counting.QueryCounter{ .queries = queries, .results = results, .order = order };
+    var request_buffer: RequestBuffer align(8) = undefined;
     const request = buildRequest(&request_buffer, netlink.states_listen | netlink.states_established, netlink.sequenceNext(), queries);
     return netlink.dump(fd, request, tcpdiag_getsock, &counter);
-}
-
-/// All-listeners mode, first pass: one result per LISTEN socket.
-const ListenerCollector = struct {
-    results: []Result,
-    count: usize = 0,
-    /// LISTEN sockets seen, including those that did not fit in `results`.
-    seen: u64 = 0,
-
-    pub fn message(collector: *ListenerCollector, payload: []const u8) Status {
-        assert(collector.count <= collector.results.len);
-        const socket = parseMessage(payload) orelse return netlink.bad_message;
-        if (socket.state != netlink.state_listen) return ok;
-        collector.seen += 1;
-        // Out of room: keep draining the dump to learn how much room is needed.
-        if (collector.count == collector.results.len) return ok;
-        collector.results[collector.count] = .{
-            .address = socket.address,
-            .family = socket.family,
-            .port = socket.port,
-            .listeners = 1,
-            .active = 0,
-            .queued = socket.rqueue,
-        };
-        collector.count += 1;
-        return ok;
-    }
-};
-
-/// All-listeners mode, second pass: accepted connections to their listener.
-const ConnectionAttributor = struct {
-    /// Sorted by key, without duplicates.
-    results: []Result,
-
-    fn keyAt(results: []Result, position: usize) Key {
-        return Key.ofResult(&results[position]);
-    }
-
-    pub fn message(attributor: *ConnectionAttributor, payload: []const u8) Status {
-        const socket = parseMessage(payload) orelse return netlink.bad_message;
-        if (socket.state != netlink.state_established or socket.inode == 0) return ok;
-        const exact = Key{ .port = socket.port, .family = socket.family, .address = socket.address };
-        const position = search(attributor.results.len, attributor.results, exact, keyAt) orelse
-            search(attributor.results.len, attributor.results, Key.wildcardOf(socket.family, socket.port), keyAt) orelse
-            return ok;
-        attributor.results[position].active +|= 1;
-        return ok;
-    }
-};
-
-/// Sorts results by key and merges equal keys; returns the unique count.
-pub fn mergeListeners(results: []Result) usize {
-    std.sort.pdq(Result, results, {}, struct {
-        fn less(_: void, a: Result, b: Result) bool {
-            return Key.order(Key.ofResult(&a), Key.ofResult(&b)) == .lt;
-        }
-    }.less);
-    var unique: usize = 0;
-    for (results) |result| {
-        if (unique > 0 and Key.order(Key.ofResult(&results[unique - 1]), Key.ofResult(&result)) == .eq) {
-            results[unique - 1].listeners +|= result.listeners;
-            results[unique - 1].queued +|= result.queued;
-            results[unique - 1].active +|= result.active;
-        } else {
-            results[unique] = result;
-            unique += 1;
-        }
-    }
-    assert(unique <= results.len);
-    return unique;
 }
 
 /// All-listeners mode: fills results (sorted by port, family, address) and
 /// sets `count`. When results is too small, returns -ENOBUFS with `count` set
 /// to an upper bound of the room needed (the LISTEN sockets seen).
-pub fn allListeners(fd: i32, results: []Result, count: *u64) Status {
-    count.* = 0;
-    var request_buffer: [request_bytes_max]u8 align(8) = undefined;
-    var collector = ListenerCollector{ .results = results };
-    const listeners = buildRequest(&request_buffer, netlink.states_listen, netlink.sequenceNext(), &.{});
-    const listed = netlink.dump(fd, listeners, tcpdiag_getsock, &collector);
-    if (listed != ok) return listed;
-    if (collector.seen > results.len) {
-        count.* = collector.seen;
-        return netlink.errnoStatus(.NOBUFS);
-    }
-    assert(collector.count == collector.seen);
-    const unique = mergeListeners(results[0..collector.count]);
-    if (unique == 0) return ok; // no listener: no connection to attribute
-    var attributor = ConnectionAttributor{ .results = results[0..unique] };
-    var port_queries: [queries_max]Query = undefined;
-    const ports = listenerPorts(results[0..unique], &port_queries);
-    const connections = buildRequest(&request_buffer, netlink.states_established, netlink.sequenceNext(), ports);
-    const attributed = netlink.dump(fd, connections, tcpdiag_getsock, &attributor);
-    if (attributed != ok) return attributed;
-    count.* = unique;
-    return ok;
-}
+pub const allListeners = counting.allListeners;
 
 /// Port-only queries for the listeners' distinct ports, so that the kernel
 /// skips every connection (outbound ones, the client ends of loopback ones)
@@ -673,9 +589,9 @@ test "query counting: exact, wildcard, v4-mapped, embryos, reuseport" {
     };
     var results: [queries.len]Result = undefined;
     var order: [queries.len]u16 = undefined;
-    try std.testing.expect(sortQueries(&queries, &order));
+    try std.testing.expect(counting.sortQueries(&queries, &order));
     for (&results) |*result| result.* = std.mem.zeroes(Result);
-    var counter = QueryCounter{ .queries = &queries, .results = &results, .order = &order };
+    var counter = counting.QueryCounter{ .queries = &queries, .results = &results, .order = &order };
     var bytes: [message_bytes]u8 = undefined;
     const sockets = [_]Socket{
         // Two reuseport listeners on 127.0.0.1 with 2 and 3 queued.
@@ -713,7 +629,7 @@ test "query counting: exact, wildcard, v4-mapped, embryos, reuseport" {
 test "duplicate and invalid queries are refused" {
     const queries = [_]Query{ testQuery(af_inet, &loopback_v4, 1), testQuery(af_inet, &loopback_v4, 1) };
     var order: [2]u16 = undefined;
-    try std.testing.expect(!sortQueries(&queries, &order));
+    try std.testing.expect(!counting.sortQueries(&queries, &order));
     var bad = testQuery(af_inet, &loopback_v4, 1);
     bad.wildcard = 1;
     try std.testing.expect(!validQuery(&bad));
@@ -727,7 +643,7 @@ test "duplicate and invalid queries are refused" {
 
 test "all-listeners: merge and attribution to exact, then wildcard" {
     var results: [4]Result = undefined;
-    var collector = ListenerCollector{ .results = results[0..3] };
+    var collector = counting.ListenerCollector{ .results = results[0..3] };
     var bytes: [message_bytes]u8 = undefined;
     const listeners = [_]Socket{
         testSocket(af_inet, &.{}, 80, netlink.state_listen),
@@ -746,9 +662,9 @@ test "all-listeners: merge and attribution to exact, then wildcard" {
         testMessage(&bytes, socket);
         try std.testing.expectEqual(ok, collector.message(&bytes));
     }
-    const unique = mergeListeners(results[0..collector.count]);
+    const unique = counting.mergeListeners(results[0..collector.count]);
     try std.testing.expectEqual(@as(usize, 3), unique);
-    var attributor = ConnectionAttributor{ .results = results[0..unique] };
+    var attributor = counting.ConnectionAttributor{ .results = results[0..unique] };
     const connections = [_]Socket{
         testSocket(af_inet, &loopback_v4, 80, netlink.state_established),
         testSocket(af_inet, &.{ 10, 0, 0, 1 }, 80, netlink.state_established),
@@ -787,12 +703,12 @@ fn fuzzCounting(_: void, smith: *std.testing.Smith) anyerror!void {
     const length = smith.slice(&payload);
     var results: [queries.len]Result = undefined;
     var order: [queries.len]u16 = undefined;
-    try std.testing.expect(sortQueries(&queries, &order));
-    var counter = QueryCounter{ .queries = &queries, .results = &results, .order = &order };
+    try std.testing.expect(counting.sortQueries(&queries, &order));
+    var counter = counting.QueryCounter{ .queries = &queries, .results = &results, .order = &order };
     for (&results) |*result| result.* = std.mem.zeroes(Result);
     _ = counter.message(payload[0..length]);
     var listener_results: [2]Result = undefined;
-    var collector = ListenerCollector{ .results = &listener_results };
+    var collector = counting.ListenerCollector{ .results = &listener_results };
     _ = collector.message(payload[0..length]);
     if (parseMessage(payload[0..length])) |socket| try std.testing.expect(socket.family == af_inet or socket.family == af_inet6);
 }

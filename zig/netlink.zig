@@ -31,20 +31,14 @@ pub const receive_timeout_s: isize = 5;
 /// 2^20 datagrams of up to 32 KiB is far past any real dump: more is a loop.
 pub const receives_max: u32 = 1 << 20;
 const interrupts_max: u32 = 1024;
-/// The largest errno Linux defines is below this; larger magnitudes are garbage.
-const errno_max: i32 = 4095;
 
-pub const bad_message: Status = errnoStatus(.BADMSG);
+pub const bad_message: Status = status.fromErrno(.BADMSG);
 
 /// Last sequence number handed out; shared by every thread and socket.
 var sequence_last: u32 = 0;
 
 pub fn sequenceNext() u32 {
     return @atomicRmw(u32, &sequence_last, .Add, 1, .monotonic) +% 1;
-}
-
-pub fn errnoStatus(comptime e: linux.E) Status {
-    return -@as(Status, @intCast(@backingInt(e)));
 }
 
 pub fn readU16(bytes: []const u8, offset: usize) u16 {
@@ -110,10 +104,10 @@ pub fn open() i32 {
 }
 
 pub fn close(fd: i32) Status {
-    if (fd < 0) return errnoStatus(.BADF);
+    if (fd < 0) return status.fromErrno(.BADF);
     // close(2) releases the fd even when it reports EINTR: never retry it.
     const closed = status.fromSyscall(linux.close(fd));
-    return if (closed == errnoStatus(.INTR)) ok else closed;
+    return if (closed == status.fromErrno(.INTR)) ok else closed;
 }
 
 fn send(fd: i32, request: []const u8) Status {
@@ -123,12 +117,12 @@ fn send(fd: i32, request: []const u8) Status {
     while (interrupts < interrupts_max) : (interrupts += 1) {
         const rc = linux.sendto(fd, request.ptr, request.len, 0, @ptrCast(&kernel), @sizeOf(linux.sockaddr.nl));
         switch (linux.errno(rc)) {
-            .SUCCESS => return if (rc == request.len) ok else errnoStatus(.MSGSIZE),
+            .SUCCESS => return if (rc == request.len) ok else status.fromErrno(.MSGSIZE),
             .INTR => continue,
             else => return status.fromSyscall(rc),
         }
     }
-    return errnoStatus(.INTR);
+    return status.fromErrno(.INTR);
 }
 
 /// Receives one datagram into `buffer`; returns its length, or -errno.
@@ -140,15 +134,15 @@ fn receive(fd: i32, buffer: []u8) i64 {
         const rc = linux.recvfrom(fd, buffer.ptr, buffer.len, linux.MSG.TRUNC, null, null);
         switch (linux.errno(rc)) {
             .SUCCESS => {
-                if (rc > buffer.len) return errnoStatus(.MSGSIZE);
+                if (rc > buffer.len) return status.fromErrno(.MSGSIZE);
                 return @intCast(rc);
             },
             .INTR => continue,
-            .AGAIN => return errnoStatus(.TIMEDOUT),
+            .AGAIN => return status.fromErrno(.TIMEDOUT),
             else => return status.fromSyscall(rc),
         }
     }
-    return errnoStatus(.INTR);
+    return status.fromErrno(.INTR);
 }
 
 pub const Walk = struct {
@@ -185,7 +179,7 @@ pub fn walk(datagram: []const u8, sequence: u32, message_type: u16, handler: any
                 // An error code of 0 is an acknowledgement, not the end of a dump.
                 if (code != ok) return .{ .status = code, .done = true };
             },
-            type_overrun => return .{ .status = errnoStatus(.IO), .done = true },
+            type_overrun => return .{ .status = status.fromErrno(.IO), .done = true },
             else => if (kind == message_type) {
                 const handled: Status = handler.message(payload);
                 if (handled != ok) return .{ .status = handled, .done = false };
@@ -201,7 +195,7 @@ pub fn walk(datagram: []const u8, sequence: u32, message_type: u16, handler: any
 fn errorOf(payload: []const u8, missing: Status) Status {
     if (payload.len < 4) return missing;
     const code: i32 = @bitCast(readU32(payload, 0));
-    if (code > 0 or code < -errno_max) return bad_message;
+    if (code > 0 or code < -status.errno_max) return bad_message;
     return code;
 }
 
@@ -210,7 +204,7 @@ fn errorOf(payload: []const u8, missing: Status) Status {
 pub fn dump(fd: i32, request: []const u8, message_type: u16, handler: anytype) Status {
     assert(request.len >= header_bytes);
     assert(readU32(request, 0) == request.len);
-    if (fd < 0) return errnoStatus(.BADF);
+    if (fd < 0) return status.fromErrno(.BADF);
     const sent = send(fd, request);
     if (sent != ok) return sent;
     const sequence = readU32(request, 8);
@@ -220,12 +214,12 @@ pub fn dump(fd: i32, request: []const u8, message_type: u16, handler: anytype) S
         const received = receive(fd, &buffer);
         if (received < 0) return @intCast(received);
         // A netlink socket never reaches end of file; an empty read is a lost dump.
-        if (received == 0) return errnoStatus(.CONNRESET);
+        if (received == 0) return status.fromErrno(.CONNRESET);
         const step = walk(buffer[0..@intCast(received)], sequence, message_type, handler);
         if (step.status != ok) return step.status;
         if (step.done) return ok;
     }
-    return errnoStatus(.OVERFLOW);
+    return status.fromErrno(.OVERFLOW);
 }
 
 // Tests: hand-built datagrams.

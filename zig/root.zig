@@ -8,7 +8,7 @@ const status = @import("status.zig");
 
 const Segment = shm.Segment;
 const Status = status.Status;
-const invalid: Status = -@as(Status, @backingInt(std.os.linux.E.INVAL));
+const invalid: Status = status.fromErrno(.INVAL);
 
 export fn raindrops_stride() u32 {
     return shm.strideDetected();
@@ -20,6 +20,11 @@ export fn raindrops_counters_max() u64 {
 
 export fn raindrops_segment_bytes() u64 {
     return @sizeOf(Segment);
+}
+
+/// The validation code at `index` (0 ..), then 0: checked by raindrops/_native.py at import.
+export fn raindrops_status_code(index: u32) Status {
+    return status.validationCode(index);
 }
 
 export fn raindrops_anonymous_create(size: u64, segment: *Segment) Status {
@@ -120,6 +125,7 @@ export fn raindrops_noop_pointer(counter: *const u64) u64 {
 const netlink = @import("netlink.zig");
 const inet_diag = @import("inet_diag.zig");
 const unix_diag = @import("unix_diag.zig");
+const diag = @import("diag.zig");
 const tcp_info = @import("tcp_info.zig");
 
 /// Opens a NETLINK_SOCK_DIAG socket (close-on-exec, receive timeout); fd or -errno.
@@ -241,6 +247,7 @@ test {
     _ = netlink;
     _ = inet_diag;
     _ = unix_diag;
+    _ = diag;
     _ = tcp_info;
     _ = counters;
     _ = shm;

@@ -207,7 +207,7 @@ fn initialize(fd: i32, size: u64, segment: *Segment) Status {
 }
 
 pub fn createAnonymous(size: u64, segment: *Segment) Status {
-    if (size == 0 or size > counters_max) return -@as(Status, @backingInt(linux.E.INVAL));
+    if (size == 0 or size > counters_max) return status.fromErrno(.INVAL);
     const rc = linux.memfd_create("raindrops", linux.MFD.CLOEXEC);
     const result = status.fromSyscall(rc);
     if (result != status.ok) return result;
@@ -220,7 +220,7 @@ pub fn createAnonymous(size: u64, segment: *Segment) Status {
 /// Attaches to the segment called `name`, creating it (with `size` counters
 /// and permission `mode`) when `create` is set and it does not exist.
 pub fn openNamed(name: []const u8, size: u64, mode: u32, create: bool, segment: *Segment) Status {
-    const invalid = -@as(Status, @backingInt(linux.E.INVAL));
+    const invalid = status.fromErrno(.INVAL);
     if (!validName(name)) return invalid;
     if (create and (size == 0 or size > counters_max)) return invalid;
     if (mode & ~@as(u32, 0o777) != 0) return invalid;
@@ -233,7 +233,7 @@ pub fn openNamed(name: []const u8, size: u64, mode: u32, create: bool, segment: 
         const created = createExclusive(path, size, mode, segment);
         if (!status.isErrno(created, .EXIST)) return created;
     }
-    return -@as(Status, @backingInt(linux.E.AGAIN));
+    return status.fromErrno(.AGAIN);
 }
 
 fn attach(path: [:0]const u8, segment: *Segment) Status {
@@ -317,7 +317,7 @@ fn createExclusive(path: [:0]const u8, size: u64, mode: u32, segment: *Segment) 
 }
 
 pub fn unlinkNamed(name: []const u8) Status {
-    if (!validName(name)) return -@as(Status, @backingInt(linux.E.INVAL));
+    if (!validName(name)) return status.fromErrno(.INVAL);
     var path_buffer: PathBuffer = undefined;
     return status.fromSyscall(linux.unlink(shmPath(name, &path_buffer)));
 }
@@ -331,7 +331,7 @@ const lock_unlock: i32 = 8;
 pub fn reserve(segment: *Segment, capacity_wanted: u64) Status {
     assert(segment.base != null);
     if (capacity_wanted == 0 or capacity_wanted > counters_max) {
-        return -@as(Status, @backingInt(linux.E.INVAL));
+        return status.fromErrno(.INVAL);
     }
     const locked = status.fromSyscall(linux.flock(segment.fd, lock_exclusive));
     if (locked != status.ok) return locked;
@@ -379,7 +379,7 @@ pub fn sizeOf(segment: *const Segment) u64 {
 /// Publishes a new logical size; counters dropped by a shrink are zeroed so
 /// that growing back starts them fresh.
 pub fn setSize(segment: *Segment, size: u64) Status {
-    if (size == 0 or size > segment.capacity) return -@as(Status, @backingInt(linux.E.INVAL));
+    if (size == 0 or size > segment.capacity) return status.fromErrno(.INVAL);
     const header = segment.header();
     var attempt: u32 = 0;
     while (attempt < cas_attempts_max) : (attempt += 1) {
@@ -389,7 +389,7 @@ pub fn setSize(segment: *Segment, size: u64) Status {
             return status.ok;
         }
     }
-    return -@as(Status, @backingInt(linux.E.AGAIN));
+    return status.fromErrno(.AGAIN);
 }
 
 fn zeroRange(segment: *Segment, begin: u64, end: u64) void {
@@ -400,7 +400,7 @@ fn zeroRange(segment: *Segment, begin: u64, end: u64) void {
 
 /// Copies the first `count` counters into `values`.
 pub fn snapshot(segment: *const Segment, values: [*]u64, count: u64) Status {
-    if (count > segment.capacity) return -@as(Status, @backingInt(linux.E.INVAL));
+    if (count > segment.capacity) return status.fromErrno(.INVAL);
     var index: u64 = 0;
     while (index < count) : (index += 1) values[index] = counters.load(segment.counter(index));
     return status.ok;
@@ -408,7 +408,7 @@ pub fn snapshot(segment: *const Segment, values: [*]u64, count: u64) Status {
 
 /// Stores `count` values into the first counters.
 pub fn restore(segment: *Segment, values: [*]const u64, count: u64) Status {
-    if (count > segment.capacity) return -@as(Status, @backingInt(linux.E.INVAL));
+    if (count > segment.capacity) return status.fromErrno(.INVAL);
     var index: u64 = 0;
     while (index < count) : (index += 1) counters.store(segment.counter(index), values[index]);
     return status.ok;

@@ -14,13 +14,13 @@ pub const buffer_bytes: u32 = 512;
 /// Reads TCP_INFO of `fd` into `buffer`; sets `length` to the bytes written.
 pub fn read(fd: i32, buffer: []u8, length: *u32) Status {
     length.* = 0;
-    if (fd < 0) return -@as(Status, @backingInt(linux.E.BADF));
-    if (buffer.len == 0) return -@as(Status, @backingInt(linux.E.INVAL));
+    if (fd < 0) return status.fromErrno(.BADF);
+    if (buffer.len == 0) return status.fromErrno(.INVAL);
     var written: linux.socklen_t = @intCast(@min(buffer.len, std.math.maxInt(u32)));
     const rc = linux.getsockopt(fd, linux.IPPROTO.TCP, linux.TCP.INFO, buffer.ptr, &written);
     const got = status.fromSyscall(rc);
     if (got != status.ok) return got;
-    if (written > buffer.len) return -@as(Status, @backingInt(linux.E.MSGSIZE));
+    if (written > buffer.len) return status.fromErrno(.MSGSIZE);
     length.* = written;
     return status.ok;
 }
@@ -37,5 +37,5 @@ test "read: a bad fd is -EBADF, a non-socket is -ENOTSOCK" {
     };
     defer _ = linux.close(pipe_fds[0]);
     defer _ = linux.close(pipe_fds[1]);
-    try std.testing.expectEqual(-@as(Status, @backingInt(linux.E.NOTSOCK)), read(pipe_fds[0], &buffer, &length));
+    try std.testing.expectEqual(status.fromErrno(.NOTSOCK), read(pipe_fds[0], &buffer, &length));
 }

@@ -8,12 +8,13 @@
 //! client sockets are unnamed, so they never match.
 const std = @import("std");
 const assert = std.debug.assert;
+const diag = @import("diag.zig");
 const netlink = @import("netlink.zig");
 const status = @import("status.zig");
 
 const Status = status.Status;
 const ok = status.ok;
-const invalid: Status = netlink.errnoStatus(.INVAL);
+const invalid: Status = status.fromErrno(.INVAL);
 
 pub const af_unix: u8 = 1;
 pub const show_name: u32 = 0x1;
@@ -116,22 +117,6 @@ fn abstractByte(byte: u8) u8 {
     return if (byte == 0) '@' else byte;
 }
 
-fn search(count: usize, context: anytype, name: []const u8, comptime nameAt: fn (@TypeOf(context), usize) []const u8) ?usize {
-    var low: usize = 0;
-    var high: usize = count;
-    var steps: u32 = 0;
-    while (low < high) : (steps += 1) {
-        assert(steps <= 64);
-        const middle = low + (high - low) / 2;
-        switch (nameOrder(name, nameAt(context, middle))) {
-            .eq => return middle,
-            .gt => low = middle + 1,
-            .lt => high = middle,
-        }
-    }
-    return null;
-}
-
 pub fn buildRequest(out: *[netlink.header_bytes + request_bytes]u8, states: u32, show: u32, sequence: u32) []u8 {
     assert(states != 0);
     @memset(out, 0);
@@ -142,25 +127,6 @@ pub fn buildRequest(out: *[netlink.header_bytes + request_bytes]u8, states: u32,
     return out;
 }
 
-/// Query mode: counts into entries[order[i]], sorted by name through `order`.
-const QueryCounter = struct {
-    entries: []Entry,
-    order: []const u16,
-
-    fn nameAt(counter: *const QueryCounter, position: usize) []const u8 {
-        return counter.entries[counter.order[position]].nameSlice();
-    }
-
-    pub fn message(counter: *QueryCounter, payload: []const u8) Status {
-        const socket = parseMessage(payload) orelse return netlink.bad_message;
-        const name = socket.name orelse return ok;
-        if (name.len == 0) return ok;
-        const position = search(counter.order.len, counter, name, nameAt) orelse return ok;
-        countSocket(&counter.entries[counter.order[position]], &socket);
-        return ok;
-    }
-};
-
 fn countSocket(entry: *Entry, socket: *const Socket) void {
     if (socket.state == netlink.state_listen) {
         entry.listeners +|= 1;
@@ -170,20 +136,62 @@ fn countSocket(entry: *Entry, socket: *const Socket) void {
     }
 }
 
-fn sortQueries(entries: []const Entry, order: []u16) bool {
-    assert(order.len == entries.len);
-    assert(entries.len <= queries_max);
-    for (order, 0..) |*slot, index| slot.* = @intCast(index);
-    std.sort.pdq(u16, order, entries, struct {
-        fn less(context: []const Entry, a: u16, b: u16) bool {
-            return nameOrder(context[a].nameSlice(), context[b].nameSlice()) == .lt;
-        }
-    }.less);
-    for (1..order.len) |position| {
-        if (nameOrder(entries[order[position - 1]].nameSlice(), entries[order[position]].nameSlice()) == .eq) return false;
-    }
-    return true;
+// Counting: the unix side of the shared counting in diag.zig. A socket's key
+// is its name; unnamed sockets (and empty names) count for nothing.
+
+const RequestBuffer = [netlink.header_bytes + request_bytes]u8;
+
+fn nameKeys(socket: *const Socket, keys: [][]const u8) []const []const u8 {
+    assert(keys.len >= 1);
+    const name = socket.name orelse return keys[0..0];
+    if (name.len == 0) return keys[0..0];
+    assert(name.len <= name_bytes_max);
+    keys[0] = name;
+    return keys[0..1];
 }
+
+/// All-listeners mode: an accepted connection carries its listener's name.
+fn connectionKeys(socket: *const Socket, keys: [][]const u8) []const []const u8 {
+    if (socket.state != netlink.state_established or socket.inode == 0) return keys[0..0];
+    return nameKeys(socket, keys);
+}
+
+fn listenerEntry(socket: *const Socket) ?Entry {
+    if (socket.state != netlink.state_listen) return null;
+    var keys: [1][]const u8 = undefined;
+    const names = nameKeys(socket, &keys);
+    if (names.len == 0) return null;
+    var entry = std.mem.zeroes(Entry);
+    entry.name_len = @intCast(names[0].len);
+    @memcpy(entry.name[0..names[0].len], names[0]);
+    countSocket(&entry, socket);
+    return entry;
+}
+
+fn listenerRequest(buffer: *RequestBuffer, sequence: u32) []const u8 {
+    return buildRequest(buffer, netlink.states_listen, show_name | show_rqlen, sequence);
+}
+
+fn connectionRequest(buffer: *RequestBuffer, listeners: []const Entry, sequence: u32) []const u8 {
+    assert(listeners.len >= 1);
+    return buildRequest(buffer, netlink.states_established, show_name, sequence);
+}
+
+const counting = diag.Counting(diag.Family([]const u8, Entry, Entry, Socket, RequestBuffer){
+    .keys_max = 1,
+    .queries_max = queries_max,
+    .message_type = netlink.sock_diag_by_family,
+    .order = nameOrder,
+    .queryKey = Entry.nameSlice,
+    .resultKey = Entry.nameSlice,
+    .parseMessage = parseMessage,
+    .queryKeys = nameKeys,
+    .connectionKeys = connectionKeys,
+    .listener = listenerEntry,
+    .count = countSocket,
+    .listenerRequest = listenerRequest,
+    .connectionRequest = connectionRequest,
+});
 
 /// Query mode: entries carry the names asked for; their counts are filled in.
 pub fn queryStats(fd: i32, entries: []Entry) Status {
@@ -197,93 +205,17 @@ pub fn queryStats(fd: i32, entries: []Entry) Status {
     }
     var order_buffer: [queries_max]u16 = undefined;
     const order = order_buffer[0..entries.len];
-    if (!sortQueries(entries, order)) return invalid;
-    var counter = QueryCounter{ .entries = entries, .order = order };
-    var request: [netlink.header_bytes + request_bytes]u8 = undefined;
+    if (!counting.sortQueries(entries, order)) return invalid;
+    // The queries are the entries: counting changes their counts, never their names.
+    var counter = counting.QueryCounter{ .queries = entries, .results = entries, .order = order };
+    var request: RequestBuffer = undefined;
     _ = buildRequest(&request, netlink.states_listen | netlink.states_established, show_name | show_rqlen, netlink.sequenceNext());
     return netlink.dump(fd, &request, netlink.sock_diag_by_family, &counter);
 }
 
-const ListenerCollector = struct {
-    entries: []Entry,
-    count: usize = 0,
-    seen: u64 = 0,
-
-    pub fn message(collector: *ListenerCollector, payload: []const u8) Status {
-        assert(collector.count <= collector.entries.len);
-        const socket = parseMessage(payload) orelse return netlink.bad_message;
-        if (socket.state != netlink.state_listen) return ok;
-        const name = socket.name orelse return ok;
-        if (name.len == 0) return ok;
-        collector.seen += 1;
-        if (collector.count == collector.entries.len) return ok;
-        const entry = &collector.entries[collector.count];
-        entry.* = std.mem.zeroes(Entry);
-        entry.name_len = @intCast(name.len);
-        @memcpy(entry.name[0..name.len], name);
-        countSocket(entry, &socket);
-        collector.count += 1;
-        return ok;
-    }
-};
-
-const ConnectionAttributor = struct {
-    entries: []Entry,
-
-    fn nameAt(entries: []Entry, position: usize) []const u8 {
-        return entries[position].nameSlice();
-    }
-
-    pub fn message(attributor: *ConnectionAttributor, payload: []const u8) Status {
-        const socket = parseMessage(payload) orelse return netlink.bad_message;
-        const name = socket.name orelse return ok;
-        if (socket.state != netlink.state_established or name.len == 0) return ok;
-        const position = search(attributor.entries.len, attributor.entries, name, nameAt) orelse return ok;
-        countSocket(&attributor.entries[position], &socket);
-        return ok;
-    }
-};
-
-fn mergeListeners(entries: []Entry) usize {
-    std.sort.pdq(Entry, entries, {}, struct {
-        fn less(_: void, a: Entry, b: Entry) bool {
-            return nameOrder(a.nameSlice(), b.nameSlice()) == .lt;
-        }
-    }.less);
-    var unique: usize = 0;
-    for (entries) |entry| {
-        if (unique > 0 and nameOrder(entries[unique - 1].nameSlice(), entry.nameSlice()) == .eq) {
-            entries[unique - 1].listeners +|= entry.listeners;
-            entries[unique - 1].queued +|= entry.queued;
-        } else {
-            entries[unique] = entry;
-            unique += 1;
-        }
-    }
-    return unique;
-}
-
 /// All-listeners mode: a LISTEN dump, then an ESTABLISHED dump. -ENOBUFS with
 /// `needed` set to an upper bound when `entries` is too small.
-pub fn allListeners(fd: i32, entries: []Entry, needed: *u64) Status {
-    needed.* = 0;
-    var request: [netlink.header_bytes + request_bytes]u8 = undefined;
-    var collector = ListenerCollector{ .entries = entries };
-    _ = buildRequest(&request, netlink.states_listen, show_name | show_rqlen, netlink.sequenceNext());
-    const listed = netlink.dump(fd, &request, netlink.sock_diag_by_family, &collector);
-    if (listed != ok) return listed;
-    if (collector.seen > entries.len) {
-        needed.* = collector.seen;
-        return netlink.errnoStatus(.NOBUFS);
-    }
-    const unique = mergeListeners(entries[0..collector.count]);
-    var attributor = ConnectionAttributor{ .entries = entries[0..unique] };
-    _ = buildRequest(&request, netlink.states_established, show_name, netlink.sequenceNext());
-    const attributed = netlink.dump(fd, &request, netlink.sock_diag_by_family, &attributor);
-    if (attributed != ok) return attributed;
-    needed.* = unique;
-    return ok;
-}
+pub const allListeners = counting.allListeners;
 
 // Tests.
 
@@ -342,8 +274,8 @@ test "query and all-listeners counting" {
         @memcpy(entry.name[0..name.len], name);
     }
     var order: [2]u16 = undefined;
-    try std.testing.expect(sortQueries(&entries, &order));
-    var counter = QueryCounter{ .entries = &entries, .order = &order };
+    try std.testing.expect(counting.sortQueries(&entries, &order));
+    var counter = counting.QueryCounter{ .queries = &entries, .results = &entries, .order = &order };
     var buffer: [256]u8 = undefined;
     try std.testing.expectEqual(ok, counter.message(testMessage(&buffer, netlink.state_listen, 1, "/a\x00", 2)));
     try std.testing.expectEqual(ok, counter.message(testMessage(&buffer, netlink.state_listen, 2, "/a\x00", 1)));
@@ -357,14 +289,14 @@ test "query and all-listeners counting" {
     try std.testing.expectEqual(@as(u32, 0), entries[0].listeners);
 
     var found: [3]Entry = undefined;
-    var collector = ListenerCollector{ .entries = &found };
+    var collector = counting.ListenerCollector{ .results = &found };
     try std.testing.expectEqual(ok, collector.message(testMessage(&buffer, netlink.state_listen, 1, "/z", 2)));
     try std.testing.expectEqual(ok, collector.message(testMessage(&buffer, netlink.state_listen, 2, "/y", 0)));
     try std.testing.expectEqual(ok, collector.message(testMessage(&buffer, netlink.state_listen, 3, "/z", 1)));
     try std.testing.expectEqual(ok, collector.message(testMessage(&buffer, netlink.state_listen, 4, null, 1)));
-    const unique = mergeListeners(found[0..collector.count]);
+    const unique = counting.mergeListeners(found[0..collector.count]);
     try std.testing.expectEqual(@as(usize, 2), unique);
-    var attributor = ConnectionAttributor{ .entries = found[0..unique] };
+    var attributor = counting.ConnectionAttributor{ .results = found[0..unique] };
     try std.testing.expectEqual(ok, attributor.message(testMessage(&buffer, netlink.state_established, 9, "/z", null)));
     try std.testing.expectEqualStrings("/y", found[0].nameSlice());
     try std.testing.expectEqual(@as(u64, 3), found[1].queued);
@@ -372,7 +304,7 @@ test "query and all-listeners counting" {
     try std.testing.expectEqual(@as(u64, 1), found[1].active);
 
     entries[0] = entries[1];
-    try std.testing.expect(!sortQueries(&entries, &order));
+    try std.testing.expect(!counting.sortQueries(&entries, &order));
 
     try std.testing.expectEqual(std.math.Order.eq, nameOrder("\x00a\x00b", "\x00a@b"));
     try std.testing.expectEqual(std.math.Order.lt, nameOrder("/a\x00", "/a@"));
@@ -389,6 +321,6 @@ fn fuzzParse(_: void, smith: *std.testing.Smith) anyerror!void {
         if (socket.name) |name| try std.testing.expect(name.len <= name_bytes_max);
     }
     var found: [1]Entry = undefined;
-    var collector = ListenerCollector{ .entries = &found };
+    var collector = counting.ListenerCollector{ .results = &found };
     _ = collector.message(payload[0..length]);
 }
