@@ -19,8 +19,8 @@ from typing import Callable, Mapping, NoReturn, Sequence, TextIO
 
 import raindrops
 from raindrops import exposition, linux
-from raindrops.server import make_server
 from raindrops.watcher import Watcher
+from raindrops.watcher.server import make_server
 
 DISTRIBUTION = "raindrops-stats"
 EXIT_USAGE = 2

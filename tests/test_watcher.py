@@ -18,10 +18,10 @@ import pytest
 
 from load import Load, wait_until
 from raindrops import ListenStats, Watcher, exposition
-from raindrops.aggregate import Aggregate
-from raindrops.server import WatchServer, make_server
+from raindrops.watcher.aggregate import Aggregate
+from raindrops.watcher.sampler import _Listener
+from raindrops.watcher.server import WatchServer, make_server
 from testsupport import processes
-from raindrops.watcher import _Listener
 
 DELAY = 0.02
 STAT_HEADERS = [

@@ -2,9 +2,9 @@
 
 wsgiref from the standard library, with a thread per connection (a /tail
 stream must not hold up the dashboard), quiet, and putting the client's
-socket in environ["raindrops.socket"] so that a stream notices a client that
-left. Kept out of raindrops.watcher so that importing the package does not
-import http.server.
+socket in environ["raindrops.socket"] (where raindrops.wsgi.http.client_socket
+looks) so that a stream notices a client that left. raindrops.watcher does not
+import this module, so that importing raindrops does not import http.server.
 """
 
 from __future__ import annotations
@@ -42,7 +42,9 @@ class _WatchServer6(WatchServer):
 def make_server(host: str, port: int, app: Any) -> WatchServer:
     """A threaded wsgiref server for `app` on host:port (port 0 picks a free one)."""
     server_class = _WatchServer6 if ":" in host else WatchServer
-    server = wsgiref.simple_server.make_server(host, port, app, server_class=server_class, handler_class=_Handler)
+    server = wsgiref.simple_server.make_server(
+        host, port, app, server_class=server_class, handler_class=_Handler
+    )
     assert isinstance(server, WatchServer)
     return server
 
