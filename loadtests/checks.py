@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from loadtests.runner import Measured
-from loadtests.server import STATS
+from testsupport.gunicorn import STATS
 
 FAILURE_KINDS = ("transport", "status", "body")
 PROMTOOL_MINIMUM = 3

@@ -11,7 +11,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from testsupport.programs import ROOT
+
 RESULTS = ROOT / "loadtests" / "results"
 DEFAULT_DURATION = 60.0
 SHORT_DURATION = 12.0

@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from loadtests import formats  # noqa: E402 - needs the path above when run by hand
+from testsupport import formats  # noqa: E402 - needs the path above when run by hand
 
 CAPACITY = int(os.environ.get("LOADTEST_CAPACITY", "1000"))
 WORKERS = int(os.environ.get("LOADTEST_WORKERS", "1000"))

@@ -18,11 +18,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from loadtests import formats
-from loadtests.config import ROOT, STOP_TIMEOUT, Plan
+from loadtests.config import STOP_TIMEOUT, Plan
 from loadtests.sampler import ListenerSampler, Lost, Sample, Sampler
-from loadtests.server import STATS, Server, kill_if_sleeping, read_counter, running
-from testsupport import processes, programs
+from loadtests.server import Server, kill_if_sleeping, read_counter, running
+from testsupport import formats, processes, programs
+from testsupport.gunicorn import STATS
+from testsupport.programs import ROOT
 
 REST_TIMEOUT = 5.0
 WINDOW_TIMEOUT = 60.0  # locust's start (imports, spawning) until it reports the overload window

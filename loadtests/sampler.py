@@ -21,9 +21,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from loadtests import formats
+from loadtests.server import Server
 from raindrops import linux
-from loadtests.server import STATS, Server
+from testsupport import formats
+from testsupport.gunicorn import STATS, Response
 
 INTERVAL = 0.25
 PROMETHEUS_EVERY = 2.5  # seconds between two saved Prometheus expositions
@@ -55,18 +56,13 @@ class Lost:
     error: str
 
 
-class Sampler(threading.Thread):
-    def __init__(self, server: Server, origin: float, prometheus_prefix: Path) -> None:
-        super().__init__(name="raindrops-sampler", daemon=True)
-        self.server = server
+class _Reader(threading.Thread):
+    """A thread that reads until stop(), timing what it reads from the run's time zero."""
+
+    def __init__(self, name: str, origin: float) -> None:
+        super().__init__(name=name, daemon=True)  # never keeps the runner alive
         self.origin = origin  # time.monotonic() of the run's time zero
-        self.prometheus_prefix = prometheus_prefix  # saved as <prefix>1.prom, <prefix>2.prom, ...
-        self.samples: list[Sample] = []
-        self.problems: list[str] = []
-        self.lost: list[Lost] = []
-        self.prometheus_files: list[Path] = []
         self._stop_event = threading.Event()
-        self._next_prometheus = 0.0
 
     def stop(self) -> None:
         self._stop_event.set()
@@ -74,6 +70,18 @@ class Sampler(threading.Thread):
 
     def now(self) -> float:
         return time.monotonic() - self.origin
+
+
+class Sampler(_Reader):
+    def __init__(self, server: Server, origin: float, prometheus_prefix: Path) -> None:
+        super().__init__("raindrops-sampler", origin)
+        self.server = server
+        self.prometheus_prefix = prometheus_prefix  # saved as <prefix>1.prom, <prefix>2.prom, ...
+        self.samples: list[Sample] = []
+        self.problems: list[str] = []
+        self.lost: list[Lost] = []
+        self.prometheus_files: list[Path] = []
+        self._next_prometheus = 0.0
 
     def run(self) -> None:
         while not self._stop_event.is_set():
@@ -84,17 +92,24 @@ class Sampler(threading.Thread):
                 self.save_prometheus()
             self._stop_event.wait(max(0.0, INTERVAL - (time.monotonic() - began)))
 
-    def sample(self) -> Sample | None:
-        asked = self.now()
+    def _get(self, query: str, asked: float) -> Response | None:
+        """The endpoint's answer; None, recorded as lost, when none came (a killed worker's)."""
         try:
-            response = self.server.get(f"{STATS}?format=json", timeout=30)
+            return self.server.get(f"{STATS}{query}", timeout=30)
         except (OSError, http.client.HTTPException) as error:
             self.lost.append(Lost(asked, self.now(), f"{type(error).__name__}: {error}"))
             return None
+
+    def sample(self) -> Sample | None:
+        asked = self.now()
+        response = self._get("?format=json", asked)
+        if response is None:
+            return None
         pids = tuple(self.server.worker_pids())
         try:
-            if response.status != 200 or response.content_type != "application/json":
-                raise formats.FormatError(f"status {response.status}, {response.content_type}")
+            content_type = response.headers.get("content-type", "")
+            if response.status != 200 or content_type != "application/json":
+                raise formats.FormatError(f"status {response.status}, {content_type}")
             stats = formats.parse_json(response.body.decode())
             formats.check_bounds(stats, self.server.variant.capacity, self.server.variant.workers)
             active, queued = stats.listener(self.server.address)
@@ -112,10 +127,8 @@ class Sampler(threading.Thread):
     def save_prometheus(self) -> None:
         """Keeps one exposition for promtool; it must also pass this package's own strict parser."""
         asked = self.now()
-        try:
-            response = self.server.get(f"{STATS}?format=prometheus", timeout=30)
-        except (OSError, http.client.HTTPException) as error:
-            self.lost.append(Lost(asked, self.now(), f"{type(error).__name__}: {error}"))
+        response = self._get("?format=prometheus", asked)
+        if response is None:
             return
         path = Path(f"{self.prometheus_prefix}{len(self.prometheus_files) + 1}.prom")
         path.write_bytes(response.body)
@@ -127,24 +140,18 @@ class Sampler(threading.Thread):
             self.problems.append(f"t={asked:.2f}s prometheus: {error}")
 
 
-class ListenerSampler(threading.Thread):
+class ListenerSampler(_Reader):
     """The listener's (t, active, queued) from the kernel directly, for the plot."""
 
     def __init__(self, address: str, origin: float, interval: float = 0.1) -> None:
-        super().__init__(name="raindrops-listener-sampler", daemon=True)
+        super().__init__("raindrops-listener-sampler", origin)
         self.address = address
-        self.origin = origin
         self.interval = interval
         self.readings: list[tuple[float, int, int]] = []
-        self._stop_event = threading.Event()
-
-    def stop(self) -> None:
-        self._stop_event.set()
-        self.join(30)
 
     def run(self) -> None:
         with linux.InetDiagSocket() as sock:
             while not self._stop_event.wait(self.interval):
                 stats = linux.tcp_listener_stats([self.address], sock).get(self.address)
                 if stats is not None:
-                    self.readings.append((time.monotonic() - self.origin, stats.active, stats.queued))
+                    self.readings.append((self.now(), stats.active, stats.queued))

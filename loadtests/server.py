@@ -1,137 +1,59 @@
-"""gunicorn serving examples.demo:app for the load test: start, probe, kill one worker, stop, clean up.
+"""gunicorn serving examples.demo:app for the load test: start it, kill one worker mid-request.
 
-The runner's own small helpers (the test suite's tests/servers.py serves
-pytest; this package must stand alone for `python -m loadtests`). The server
-binds 127.0.0.1 only and runs in its own session, so stopping it can kill
-its whole process group; its shared-memory segments are unlinked afterwards.
+Starting, probing, stopping and the clean-up of /dev/shm are
+testsupport.gunicorn's, which the test suite's servers use too (testsupport
+imports nothing of pytest, so `python -m loadtests` stands alone). The
+server binds 127.0.0.1 only and runs in its own session, so stopping it
+kills its whole process group; its shared-memory segments are unlinked
+afterwards.
 """
 
 from __future__ import annotations
 
 import contextlib
-import http.client
+import functools
 import os
 import platform
 import signal
-import socket
-import subprocess
-import sys
 import time
-import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
-from loadtests.config import ROOT, Variant
-from testsupport import processes
-from testsupport.processes import children, stat_fields
+from loadtests.config import Variant
+from testsupport.gunicorn import Master, launch, segment_name
+from testsupport.processes import stat_fields
 
-SHM_DIR = Path("/dev/shm")
-STATS = "/_raindrops"
-START_TIMEOUT = 30.0
 STOP_TIMEOUT = 40.0  # above gunicorn's --graceful-timeout below
 GRACEFUL_TIMEOUT = 30  # a recycled worker finishes every request it accepted (slow ones included)
 # clock_nanosleep and nanosleep: where time.sleep() blocks, so where /slow and /stream wait.
 SLEEP_SYSCALLS = {"x86_64": {35, 230}, "aarch64": {101, 115}}.get(platform.machine(), set())
 
 
-@dataclass(frozen=True)
-class Response:
-    status: int
-    content_type: str
-    body: bytes
-
-
 @dataclass
-class Server:
-    """A running gunicorn master on 127.0.0.1:port."""
+class Server(Master):
+    """A running gunicorn master on 127.0.0.1:port, serving one variant."""
 
-    process: subprocess.Popen[bytes]
-    port: int
     variant: Variant
-    counter: str  # the demo's /count segment (RAINDROPS_DEMO_COUNTER), unique per run
-    log: Path
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    def get(self, path: str, timeout: float = 30.0) -> Response:
-        return get(self.port, path, timeout)
-
-    def worker_pids(self) -> list[int]:
-        return children(self.pid)
-
-
-def get(port: int, path: str, timeout: float = 30.0) -> Response:
-    """One GET on a new connection, closed afterwards."""
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
-    try:
-        connection.request("GET", path)
-        response = connection.getresponse()
-        return Response(response.status, response.getheader("Content-Type") or "", response.read())
-    finally:
-        connection.close()
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
-def gunicorn_command(variant: Variant, port: int) -> list[str]:
-    script = Path(sys.executable).parent / "gunicorn"
-    launcher = [str(script)] if script.exists() else [sys.executable, "-m", "gunicorn"]
-    return [
-        *launcher,
-        "--bind", f"127.0.0.1:{port}",
-        "--no-control-socket",  # its default path is one per user: concurrent servers would share it
-        "--graceful-timeout", str(GRACEFUL_TIMEOUT),
-        *variant.gunicorn_args(),
-        "examples.demo:app",
-    ]  # fmt: skip
 
 
 @contextlib.contextmanager
 def running(variant: Variant, log: Path) -> Iterator[Server]:
-    """Starts gunicorn, waits until every worker is up and the endpoint answers; always stops it."""
-    port = free_port()
-    counter = f"/raindrops-loadtest-{os.getpid()}-{uuid.uuid4().hex[:12]}"
-    environment = {key: value for key, value in os.environ.items() if not key.startswith("RAINDROPS_")}
-    environment.update(RAINDROPS_DEMO_COUNTER=counter, PYTHONUNBUFFERED="1")
-    process = processes.spawn(gunicorn_command(variant, port), log=log, cwd=ROOT, env=environment)
-    server = Server(process, port, variant, counter, log)
-    try:
-        _wait_ready(server)
+    """Starts gunicorn, waits until every worker is up and the endpoint answers; always stops it.
+
+    The demo's /count segment is unique to this run: read_counter() reads it
+    at the end, and nothing else counts into it.
+    """
+    with launch(
+        functools.partial(Server, variant=variant),
+        variant.gunicorn_args(),
+        workers=variant.workers,
+        log=log,
+        counter=segment_name("loadtest"),
+        graceful_timeout=GRACEFUL_TIMEOUT,
+        stop_timeout=STOP_TIMEOUT,
+    ) as server:
         yield server
-    finally:
-        processes.stop(process, STOP_TIMEOUT)
-        remove_segments(process.pid, counter)
-
-
-def _wait_ready(server: Server) -> None:
-    deadline = time.monotonic() + START_TIMEOUT
-    while time.monotonic() < deadline:
-        if server.process.poll() is not None:
-            raise RuntimeError(f"gunicorn exited:\n{server.log.read_text(errors='replace')}")
-        with contextlib.suppress(OSError, http.client.HTTPException):
-            if server.get(STATS, timeout=5).status == 200 and len(server.worker_pids()) >= server.variant.workers:
-                return
-        time.sleep(0.05)
-    raise RuntimeError(f"gunicorn did not answer within {START_TIMEOUT} s:\n{server.log.read_text(errors='replace')}")
-
-
-def remove_segments(master_pid: int, counter: str) -> None:
-    """The middleware's segments of this master (no --preload) and the demo's counter."""
-    for entry in SHM_DIR.glob(f"raindrops-mw-{master_pid}-*"):
-        entry.unlink(missing_ok=True)
-    (SHM_DIR / counter.lstrip("/")).unlink(missing_ok=True)
 
 
 def read_counter(name: str) -> int:

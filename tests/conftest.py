@@ -12,16 +12,12 @@ tests without qemu).
 from __future__ import annotations
 
 import collections
-import os
-import uuid
-from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import pytest
 
 from testsupport import processes, programs
-
-SHM_DIR = Path("/dev/shm")
+from testsupport.gunicorn import SHM_DIR, segment_name
 
 
 LEFTOVERS: list[str] = []
@@ -78,7 +74,7 @@ def shm_name() -> Iterator[Callable[[], str]]:
     made: list[str] = []
 
     def make() -> str:
-        name = f"/raindrops-test-{os.getpid()}-{uuid.uuid4().hex[:12]}"
+        name = segment_name("test")
         made.append(name)
         return name
 

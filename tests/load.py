@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import socket
-import time
 from typing import Callable, TypeVar
+
+from servers import wait_for
 
 T = TypeVar("T")
 
@@ -52,12 +53,5 @@ class Load:
 
 
 def wait_until(probe: Callable[[], T], timeout: float = 10.0, what: str = "a condition") -> T:
-    """probe() until it returns something true; fails after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.01)
+    """probe() until it returns something true; fails after `timeout` seconds (servers.wait_for)."""
+    return wait_for(probe, bool, timeout, what, interval=0.01)

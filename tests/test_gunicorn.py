@@ -22,16 +22,9 @@ import pytest
 
 from raindrops import Middleware
 from examples.demo import application
-from servers import (
-    Background,
-    Gunicorn,
-    gunicorn,
-    parse_prometheus,
-    parse_text,
-    request,
-    run_threads,
-    wait_for,
-)
+from servers import Background, Gunicorn, gunicorn, run_threads, wait_for
+from testsupport.formats import parse_prometheus, parse_text
+from testsupport.gunicorn import request
 from testsupport.processes import is_dead
 
 # name -> (gunicorn arguments, workers, requests one worker serves at once)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import socket
 import threading
 import time
@@ -15,8 +14,7 @@ import pytest
 
 from raindrops import LastDataRecv
 from raindrops.wsgi.last_data_recv import PATH, LastDataRecvStats, defer_accept, last_data_recv
-from servers import ROOT, SHM_DIR, children, free_port, gunicorn_command
-from testsupport import processes
+from testsupport.gunicorn import Master, launch
 
 # raindrops-outputs/probe_ldr.out: samples 5, 10, 100, 1000 and 0.
 PROBE_HEADERS = [
@@ -169,29 +167,11 @@ def http_get(port: int, path: str) -> tuple[int, dict[str, str], bytes]:
 
 @contextlib.contextmanager
 def ldr_gunicorn(log: Path, preload: bool) -> Iterator[int]:
-    port = free_port()
-    args = ["--workers", str(WORKERS), "--config", "tests/gunicorn_defer_accept.py", "--pythonpath", "tests"]
-    if preload:
-        args.append("--preload")
-    environment = {key: value for key, value in os.environ.items() if not key.startswith("RAINDROPS_")}
-    command = gunicorn_command(args, [f"127.0.0.1:{port}"], app="ldr_app:app")
-    process = processes.spawn(command, log=log, cwd=ROOT, env=environment)
-    try:
-        deadline = time.monotonic() + 30
-        while not (ready(port) and len(children(process.pid)) >= WORKERS):
-            assert process.poll() is None and time.monotonic() < deadline, log.read_text(errors="replace")
-            time.sleep(0.05)
-        yield port
-    finally:
-        processes.stop(process)
-        for segment in SHM_DIR.glob(f"raindrops-ldr-{process.pid}-*"):
-            segment.unlink(missing_ok=True)
-
-
-def ready(port: int) -> bool:
-    with contextlib.suppress(OSError, IndexError, ValueError):
-        return http_get(port, PATH)[0] == 200
-    return False
+    """ldr_app under gunicorn: its port once every worker is up and PATH answers; always stopped."""
+    args = ["--workers", str(WORKERS), "--config", "tests/gunicorn_defer_accept.py"]
+    args += ["--pythonpath", "tests", *(["--preload"] if preload else [])]
+    with launch(Master, args, workers=WORKERS, log=log, app="ldr_app:app", ready_path=PATH) as master:
+        yield master.port
 
 
 @pytest.mark.parametrize("preload", [False, True], ids=["after-fork", "preload"])

@@ -15,8 +15,6 @@ from typing import Iterator
 
 import pytest
 
-from loadtests import formats
-
 from servers import (
     JOB,
     NEGOTIATED_JOB,
@@ -24,12 +22,12 @@ from servers import (
     Gunicorn,
     Prometheus,
     gunicorn,
-    parse_prometheus,
     prometheus,
     prometheus_binaries,
     wait_for,
 )
-from testsupport import processes, programs
+from testsupport import formats, processes, programs
+from testsupport.formats import parse_prometheus
 
 SLOW_SECONDS = 8
 
@@ -68,7 +66,7 @@ def test_promtool_accepts_the_prometheus_format(binaries: tuple[str, str], serve
         assert result.returncode == 0, f"promtool check metrics failed:\n{result.stdout}{result.stderr}"
 
 
-# What promtool rejects, and so must the strict parser that stands in for it (loadtests.formats).
+# What promtool rejects, and so must the strict parser that stands in for it (testsupport.formats).
 BREAKAGES = {
     "broken label set": ("\nraindrops_calling ", "\nraindrops_calling{ "),
     "unknown type": ("# TYPE raindrops_calling gauge", "# TYPE raindrops_calling gaugeish"),

@@ -1,9 +1,11 @@
-"""Strict parsers for the three formats of the /_raindrops endpoint.
+"""Strict parsers for every format of the /_raindrops endpoint: text, JSON, Prometheus, OpenMetrics.
 
-Shared by the locust users (which validate every poll inside the load) and by
-the runner's own sampler, so both hold the endpoint to the same rules. Pure
-Python with no dependency: locust imports it under gevent's monkey-patching.
-Every parser raises FormatError on the first thing that is not exactly right.
+One set of rules for everyone who reads the endpoint: the tests (tests/),
+the locust users (which validate every poll inside the load) and the load
+test runner's own sampler. Pure Python with no dependency, not even on the
+rest of testsupport: the locustfile imports it under gevent's
+monkey-patching. Every parser raises FormatError on the first thing that is
+not exactly right; the tests let it fail them like an assertion.
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ class Stats:
 
     calling: int
     writing: int
-    listeners: dict[str, tuple[int, int]] = field(default_factory=dict)  # address -> (active, queued)
+    # address -> (active, queued)
+    listeners: dict[str, tuple[int, int]] = field(default_factory=dict)
     workers: int | None = None
     requests: int | None = None
     errors: int | None = None
@@ -52,7 +55,10 @@ _TEXT_LISTENER = re.compile(r"(\S+) active: (\d+)\n\1 queued: (\d+)\n")
 
 
 def parse_text(body: str) -> Stats:
-    """Exactly "calling: N\\nwriting: N\\n", then "ADDR active: N\\nADDR queued: N\\n" per listener."""
+    """Exactly "calling: N\\nwriting: N\\n", then two lines per listener.
+
+    The listener lines are "ADDR active: N\\nADDR queued: N\\n", nothing else.
+    """
     head = _TEXT_HEAD.match(body)
     if head is None:
         raise FormatError(f"not raindrops' text format: {body[:80]!r}")
@@ -79,7 +85,7 @@ def _natural(value: Any, what: str) -> int:
 
 
 def parse_json(body: str) -> Stats:
-    """The ?format=json document: integer counters, a histogram with a count, listeners by address."""
+    """The ?format=json document: integer counters, a histogram with a count, listeners."""
     try:
         document = json.loads(body)
     except ValueError as error:
@@ -97,7 +103,8 @@ def parse_json(body: str) -> Stats:
     for address, stat in listeners_field.items():
         if not isinstance(stat, dict):
             raise FormatError(f"listener {address} is not an object")
-        listeners[address] = (_natural(stat.get("active"), "active"), _natural(stat.get("queued"), "queued"))
+        active, queued = stat.get("active"), stat.get("queued")
+        listeners[address] = (_natural(active, "active"), _natural(queued, "queued"))
     return Stats(
         calling=values["calling"],
         writing=values["writing"],
@@ -117,7 +124,8 @@ _NUMBER = r"[-+]?(?:[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?|Inf|NaN)"
 _SAMPLE = re.compile(rf"({_METRIC_NAME})({_LABELS})? ({_NUMBER})")
 _COMMENT = re.compile(rf"# (HELP|TYPE) ({_METRIC_NAME}) (.+)")
 _KINDS = ("gauge", "counter", "histogram", "summary", "untyped", "unknown")
-_SUFFIXES = ("", "_total", "_bucket", "_sum", "_count", "_created")
+# No _created: the endpoint never serves it, so a sample named so is an error.
+_SUFFIXES = ("", "_total", "_bucket", "_sum", "_count")
 
 
 def _family_of(name: str, families: dict[str, str]) -> str:
@@ -128,7 +136,11 @@ def _family_of(name: str, families: dict[str, str]) -> str:
 
 
 def parse_prometheus(body: str, openmetrics: bool = False) -> dict[str, float]:
-    """Samples by `name{labels}`; every line well formed, every sample typed, OpenMetrics ends in # EOF."""
+    """Samples by `name{labels}`, every line well formed.
+
+    Every sample belongs to a family typed by a TYPE line before it, no sample
+    comes twice, and OpenMetrics (only OpenMetrics) ends with "# EOF".
+    """
     if not body.endswith("\n"):
         raise FormatError("the exposition does not end with a newline")
     lines = body.split("\n")[:-1]
@@ -158,7 +170,7 @@ def parse_prometheus(body: str, openmetrics: bool = False) -> dict[str, float]:
 
 
 def prometheus_stats(samples: dict[str, float]) -> Stats:
-    """The middleware's numbers out of parsed Prometheus (or OpenMetrics: same sample names) samples."""
+    """The middleware's numbers out of parsed samples (Prometheus or OpenMetrics: same names)."""
 
     def get(key: str) -> int:
         if key not in samples:
@@ -169,7 +181,8 @@ def prometheus_stats(samples: dict[str, float]) -> Stats:
     for key in samples:
         if key.startswith('raindrops_listener_active{listener="'):
             address = key[len('raindrops_listener_active{listener="') : -2]
-            listeners[address] = (get(key), get(f'raindrops_listener_queued{{listener="{address}"}}'))
+            queued = get(f'raindrops_listener_queued{{listener="{address}"}}')
+            listeners[address] = (get(key), queued)
     return Stats(
         calling=get("raindrops_calling"),
         writing=get("raindrops_writing"),
@@ -242,7 +255,8 @@ def _typed_family(sample_name: str, kinds: dict[str, str]) -> str | None:
     """The typed family a sample belongs to, given the suffixes its type allows."""
     for suffix in ("_bucket", "_sum", "_count", ""):
         family = sample_name[: len(sample_name) - len(suffix)]
-        if sample_name.endswith(suffix) and suffix in _FAMILY_SUFFIXES.get(kinds.get(family, ""), ()):
+        allowed = _FAMILY_SUFFIXES.get(kinds.get(family, ""), ())
+        if sample_name.endswith(suffix) and suffix in allowed:
             return family
     return None
 
