@@ -33,7 +33,9 @@ TARGET_VARIABLE = "RAINDROPS_TARGET"
 
 def load_elfcheck(root: Path) -> ModuleType:
     """tools/elfcheck.py, which is no package: loaded by path (the sdist ships it)."""
-    spec = importlib.util.spec_from_file_location("raindrops_elfcheck", root / "tools" / "elfcheck.py")
+    spec = importlib.util.spec_from_file_location(
+        "raindrops_elfcheck", root / "tools" / "elfcheck.py"
+    )
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up while the class is made
@@ -53,7 +55,9 @@ class CustomBuildHook(BuildHookInterface):  # type: ignore[type-arg]
             self.app.abort(f"raindrops: {TARGET_VARIABLE}={requested}: {error}")  # exits
             return
         if version == "editable" and arch != elfcheck.ALIASES.get(host, host):
-            self.app.abort(f"raindrops: an editable install runs on this {host} machine, not {TARGET_VARIABLE}={requested}")
+            self.app.abort(
+                f"raindrops: an editable install runs on this {host} machine, not {TARGET_VARIABLE}={requested}"
+            )
 
         zig_version = importlib.metadata.version("ziglang")
         self.app.display_info(
@@ -61,7 +65,15 @@ class CustomBuildHook(BuildHookInterface):  # type: ignore[type-arg]
             "(the first build on a machine takes about 2 minutes; later builds take seconds)"
         )
         self._staging = Path(tempfile.mkdtemp(prefix="raindrops-build-"))
-        command = [sys.executable, "-m", "ziglang", "build", "-Doptimize=ReleaseFast", "--prefix", str(self._staging)]
+        command = [
+            sys.executable,
+            "-m",
+            "ziglang",
+            "build",
+            "-Doptimize=ReleaseFast",
+            "--prefix",
+            str(self._staging),
+        ]
         if version != "editable":
             command[4:4] = [f"-Dtarget={arch}-linux", "-Dcpu=baseline"]
         subprocess.check_call(command, cwd=root)

@@ -28,7 +28,9 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
     def line(cells: Sequence[str]) -> str:
         first, *rest = (str(cell) for cell in cells)
-        parts = [first.ljust(widths[0])] + [cell.rjust(width) for cell, width in zip(rest, widths[1:], strict=True)]
+        parts = [first.ljust(widths[0])] + [
+            cell.rjust(width) for cell, width in zip(rest, widths[1:], strict=True)
+        ]
         return "  ".join(parts).rstrip()
 
     rule = "  ".join("-" * width for width in widths)
@@ -39,4 +41,9 @@ def ruby_raindrops_installed() -> bool:
     """Whether Ruby raindrops (Debian's ruby-raindrops) can be compared in this run."""
     if shutil.which("ruby") is None:
         return False
-    return subprocess.run(["ruby", "-e", 'require "raindrops"'], capture_output=True, check=False).returncode == 0
+    return (
+        subprocess.run(
+            ["ruby", "-e", 'require "raindrops"'], capture_output=True, check=False
+        ).returncode
+        == 0
+    )

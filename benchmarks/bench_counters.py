@@ -33,12 +33,12 @@ from typing import cast
 _PROMETHEUS_DIR = tempfile.TemporaryDirectory(prefix="raindrops-bench-prometheus-")
 os.environ["PROMETHEUS_MULTIPROC_DIR"] = _PROMETHEUS_DIR.name
 
-import raindrops  # noqa: E402
+from _bench import REPEATS, ns_per_op, ruby_raindrops_installed, table  # noqa: E402
 from prometheus_client import CollectorRegistry, Counter, Gauge  # noqa: E402
 from prometheus_client.multiprocess import MultiProcessCollector  # noqa: E402
-from raindrops import _native  # noqa: E402
 
-from _bench import REPEATS, ns_per_op, ruby_raindrops_installed, table  # noqa: E402
+import raindrops  # noqa: E402
+from raindrops import _native  # noqa: E402
 
 RAINDROPS_N = 4_000_000
 PROMETHEUS_N = 500_000
@@ -81,7 +81,12 @@ def _latencies() -> dict[str, float]:
         "noop_pointer": _native.noop_pointer,
         "pointer": ctypes.c_void_p(rd._pointer(0).value),
         "counter": Counter("bench_latency", "single-process Counter.inc()", registry=None),
-        "gauge": Gauge("bench_latency_gauge", "single-process Gauge.inc()", registry=None, multiprocess_mode="livesum"),
+        "gauge": Gauge(
+            "bench_latency_gauge",
+            "single-process Gauge.inc()",
+            registry=None,
+            multiprocess_mode="livesum",
+        ),
         "value": _FORK.Value("Q", 0, lock=True),
     }
     try:
@@ -93,7 +98,9 @@ def _latencies() -> dict[str, float]:
 
 def _latency_table(latencies: dict[str, float]) -> str:
     floor = latencies["noop()"]
-    rows = [(_OPERATIONS[stmt], f"{ns:.1f}", f"{ns / floor:.2f}x") for stmt, ns in latencies.items()]
+    rows = [
+        (_OPERATIONS[stmt], f"{ns:.1f}", f"{ns / floor:.2f}x") for stmt, ns in latencies.items()
+    ]
     return table(["operation", "ns/op", "vs noop()"], rows)
 
 
@@ -151,7 +158,9 @@ def _run_pair(work: Callable[[int], None]) -> float:
     return seconds
 
 
-def _contend(name: str, per_process: int, work: Callable[[int], None], total: Callable[[], int]) -> Contention:
+def _contend(
+    name: str, per_process: int, work: Callable[[int], None], total: Callable[[], int]
+) -> Contention:
     """Best of CONTENTION_RUNS runs; `total` reads the counters, which accumulate over all runs."""
     seconds = min(_run_pair(work) for _ in range(CONTENTION_RUNS))
     return Contention(name, per_process, seconds, CONTENTION_RUNS * 2 * per_process - total())
@@ -185,7 +194,9 @@ def _native_offsets(name: str, offset: int, n: int) -> Contention:
             for _ in range(n):
                 incr_one(pointer)
 
-        return _contend(name, n, work, lambda: sum(cast(int, _native.load(pointer)) for pointer in pointers))
+        return _contend(
+            name, n, work, lambda: sum(cast(int, _native.load(pointer)) for pointer in pointers)
+        )
 
 
 def _prometheus_counter(n: int) -> Contention:
@@ -220,9 +231,15 @@ def _contentions() -> dict[str, Contention]:
     stride = raindrops.SIZE
     return {
         "same": _raindrops_indexes("raindrops rd.incr, same counter", (0, 0), RAINDROPS_N),
-        "apart": _raindrops_indexes(f"raindrops rd.incr, counters 0 and 1 ({stride} B apart)", (0, 1), RAINDROPS_N),
-        "native apart": _native_offsets(f"native incr_one, {stride} B apart (own cache lines)", stride, RAINDROPS_N),
-        "native packed": _native_offsets("native incr_one, 8 B apart (one cache line)", 8, RAINDROPS_N),
+        "apart": _raindrops_indexes(
+            f"raindrops rd.incr, counters 0 and 1 ({stride} B apart)", (0, 1), RAINDROPS_N
+        ),
+        "native apart": _native_offsets(
+            f"native incr_one, {stride} B apart (own cache lines)", stride, RAINDROPS_N
+        ),
+        "native packed": _native_offsets(
+            "native incr_one, 8 B apart (one cache line)", 8, RAINDROPS_N
+        ),
         "prometheus": _prometheus_counter(PROMETHEUS_N),
         "value": _locked_value(VALUE_N),
     }
@@ -241,7 +258,11 @@ def _contention_table(results: dict[str, Contention]) -> str:
     ]
     stride_gain = results["native apart"].ops_per_second / results["native packed"].ops_per_second
     note = f"stride effect: own cache lines run at {stride_gain:.2f}x the throughput of 8 B apart"
-    return table(["2 processes", "ops/process", "best wall s", "Mops/s", "all runs"], rows) + "\n" + note
+    return (
+        table(["2 processes", "ops/process", "best wall s", "Mops/s", "all runs"], rows)
+        + "\n"
+        + note
+    )
 
 
 def _verdict(passed: bool) -> str:
@@ -255,11 +276,26 @@ def _targets_table(latencies: dict[str, float], results: dict[str, Contention]) 
     checks = [
         ("rd.incr / CDLL noop()", incr / latencies["noop()"], INCR_FLOOR_MAX, True),
         ("rd.incr / PyDLL noop_held()", incr / latencies["noop_held()"], INCR_FLOOR_MAX, True),
-        ("prometheus Counter.inc / rd.incr", latencies["counter.inc()"] / incr, PROMETHEUS_SPEEDUP_MIN, False),
-        ("2-process same counter: raindrops / prometheus", same_counter, CONTENTION_SPEEDUP_MIN, False),
+        (
+            "prometheus Counter.inc / rd.incr",
+            latencies["counter.inc()"] / incr,
+            PROMETHEUS_SPEEDUP_MIN,
+            False,
+        ),
+        (
+            "2-process same counter: raindrops / prometheus",
+            same_counter,
+            CONTENTION_SPEEDUP_MIN,
+            False,
+        ),
     ]
     rows = [
-        (name, f"{ratio:.2f}x", f"{'<=' if at_most else '>='} {goal:g}x", _verdict(at_most == (ratio <= goal)))
+        (
+            name,
+            f"{ratio:.2f}x",
+            f"{'<=' if at_most else '>='} {goal:g}x",
+            _verdict(at_most == (ratio <= goal)),
+        )
         for name, ratio, goal, at_most in checks
     ]
     context = incr / latencies["noop_pointer(pointer)"]
@@ -292,18 +328,25 @@ def _ruby_table() -> str:
     command = ["ruby", "-e", _RUBY_SCRIPT, str(RUBY_N), str(REPEATS)]
     output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
     incr, empty = (float(line) for line in output.split())
-    rows = [("Ruby Raindrops#incr(0)", f"{incr:.1f}"), ("Ruby empty while loop (floor)", f"{empty:.1f}")]
+    rows = [
+        ("Ruby Raindrops#incr(0)", f"{incr:.1f}"),
+        ("Ruby empty while loop (floor)", f"{empty:.1f}"),
+    ]
     return table(["operation", "ns/op"], rows)
 
 
 def main() -> int:
     with _PROMETHEUS_DIR:
         python = sys.version.split()[0]
-        print(f"raindrops counters benchmark: Python {python}, {os.cpu_count()} CPUs, stride {raindrops.SIZE} B\n")
+        print(
+            f"raindrops counters benchmark: Python {python}, {os.cpu_count()} CPUs, stride {raindrops.SIZE} B\n"
+        )
         print(f"1. single-process latency (best of {REPEATS} timeit runs)")
         latencies = _latencies()
         print(_latency_table(latencies), end="\n\n", flush=True)
-        print(f"2. contention: 2 forked processes incrementing at once (best of {CONTENTION_RUNS} runs)")
+        print(
+            f"2. contention: 2 forked processes incrementing at once (best of {CONTENTION_RUNS} runs)"
+        )
         results = _contentions()
         print(_contention_table(results), end="\n\n", flush=True)
         print("targets")

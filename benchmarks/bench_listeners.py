@@ -49,10 +49,10 @@ from multiprocessing.connection import Connection
 from typing import NamedTuple
 
 import psutil  # type: ignore[import-untyped]
+from _bench import ns_per_op, ruby_raindrops_installed, table
 from pyroute2 import DiagSocket  # type: ignore[import-untyped]
 from pyroute2.netlink.diag import SS_ESTABLISHED, SS_LISTEN  # type: ignore[import-untyped]
 
-from _bench import ns_per_op, ruby_raindrops_installed, table
 from raindrops.linux import InetDiagSocket, ListenStats, tcp_listener_stats
 
 REPEATS = 3
@@ -212,7 +212,9 @@ def _listener(stack: ExitStack, backlog: int) -> socket.socket:
     return sock
 
 
-def _accept(stack: ExitStack, listener: socket.socket, count: int, clients: Clients, deadline: float) -> None:
+def _accept(
+    stack: ExitStack, listener: socket.socket, count: int, clients: Clients, deadline: float
+) -> None:
     """Accepts `count` connections, each reset on exit, while the child connects them."""
     listener.settimeout(ACCEPT_POLL_SECONDS)
     accepted = 0
@@ -222,7 +224,9 @@ def _accept(stack: ExitStack, listener: socket.socket, count: int, clients: Clie
         except TimeoutError:
             clients.connected()  # raises if the child failed
             if time.monotonic() > deadline:
-                raise TimeoutError(f"accepted {accepted} of {count} connections in {SETUP_SECONDS_MAX:g} s") from None
+                raise TimeoutError(
+                    f"accepted {accepted} of {count} connections in {SETUP_SECONDS_MAX:g} s"
+                ) from None
             continue
         stack.callback(_reset, sock)
         accepted += 1
@@ -249,7 +253,11 @@ def _scenario(scenario: Scenario) -> Iterator[list[int]]:
         _wait(clients.connected, deadline, "connecting the clients")
         if not scenario.accept:
             # connect() returns before the kernel moves the connection to the accept queue.
-            _wait(lambda: _proc_net_tcp(ports[0]).queued == scenario.clients, deadline, "filling the accept queue")
+            _wait(
+                lambda: _proc_net_tcp(ports[0]).queued == scenario.clients,
+                deadline,
+                "filling the accept queue",
+            )
         yield ports
 
 
@@ -290,7 +298,9 @@ def _pyroute2_port(diag: DiagSocket, port: int) -> Counts:
     """
     active = queued = 0
     for family in _WILDCARDS:
-        for message in diag.get_sock_stats(family=family, states=_LISTEN_OR_ESTABLISHED, sport=port):
+        for message in diag.get_sock_stats(
+            family=family, states=_LISTEN_OR_ESTABLISHED, sport=port
+        ):
             if message["idiag_src"] not in _LOOPBACK_SOURCES:
                 continue
             if message["idiag_state"] == SS_LISTEN:
@@ -304,7 +314,9 @@ def _pyroute2_all(diag: DiagSocket, port: int) -> Counts:
     """Full dumps of LISTEN and ESTABLISHED sockets, each accepted connection attributed to the
     listener of its exact address, else to its family's wildcard listener on the port."""
     messages = [
-        message for family in _WILDCARDS for message in diag.get_sock_stats(family=family, states=_LISTEN_OR_ESTABLISHED)
+        message
+        for family in _WILDCARDS
+        for message in diag.get_sock_stats(family=family, states=_LISTEN_OR_ESTABLISHED)
     ]
     listeners: dict[tuple[str, int], list[int]] = {}
     for message in messages:
@@ -366,14 +378,18 @@ def _psutil(port: int) -> Counts:
 
 
 def _ss_lines(*arguments: str) -> list[str]:
-    return subprocess.run(["ss", "-Hn", *arguments], capture_output=True, text=True, check=True).stdout.splitlines()
+    return subprocess.run(
+        ["ss", "-Hn", *arguments], capture_output=True, text=True, check=True
+    ).stdout.splitlines()
 
 
 def _ss(port: int) -> Counts:
     """Two ss(8) runs: accepted connections (inode not 0) and the listener's Recv-Q (its accept queue)."""
     established = _ss_lines("-te", "state", "established", f"( sport = :{port} )")
     listening = _ss_lines("-lt", f"( sport = :{port} )")
-    active = sum(1 for line in established if (inode := _SS_INODE.search(line)) and inode.group(1) != "0")
+    active = sum(
+        1 for line in established if (inode := _SS_INODE.search(line)) and inode.group(1) != "0"
+    )
     queued = sum(int(line.split()[1]) for line in listening)
     return Counts(active, queued)
 
@@ -382,7 +398,9 @@ def _python_methods(ports: list[int], sock: InetDiagSocket, diag: DiagSocket) ->
     port = ports[0]
     methods = _raindrops_methods(ports, sock)
     methods["pyroute2 DiagSocket, dump of the port + count"] = lambda: _pyroute2_port(diag, port)
-    methods["pyroute2 DiagSocket, full dump + count per listener"] = lambda: _pyroute2_all(diag, port)
+    methods["pyroute2 DiagSocket, full dump + count per listener"] = lambda: _pyroute2_all(
+        diag, port
+    )
     methods["parse /proc/net/tcp + tcp6"] = lambda: _proc_net_tcp(port)
     methods[PSUTIL] = lambda: _psutil(port)
     methods["ss -tne established + ss -ltn (2 spawns)"] = lambda: _ss(port)
@@ -445,7 +463,10 @@ def _measure(ports: list[int], sock: InetDiagSocket, ruby: bool) -> Measured:
         diag.bind()
         methods = _python_methods(ports, sock, diag)
         counts = {label: method() for label, method in methods.items()}
-        micros = {label: ns_per_op("method()", {"method": method}, REPEATS) / 1000 for label, method in methods.items()}
+        micros = {
+            label: ns_per_op("method()", {"method": method}, REPEATS) / 1000
+            for label, method in methods.items()
+        }
     if ruby:
         ruby_micros, ruby_counts = _ruby(ports)
         micros.update(ruby_micros)
@@ -457,7 +478,9 @@ def _labels(results: dict[str, Measured]) -> list[str]:
     """Row labels in table order: this project, then Ruby's, then the rest as measured."""
     labels = list(next(iter(results.values())).micros)
     first = [RAINDROPS_ONE, RAINDROPS_FOUR, RAINDROPS_ALL, RUBY_ONE, RUBY_FOUR, RUBY_ALL]
-    return [label for label in first if label in labels] + [label for label in labels if label not in first]
+    return [label for label in first if label in labels] + [
+        label for label in labels if label not in first
+    ]
 
 
 def _micros(value: float) -> str:
@@ -465,8 +488,15 @@ def _micros(value: float) -> str:
 
 
 def _time_table(results: dict[str, Measured]) -> str:
-    rows = [("host TCP sockets (/proc/net/tcp + tcp6)", *(f"{m.host_sockets:,}" for m in results.values()))]
-    rows += [(label, *(_micros(m.micros[label]) for m in results.values())) for label in _labels(results)]
+    rows = [
+        (
+            "host TCP sockets (/proc/net/tcp + tcp6)",
+            *(f"{m.host_sockets:,}" for m in results.values()),
+        )
+    ]
+    rows += [
+        (label, *(_micros(m.micros[label]) for m in results.values())) for label in _labels(results)
+    ]
     return table(["µs per call", *results], rows)
 
 
@@ -477,14 +507,18 @@ def _disagreements(results: dict[str, Measured]) -> dict[str, list[str]]:
     for name, measured in results.items():
         for label, counts in measured.counts.items():
             if not counts.agrees(expected[name]):
-                found.setdefault(label, []).append(f"{counts} in scenario {name} (expected {expected[name]})")
+                found.setdefault(label, []).append(
+                    f"{counts} in scenario {name} (expected {expected[name]})"
+                )
     return found
 
 
 def _counts_table(results: dict[str, Measured]) -> str:
     expected = {scenario.name: scenario.expected for scenario in SCENARIOS}
     rows = [("expected", *(str(expected[name]) for name in results))]
-    rows += [(label, *(str(m.counts[label]) for m in results.values())) for label in _labels(results)]
+    rows += [
+        (label, *(str(m.counts[label]) for m in results.values())) for label in _labels(results)
+    ]
     return table(["active/queued", *results], rows)
 
 
@@ -497,7 +531,13 @@ def _targets_table(measured: Measured) -> str:
     checks = [
         ("raindrops 1 address / Ruby 1 address", RAINDROPS_ONE, RUBY_ONE, ONE_VS_RUBY_MAX, True),
         ("psutil / raindrops 1 address", PSUTIL, RAINDROPS_ONE, PSUTIL_VS_ONE_MIN, False),
-        ("raindrops all listeners / Ruby all listeners", RAINDROPS_ALL, RUBY_ALL, ALL_VS_RUBY_MAX, True),
+        (
+            "raindrops all listeners / Ruby all listeners",
+            RAINDROPS_ALL,
+            RUBY_ALL,
+            ALL_VS_RUBY_MAX,
+            True,
+        ),
     ]
     rows = []
     for name, numerator, denominator, goal, at_most in checks:
@@ -523,8 +563,12 @@ def main() -> int:
     _raise_file_limit()
     ruby = ruby_raindrops_installed()
     python = sys.version.split()[0]
-    print(f"raindrops listener stats benchmark: Python {python}, {psutil.cpu_count()} CPUs, listeners on {HOST}")
-    print(f"best of {REPEATS} timeit runs per method; Ruby raindrops timed inside Ruby the same way")
+    print(
+        f"raindrops listener stats benchmark: Python {python}, {psutil.cpu_count()} CPUs, listeners on {HOST}"
+    )
+    print(
+        f"best of {REPEATS} timeit runs per method; Ruby raindrops timed inside Ruby the same way"
+    )
     print(_ehash_note(), end="\n\n")
     if not ruby:
         print("Ruby raindrops: skipped (ruby-raindrops is not installed)\n")
@@ -536,9 +580,14 @@ def main() -> int:
                 set_up = time.monotonic() - started
                 results[scenario.name] = _measure(ports, sock, ruby)
             took = time.monotonic() - started
-            print(f"scenario {scenario.name}: set up in {set_up:.1f} s, measured in {took - set_up:.1f} s", flush=True)
+            print(
+                f"scenario {scenario.name}: set up in {set_up:.1f} s, measured in {took - set_up:.1f} s",
+                flush=True,
+            )
     print(f"\n1. time per call; scenarios: accepted connections on one listener on {HOST}, or a")
-    print(f"   listen({FULL_QUEUE_BACKLOG}) listener holding {FULL_QUEUE_BACKLOG + 1} connections nobody accepts")
+    print(
+        f"   listen({FULL_QUEUE_BACKLOG}) listener holding {FULL_QUEUE_BACKLOG + 1} connections nobody accepts"
+    )
     print(_time_table(results), end="\n\n")
     print("2. counts of the main listener (psutil cannot see accept queues: '-')")
     print(_counts_table(results))

@@ -15,17 +15,18 @@ import os
 import socket
 import tempfile
 import time
+from collections.abc import Callable, Iterable
 from contextlib import ExitStack
 from io import BytesIO
-from typing import Any, Callable, Iterable
+from typing import Any
 
 # prometheus_client picks its multiprocess value class at import time.
 _PROMETHEUS_DIR = tempfile.TemporaryDirectory(prefix="raindrops-bench-prometheus-")
 os.environ["PROMETHEUS_MULTIPROC_DIR"] = _PROMETHEUS_DIR.name
 
+from _bench import ns_per_op, table  # noqa: E402
 from prometheus_client import Counter, Gauge, Histogram  # noqa: E402
 
-from _bench import ns_per_op, table  # noqa: E402
 from raindrops import Middleware  # noqa: E402
 
 ADDED_US_MAX = 1.5
@@ -96,7 +97,13 @@ def request_costs() -> dict[str, float]:
         "raindrops.Middleware": Middleware(application, listeners=[]),
         "prometheus_client multiprocess": prometheus_instrumented(application),
     }
-    return {name: ns_per_op("one_request(app, environ)", {"one_request": one_request, "app": app, "environ": environ}) for name, app in apps.items()}
+    return {
+        name: ns_per_op(
+            "one_request(app, environ)",
+            {"one_request": one_request, "app": app, "environ": environ},
+        )
+        for name, app in apps.items()
+    }
 
 
 def render_costs(stack: ExitStack) -> tuple[dict[str, float], list[str]]:
@@ -111,7 +118,11 @@ def render_costs(stack: ExitStack) -> tuple[dict[str, float], list[str]]:
     costs = {}
     for form in ("text", "prometheus", "json"):
         environ = environ_for("/_raindrops", f"format={form}")
-        costs[form] = ns_per_op("one_request(app, environ)", {"one_request": one_request, "app": app, "environ": environ}, repeats=3)
+        costs[form] = ns_per_op(
+            "one_request(app, environ)",
+            {"one_request": one_request, "app": app, "environ": environ},
+            repeats=3,
+        )
     return costs, keys
 
 
@@ -124,11 +135,23 @@ def main() -> int:
     bare = costs["bare application"]
     added = {name: cost - bare for name, cost in costs.items()}
     print("1. per-request cost, in process (call, iterate, close; best of 5 timeit runs)")
-    print(table(["stack", "us/request", "added us"], [[name, f"{cost / 1000:.2f}", f"{added[name] / 1000:.2f}"] for name, cost in costs.items()]))
+    print(
+        table(
+            ["stack", "us/request", "added us"],
+            [
+                [name, f"{cost / 1000:.2f}", f"{added[name] / 1000:.2f}"]
+                for name, cost in costs.items()
+            ],
+        )
+    )
     with ExitStack() as stack:
         renders, keys = render_costs(stack)
     print(f"\n2. endpoint render with {len(keys)} live listeners (netlink query included)")
-    print(table(["format", "ms/render"], [[form, f"{cost / 1e6:.3f}"] for form, cost in renders.items()]))
+    print(
+        table(
+            ["format", "ms/render"], [[form, f"{cost / 1e6:.3f}"] for form, cost in renders.items()]
+        )
+    )
     ours = added["raindrops.Middleware"] / 1000
     ratio = added["raindrops.Middleware"] / added["prometheus_client multiprocess"]
     slowest_ms = max(renders.values()) / 1e6
@@ -137,9 +160,24 @@ def main() -> int:
         table(
             ["target", "measured", "goal", "result"],
             [
-                ["us added per request", f"{ours:.2f}", f"<= {ADDED_US_MAX}", verdict(ours <= ADDED_US_MAX)],
-                ["added / prometheus_client's added", f"{ratio:.2f}x", f"<= {PROMETHEUS_RATIO_MAX}x", verdict(ratio <= PROMETHEUS_RATIO_MAX)],
-                ["slowest endpoint render, ms", f"{slowest_ms:.3f}", f"<= {RENDER_MS_MAX}", verdict(slowest_ms <= RENDER_MS_MAX)],
+                [
+                    "us added per request",
+                    f"{ours:.2f}",
+                    f"<= {ADDED_US_MAX}",
+                    verdict(ours <= ADDED_US_MAX),
+                ],
+                [
+                    "added / prometheus_client's added",
+                    f"{ratio:.2f}x",
+                    f"<= {PROMETHEUS_RATIO_MAX}x",
+                    verdict(ratio <= PROMETHEUS_RATIO_MAX),
+                ],
+                [
+                    "slowest endpoint render, ms",
+                    f"{slowest_ms:.3f}",
+                    f"<= {RENDER_MS_MAX}",
+                    verdict(slowest_ms <= RENDER_MS_MAX),
+                ],
             ],
         )
     )

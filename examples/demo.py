@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Iterator
+from collections.abc import Iterator
 from urllib.parse import parse_qs
 
 from raindrops import LastDataRecv, Middleware, Raindrops, Watcher

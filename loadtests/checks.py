@@ -71,7 +71,9 @@ class Verdict:
         return all(check.ok for check in self.checks)
 
     def endpoint(self, name: str) -> Endpoint:
-        return next((row for row in self.endpoints if row.name == name), Endpoint(name, 0, 0, None, None))
+        return next(
+            (row for row in self.endpoints if row.name == name), Endpoint(name, 0, 0, None, None)
+        )
 
     @property
     def served(self) -> int:
@@ -91,7 +93,11 @@ def read_stats(path: Path) -> tuple[list[Endpoint], Endpoint | None]:
     with open(path, newline="") as stats:
         for row in csv.DictReader(stats):
             endpoint = Endpoint(
-                row["Name"], int(row["Request Count"]), int(row["Failure Count"]), _milliseconds(row["50%"]), _milliseconds(row["99%"])
+                row["Name"],
+                int(row["Request Count"]),
+                int(row["Failure Count"]),
+                _milliseconds(row["50%"]),
+                _milliseconds(row["99%"]),
             )
             if row["Name"] == "Aggregated":
                 total = endpoint
@@ -145,7 +151,10 @@ def _run(measured: Measured, problems: list[str]) -> Check:
         problems.append(f"locust exited with {measured.locust_returncode}")
     if "Not all users finished" in measured.locust_log:
         problems.append("locust abandoned requests in flight at the end (--stop-timeout too short)")
-    detail = "; ".join(problems) or f"gunicorn on {measured.address}, locust ran {measured.plan.duration:g} s"
+    detail = (
+        "; ".join(problems)
+        or f"gunicorn on {measured.address}, locust ran {measured.plan.duration:g} s"
+    )
     return Check("run completed", not problems, detail)
 
 
@@ -159,7 +168,11 @@ def _tally_agrees(verdict: Verdict) -> Check:
     ]
     if not outcomes:
         disagree.append("no tally from the locust users")
-    return Check("locust's CSV agrees with the users' tally", not disagree, "; ".join(disagree) or "every request name")
+    return Check(
+        "locust's CSV agrees with the users' tally",
+        not disagree,
+        "; ".join(disagree) or "every request name",
+    )
 
 
 def _exact(name: str, expected: int | None, observed: int | None, why: str) -> Check:
@@ -169,18 +182,38 @@ def _exact(name: str, expected: int | None, observed: int | None, why: str) -> C
 
 def _exactness(verdict: Verdict) -> list[Check]:
     measured, rest = verdict.measured, verdict.measured.rest
-    requests, errors, observed = (rest.requests, rest.errors, rest.observed) if rest else (None, None, None)
+    requests, errors, observed = (
+        (rest.requests, rest.errors, rest.observed) if rest else (None, None, None)
+    )
     count_ok = verdict.endpoint("/count").successes
     checks = [
-        _exact("/count counter", count_ok, measured.counter, "successful /count requests in locust"),
-        _exact("requests_total", verdict.served, requests, "successful requests in locust, /_raindrops excluded"),
-        _exact("request_errors_total", verdict.endpoint("/fail").successes, errors, "500s from /fail in locust"),
+        _exact(
+            "/count counter", count_ok, measured.counter, "successful /count requests in locust"
+        ),
+        _exact(
+            "requests_total",
+            verdict.served,
+            requests,
+            "successful requests in locust, /_raindrops excluded",
+        ),
+        _exact(
+            "request_errors_total",
+            verdict.endpoint("/fail").successes,
+            errors,
+            "500s from /fail in locust",
+        ),
         _exact("duration histogram count", requests, observed, "requests_total"),
     ]
     values = measured.tally.get("count_values", [])
-    permutation = len(set(values)) == len(values) == count_ok and (not values or (min(values) >= 1 and max(values) == measured.counter))
+    permutation = len(set(values)) == len(values) == count_ok and (
+        not values or (min(values) >= 1 and max(values) == measured.counter)
+    )
     checks.append(
-        Check("exact: /count answers are 1..N, each once", permutation, f"{len(values)} values, {len(set(values))} distinct, max {max(values, default=0)}")
+        Check(
+            "exact: /count answers are 1..N, each once",
+            permutation,
+            f"{len(values)} values, {len(set(values))} distinct, max {max(values, default=0)}",
+        )
     )
     return checks
 
@@ -197,7 +230,11 @@ def _monotonic(measured: Measured) -> Check:
         )
         if after < before
     ]
-    return Check("totals never decrease", not back, "; ".join(back[:5]) or f"over {len(measured.samples)} samples")
+    return Check(
+        "totals never decrease",
+        not back,
+        "; ".join(back[:5]) or f"over {len(measured.samples)} samples",
+    )
 
 
 def _samples(measured: Measured) -> Check:
@@ -212,7 +249,11 @@ def _samples(measured: Measured) -> Check:
     detail = f"{len(measured.samples)} samples, calling and writing within 0..{capacity}"
     if measured.lost and not unexplained:
         detail += f" ({len(measured.lost)} lost with the killed worker)"
-    return Check("samples parse, within bounds", bool(measured.samples) and not bad, "; ".join(bad[:5]) or detail)
+    return Check(
+        "samples parse, within bounds",
+        bool(measured.samples) and not bad,
+        "; ".join(bad[:5]) or detail,
+    )
 
 
 def _polls(verdict: Verdict) -> Check:
@@ -228,15 +269,29 @@ def _polls(verdict: Verdict) -> Check:
     ]
     formats = len(polls)
     ok = formats == 5 and all(row.successes > 0 for row in polls) and not wrong
-    detail = "; ".join(wrong) or f"{sum(row.successes for row in polls)} polls valid in {formats} formats"
+    detail = (
+        "; ".join(wrong)
+        or f"{sum(row.successes for row in polls)} polls valid in {formats} formats"
+    )
     return Check("locust's /_raindrops polls valid", ok, detail)
 
 
 def _promtool(measured: Measured) -> Check:
     """promtool's verdict on every saved exposition, or the strict parser's where promtool is missing."""
-    failed = [f"{Path(name).name}: {output[:200]}" for name, code, output in measured.promtool if code != 0]
+    failed = [
+        f"{Path(name).name}: {output[:200]}"
+        for name, code, output in measured.promtool
+        if code != 0
+    ]
     ok = len(measured.promtool) >= PROMTOOL_MINIMUM and not failed
-    fallback = next((output for _, code, output in measured.promtool if code == 0 and "strict parser" in output), "")
+    fallback = next(
+        (
+            output
+            for _, code, output in measured.promtool
+            if code == 0 and "strict parser" in output
+        ),
+        "",
+    )
     checker = "the strict parser (promtool is missing)" if fallback else "promtool check metrics"
     detail = "; ".join(failed) or f"{len(measured.promtool)} expositions pass {checker}"
     return Check("Prometheus exposition format", ok, detail)
@@ -247,15 +302,23 @@ def _rest(measured: Measured) -> Check:
     if rest is None:
         return Check("at rest: calling 0, writing 0", False, "no reading after the run")
     ok = (rest.calling, rest.writing) == (0, 0)
-    return Check("at rest: calling 0, writing 0", ok, f"calling {rest.calling}, writing {rest.writing}")
+    return Check(
+        "at rest: calling 0, writing 0", ok, f"calling {rest.calling}, writing {rest.writing}"
+    )
 
 
 def _backlog(measured: Measured) -> Check:
     if measured.overload is None:
-        return Check("backlog: queued > 0 under overload", False, "the overload phase never started")
+        return Check(
+            "backlog: queued > 0 under overload", False, "the overload phase never started"
+        )
     # A reading waits in the listen queue too, so some come only as the backlog drains after the phase.
     start, end = measured.overload
-    during = [sample for sample in measured.samples if start <= sample.t <= end + measured.plan.drain_seconds]
+    during = [
+        sample
+        for sample in measured.samples
+        if start <= sample.t <= end + measured.plan.drain_seconds
+    ]
     peak = max((sample.queued for sample in during), default=0)
     calling = max((sample.calling for sample in during), default=0)
     detail = f"peak queued {peak}, peak calling {calling}/{measured.plan.variant.capacity} over {len(during)} samples"
@@ -276,7 +339,14 @@ def _kill(measured: Measured) -> Check:
     workers = measured.plan.variant.workers
     before = [sample for sample in measured.samples if sample.t <= kill.t]
     after = [sample for sample in measured.samples if sample.t > kill.t]
-    replaced = next((sample.t for sample in after if kill.pid not in sample.pids and len(sample.pids) == workers), None)
+    replaced = next(
+        (
+            sample.t
+            for sample in after
+            if kill.pid not in sample.pids and len(sample.pids) == workers
+        ),
+        None,
+    )
     calling_before = before[-1].calling if before else None
     rest = measured.rest
     ok = replaced is not None and rest is not None and rest.calling == 0
@@ -290,6 +360,10 @@ def _kill(measured: Measured) -> Check:
 
 def _failure_kinds(verdict: Verdict) -> Check:
     """Only transport failures are possible without a bug: a killed worker's requests, nothing else."""
-    wrong = {kind: count for kind, count in verdict.failures.items() if kind != "transport" and count}
-    detail = f"{verdict.failures['transport']} transport failures" + (f"; unexpected {wrong}" if wrong else "")
+    wrong = {
+        kind: count for kind, count in verdict.failures.items() if kind != "transport" and count
+    }
+    detail = f"{verdict.failures['transport']} transport failures" + (
+        f"; unexpected {wrong}" if wrong else ""
+    )
     return Check("failures are transport errors only", not wrong, detail)

@@ -16,7 +16,9 @@ from testsupport.programs import ROOT
 RESULTS = ROOT / "loadtests" / "results"
 DEFAULT_DURATION = 60.0
 SHORT_DURATION = 12.0
-STOP_TIMEOUT = 30  # locust lets users finish the request in flight when the time is up: none is abandoned
+STOP_TIMEOUT = (
+    30  # locust lets users finish the request in flight when the time is up: none is abandoned
+)
 
 
 @dataclass(frozen=True)
@@ -46,7 +48,9 @@ class Variant:
 
 VARIANTS = {
     # Sync workers, app imported in each worker: they meet in a named segment.
-    "sync": Variant("sync", workers=4, threads=1, max_requests=80, max_requests_jitter=40, extra_args=()),
+    "sync": Variant(
+        "sync", workers=4, threads=1, max_requests=80, max_requests_jitter=40, extra_args=()
+    ),
     # gthread workers with --preload: the segment is made in the master and inherited.
     # --worker-connections caps what a worker accepts, so overload shows in the listen queue
     # (gthread would otherwise accept every connection into its thread pool's queue).
@@ -56,7 +60,15 @@ VARIANTS = {
         threads=4,
         max_requests=100,
         max_requests_jitter=50,
-        extra_args=("--worker-class", "gthread", "--threads", "4", "--worker-connections", "8", "--preload"),
+        extra_args=(
+            "--worker-class",
+            "gthread",
+            "--threads",
+            "4",
+            "--worker-connections",
+            "8",
+            "--preload",
+        ),
     ),
 }
 
@@ -67,7 +79,9 @@ class Plan:
 
     variant: Variant
     duration: float
-    users: int  # users of the steady mix (fast, slow, streaming, failing); the fixed users come on top
+    users: (
+        int  # users of the steady mix (fast, slow, streaming, failing); the fixed users come on top
+    )
     spawn_rate: float
     slow_seconds: float = 0.25
     overload_slow_seconds: float = 1.0

@@ -25,8 +25,9 @@ import re
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import gevent  # type: ignore[import-untyped]
 from locust import HttpUser, between, constant, events, task
@@ -88,7 +89,9 @@ def _started(**_: Any) -> None:
     """Marks time zero; tells the runner exactly when the overload phase runs (wall clock)."""
     TALLY.started = time.time()
     start = TALLY.started + OVERLOAD_START
-    _write_json("LOADTEST_WINDOW", {"started": TALLY.started, "overload": [start, start + OVERLOAD_SECONDS]})
+    _write_json(
+        "LOADTEST_WINDOW", {"started": TALLY.started, "overload": [start, start + OVERLOAD_SECONDS]}
+    )
 
 
 def _quitting(environment: Environment, **_: Any) -> None:
@@ -107,7 +110,14 @@ events.test_start.add_listener(_started)  # type: ignore[no-untyped-call]
 events.quitting.add_listener(_quitting)  # type: ignore[no-untyped-call]
 
 
-def get(user: HttpUser, path: str, name: str, expect: int = 200, check: Check | None = None, **kwargs: Any) -> str | None:
+def get(
+    user: HttpUser,
+    path: str,
+    name: str,
+    expect: int = 200,
+    check: Check | None = None,
+    **kwargs: Any,
+) -> str | None:
     """GET `path`, judged: the body text on success, None (and a failure of a known kind) otherwise."""
     with user.client.get(path, name=name, catch_response=True, **kwargs) as response:
         if response.status_code == 0:
@@ -169,7 +179,12 @@ class StreamUser(HttpUser):
 
     @task
     def stream(self) -> None:
-        get(self, f"/stream?chunks={STREAM_CHUNKS}&delay={STREAM_DELAY}", "/stream", check=_exactly(STREAM_BODY))
+        get(
+            self,
+            f"/stream?chunks={STREAM_CHUNKS}&delay={STREAM_DELAY}",
+            "/stream",
+            check=_exactly(STREAM_BODY),
+        )
 
 
 class FailUser(HttpUser):
@@ -216,17 +231,34 @@ class StatsUser(HttpUser):
 
     @task
     def prometheus(self) -> None:
-        get(self, f"{STATS}?format=prometheus", f"{STATS} prometheus", check=_check_stats(_prometheus(False)))
+        get(
+            self,
+            f"{STATS}?format=prometheus",
+            f"{STATS} prometheus",
+            check=_check_stats(_prometheus(False)),
+        )
 
     @task
     def prometheus_accept(self) -> None:
         headers = {"Accept": "text/plain;version=0.0.4"}
-        get(self, STATS, f"{STATS} prometheus (Accept)", check=_check_stats(_prometheus(False)), headers=headers)
+        get(
+            self,
+            STATS,
+            f"{STATS} prometheus (Accept)",
+            check=_check_stats(_prometheus(False)),
+            headers=headers,
+        )
 
     @task
     def openmetrics(self) -> None:
         headers = {"Accept": "application/openmetrics-text; version=1.0.0"}
-        get(self, STATS, f"{STATS} openmetrics", check=_check_stats(_prometheus(True)), headers=headers)
+        get(
+            self,
+            STATS,
+            f"{STATS} openmetrics",
+            check=_check_stats(_prometheus(True)),
+            headers=headers,
+        )
 
 
 class OverloadUser(HttpUser):

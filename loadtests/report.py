@@ -64,10 +64,17 @@ def variant_section(verdict: Verdict) -> str:
     measured = verdict.measured
     plan, variant = measured.plan, measured.plan.variant
     endpoints = [
-        [row.name, str(row.requests), str(row.failures), _ms(row.p50), _ms(row.p99)] for row in verdict.endpoints
+        [row.name, str(row.requests), str(row.failures), _ms(row.p50), _ms(row.p99)]
+        for row in verdict.endpoints
     ]
-    checks = [["ok" if check.ok else "**FAIL**", check.name, check.detail] for check in verdict.checks]
-    overload = "never" if measured.overload is None else f"{measured.overload[0]:.1f}-{measured.overload[1]:.1f} s"
+    checks = [
+        ["ok" if check.ok else "**FAIL**", check.name, check.detail] for check in verdict.checks
+    ]
+    overload = (
+        "never"
+        if measured.overload is None
+        else f"{measured.overload[0]:.1f}-{measured.overload[1]:.1f} s"
+    )
     return (
         f"## {variant.name}\n\n"
         f"gunicorn {' '.join(variant.gunicorn_args())}; locust {plan.total_users} users "
@@ -84,9 +91,33 @@ def write_samples(verdict: Verdict) -> None:
     measured = verdict.measured
     with open(measured.path("-samples.csv"), "w", newline="") as out:
         writer = csv.writer(out)
-        writer.writerow(("t", "calling", "writing", "workers", "requests_total", "request_errors_total", "active", "queued", "pids"))
+        writer.writerow(
+            (
+                "t",
+                "calling",
+                "writing",
+                "workers",
+                "requests_total",
+                "request_errors_total",
+                "active",
+                "queued",
+                "pids",
+            )
+        )
         for s in measured.samples:
-            writer.writerow((f"{s.t:.3f}", s.calling, s.writing, s.workers, s.requests, s.errors, s.active, s.queued, " ".join(map(str, s.pids))))
+            writer.writerow(
+                (
+                    f"{s.t:.3f}",
+                    s.calling,
+                    s.writing,
+                    s.workers,
+                    s.requests,
+                    s.errors,
+                    s.active,
+                    s.queued,
+                    " ".join(map(str, s.pids)),
+                )
+            )
 
 
 def plot(verdict: Verdict) -> Path:
@@ -108,14 +139,28 @@ def plot(verdict: Verdict) -> Path:
             ("active", [s.active for s in samples], "--", "C2"),
             ("queued", [s.queued for s in samples], "--", "C3"),
         ):
-            axes.step(times, values, style, where="post", color=color, label=f"{name} (/_raindrops)", linewidth=1.4)
+            axes.step(
+                times,
+                values,
+                style,
+                where="post",
+                color=color,
+                label=f"{name} (/_raindrops)",
+                linewidth=1.4,
+            )
         kernel = measured.kernel
         for column, name, color in ((1, "active", "C2"), (2, "queued", "C3")):
             axes.plot(
                 [reading[0] for reading in kernel], [reading[column] for reading in kernel],
                 ":", color=color, linewidth=0.9, alpha=0.7, label=f"{name} (netlink, every 0.1 s)",
             )  # fmt: skip
-        axes.axhline(measured.plan.variant.capacity, color="grey", linewidth=0.8, linestyle=":", label="capacity")
+        axes.axhline(
+            measured.plan.variant.capacity,
+            color="grey",
+            linewidth=0.8,
+            linestyle=":",
+            label="capacity",
+        )
         if measured.overload is not None:
             axes.axvspan(*measured.overload, color="orange", alpha=0.15, label="overload phase")
         for kill in measured.kills:
@@ -123,7 +168,9 @@ def plot(verdict: Verdict) -> Path:
         axes.yaxis.set_major_locator(MaxNLocator(integer=True))
         axes.set_xlabel("seconds")
         axes.set_ylabel("requests / connections")
-        axes.set_title(f"raindrops under locust: gunicorn {measured.plan.variant.name} ({'PASS' if verdict.ok else 'FAIL'})")
+        axes.set_title(
+            f"raindrops under locust: gunicorn {measured.plan.variant.name} ({'PASS' if verdict.ok else 'FAIL'})"
+        )
         axes.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small")
         axes.grid(alpha=0.3)
         path = measured.path("-timeline.png")

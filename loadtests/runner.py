@@ -45,7 +45,9 @@ class Measured:
     locust_returncode: int | None = None
     locust_log: str = ""
     samples: list[Sample] = field(default_factory=list)
-    kernel: list[tuple[float, int, int]] = field(default_factory=list)  # (t, active, queued) read directly
+    kernel: list[tuple[float, int, int]] = field(
+        default_factory=list
+    )  # (t, active, queued) read directly
     problems: list[str] = field(default_factory=list)
     lost: list[Lost] = field(default_factory=list)
     overload: tuple[float, float] | None = None  # seconds since time zero
@@ -102,14 +104,19 @@ def run_variant(plan: Plan, results: Path) -> Measured:
 def _load(plan: Plan, server: Server, measured: Measured) -> None:
     origin, origin_wall = time.monotonic(), time.time()
     window_file = measured.path("-window.json")
-    environment = {**os.environ, **plan.locust_environment(measured.path("-tally.json"), window_file)}
+    environment = {
+        **os.environ,
+        **plan.locust_environment(measured.path("-tally.json"), window_file),
+    }
     sampler = Sampler(server, origin, measured.path("-metrics-"))
     listener = ListenerSampler(server.address, origin)
     log = measured.path("-locust.log")
     sampler.start()
     listener.start()
     try:
-        locust = processes.spawn(locust_command(plan, server, measured), log=log, cwd=ROOT, env=environment)
+        locust = processes.spawn(
+            locust_command(plan, server, measured), log=log, cwd=ROOT, env=environment
+        )
         try:
             measured.overload = _overload_window(window_file, locust, origin_wall)
             if measured.overload is not None:
@@ -121,12 +128,20 @@ def _load(plan: Plan, server: Server, measured: Measured) -> None:
         sampler.stop()
         listener.stop()
         measured.kernel = listener.readings
-        measured.samples, measured.problems, measured.lost = sampler.samples, sampler.problems, sampler.lost
+        measured.samples, measured.problems, measured.lost = (
+            sampler.samples,
+            sampler.problems,
+            sampler.lost,
+        )
         measured.locust_log = log.read_text(errors="replace") if log.exists() else ""
-        measured.promtool = [(str(path), -1, "not checked yet") for path in sampler.prometheus_files]
+        measured.promtool = [
+            (str(path), -1, "not checked yet") for path in sampler.prometheus_files
+        ]
 
 
-def _overload_window(window_file: Path, locust: subprocess.Popen[bytes], origin_wall: float) -> tuple[float, float] | None:
+def _overload_window(
+    window_file: Path, locust: subprocess.Popen[bytes], origin_wall: float
+) -> tuple[float, float] | None:
     """Waits for the locustfile to say when its overload phase runs; in seconds since time zero."""
     deadline = time.monotonic() + WINDOW_TIMEOUT
     while time.monotonic() < deadline and locust.poll() is None:
@@ -138,7 +153,11 @@ def _overload_window(window_file: Path, locust: subprocess.Popen[bytes], origin_
 
 
 def _kill_during(
-    window: tuple[float, float], server: Server, sampler: Sampler, locust: subprocess.Popen[bytes], measured: Measured
+    window: tuple[float, float],
+    server: Server,
+    sampler: Sampler,
+    locust: subprocess.Popen[bytes],
+    measured: Measured,
 ) -> None:
     """Once the overload has built up, SIGKILLs one worker caught asleep inside a request."""
     start, end = window
@@ -195,7 +214,11 @@ def _check_exposition(path: Path) -> tuple[str, int, str]:
         return str(path), 127, str(required)
     with open(path, "rb") as exposition:
         result = processes.run([promtool, "check", "metrics"], stdin=exposition, timeout=60)
-    return str(path), result.returncode, (result.stdout + result.stderr).decode(errors="replace").strip()
+    return (
+        str(path),
+        result.returncode,
+        (result.stdout + result.stderr).decode(errors="replace").strip(),
+    )
 
 
 def _recycled(log: Path) -> int:

@@ -119,7 +119,16 @@ class Sampler(_Reader):
         assert stats.requests is not None and stats.errors is not None and stats.workers is not None
         assert stats.observed is not None
         sample = Sample(
-            self.now(), stats.calling, stats.writing, stats.workers, stats.requests, stats.errors, stats.observed, active, queued, pids
+            self.now(),
+            stats.calling,
+            stats.writing,
+            stats.workers,
+            stats.requests,
+            stats.errors,
+            stats.observed,
+            active,
+            queued,
+            pids,
         )
         self.samples.append(sample)
         return sample

@@ -11,8 +11,9 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 LIBRARY_PATH = Path(__file__).with_name("libraindrops.so")
 
@@ -59,7 +60,9 @@ def _load() -> tuple[ctypes.CDLL, ctypes.PyDLL]:
 _lib, _fast = _load()
 
 
-def _declare(handle: ctypes.CDLL, name: str, restype: object, argtypes: list[object] | None) -> Callable[..., Any]:
+def _declare(
+    handle: ctypes.CDLL, name: str, restype: object, argtypes: list[object] | None
+) -> Callable[..., Any]:
     function = getattr(handle, "raindrops_" + name)
     function.restype = restype
     if argtypes is not None:
@@ -74,15 +77,22 @@ _counters_max = _declare(_lib, "counters_max", _c.c_uint64, [])
 _segment_bytes = _declare(_lib, "segment_bytes", _c.c_uint64, [])
 _anonymous_create = _declare(_lib, "anonymous_create", _c.c_int32, [_c.c_uint64, _SegmentPointer])
 _named_open = _declare(
-    _lib, "named_open", _c.c_int32, [_c.c_char_p, _c.c_uint64, _c.c_uint32, _c.c_uint32, _SegmentPointer]
+    _lib,
+    "named_open",
+    _c.c_int32,
+    [_c.c_char_p, _c.c_uint64, _c.c_uint32, _c.c_uint32, _SegmentPointer],
 )
 _named_unlink = _declare(_lib, "named_unlink", _c.c_int32, [_c.c_char_p])
 _reserve = _declare(_lib, "reserve", _c.c_int32, [_SegmentPointer, _c.c_uint64])
 _refresh = _declare(_lib, "refresh", _c.c_int32, [_SegmentPointer])
 _size = _declare(_fast, "size", _c.c_uint64, [_SegmentPointer])
 _set_size = _declare(_lib, "set_size", _c.c_int32, [_SegmentPointer, _c.c_uint64])
-_snapshot = _declare(_lib, "snapshot", _c.c_int32, [_SegmentPointer, _c.POINTER(_c.c_uint64), _c.c_uint64])
-_restore = _declare(_lib, "restore", _c.c_int32, [_SegmentPointer, _c.POINTER(_c.c_uint64), _c.c_uint64])
+_snapshot = _declare(
+    _lib, "snapshot", _c.c_int32, [_SegmentPointer, _c.POINTER(_c.c_uint64), _c.c_uint64]
+)
+_restore = _declare(
+    _lib, "restore", _c.c_int32, [_SegmentPointer, _c.POINTER(_c.c_uint64), _c.c_uint64]
+)
 _unmap = _declare(_lib, "unmap", _c.c_int32, [_c.c_void_p, _c.c_uint64])
 _close = _declare(_lib, "close", _c.c_int32, [_SegmentPointer])
 
@@ -111,12 +121,16 @@ noop_held = _declare(_fast, "noop", None, [])
 noop_pointer = _declare(_fast, "noop_pointer", _c.c_uint64, None)
 
 if _segment_bytes() != ctypes.sizeof(Segment):
-    raise ImportError(f"raindrops: {LIBRARY_PATH} does not match this package (Segment layout differs)")
+    raise ImportError(
+        f"raindrops: {LIBRARY_PATH} does not match this package (Segment layout differs)"
+    )
 
 try:
     _status_code = _declare(_lib, "status_code", _c.c_int32, [_c.c_uint32])
 except AttributeError as _error:  # a library older than this package
-    raise ImportError(f"raindrops: {LIBRARY_PATH} does not match this package ({_error})") from _error
+    raise ImportError(
+        f"raindrops: {LIBRARY_PATH} does not match this package ({_error})"
+    ) from _error
 # One past its table the library answers 0, so a longer table is caught too.
 _library_codes = tuple(_status_code(index) for index in range(len(_VALIDATION_CODES) + 1))
 if _library_codes != (*_VALIDATION_CODES, 0):
@@ -151,7 +165,9 @@ def _encode_name(name: str) -> bytes:
 
 def anonymous_create(size: int) -> Segment:
     segment = Segment()
-    _raise_for(_anonymous_create(size, ctypes.byref(segment)), f"anonymous segment of {size} counters")
+    _raise_for(
+        _anonymous_create(size, ctypes.byref(segment)), f"anonymous segment of {size} counters"
+    )
     return segment
 
 
@@ -272,12 +288,17 @@ _tcp_result_bytes = _declare(_lib, "tcp_result_bytes", _c.c_uint32, [])
 _unix_entry_bytes = _declare(_lib, "unix_entry_bytes", _c.c_uint32, [])
 _diag_queries_max = _declare(_lib, "diag_queries_max", _c.c_uint32, [])
 _tcp_stats = _declare(
-    _lib, "tcp_stats", _c.c_int32, [_c.c_int32, _c.POINTER(TcpQuery), _c.POINTER(TcpResult), _c.c_uint32]
+    _lib,
+    "tcp_stats",
+    _c.c_int32,
+    [_c.c_int32, _c.POINTER(TcpQuery), _c.POINTER(TcpResult), _c.c_uint32],
 )
 _tcp_all_listeners = _declare(
     _lib, "tcp_all_listeners", _c.c_int32, [_c.c_int32, _c.POINTER(TcpResult), _c.c_uint32, _u64p]
 )
-_unix_stats = _declare(_lib, "unix_stats", _c.c_int32, [_c.c_int32, _c.POINTER(UnixEntry), _c.c_uint32])
+_unix_stats = _declare(
+    _lib, "unix_stats", _c.c_int32, [_c.c_int32, _c.POINTER(UnixEntry), _c.c_uint32]
+)
 _unix_all_listeners = _declare(
     _lib, "unix_all_listeners", _c.c_int32, [_c.c_int32, _c.POINTER(UnixEntry), _c.c_uint32, _u64p]
 )
@@ -289,7 +310,9 @@ if (_tcp_query_bytes(), _tcp_result_bytes(), _unix_entry_bytes()) != (
     ctypes.sizeof(TcpResult),
     ctypes.sizeof(UnixEntry),
 ):
-    raise ImportError(f"raindrops: {LIBRARY_PATH} does not match this package (sock_diag layouts differ)")
+    raise ImportError(
+        f"raindrops: {LIBRARY_PATH} does not match this package (sock_diag layouts differ)"
+    )
 
 DIAG_QUERIES_MAX: int = _diag_queries_max()
 TCP_INFO_BYTES: int = _tcp_info_bytes()
@@ -332,7 +355,9 @@ def tcp_stats(fd: int, queries: list[TcpQuery]) -> list[TcpResult]:
     return results
 
 
-def _all_listeners(function: Callable[..., int], entry_type: type, fd: int, subject: str) -> list[object]:
+def _all_listeners(
+    function: Callable[..., int], entry_type: type, fd: int, subject: str
+) -> list[object]:
     """Calls an all-listeners export, growing the array while it answers ENOBUFS."""
     capacity = _ALL_LISTENERS_CAPACITY
     count = ctypes.c_uint64(0)
@@ -375,7 +400,10 @@ def tcp_info(fd: int) -> bytes:
     if status != 0:
         code = -status
         if code in (errno.EOPNOTSUPP, errno.ENOPROTOOPT, errno.ENOTSOCK):
-            raise OSError(code, f"fd {fd} is not a TCP socket: getsockopt(TCP_INFO) failed: {os.strerror(code)}")
+            raise OSError(
+                code,
+                f"fd {fd} is not a TCP socket: getsockopt(TCP_INFO) failed: {os.strerror(code)}",
+            )
         _raise_errno(status, f"getsockopt(TCP_INFO) on fd {fd}")
     return buffer.raw[: length.value]
 
@@ -389,7 +417,11 @@ def tcp_info(fd: int) -> bytes:
 class Histogram(ctypes.Structure):
     """Where a shared histogram's counters are; mirrors zig/histogram.zig."""
 
-    _fields_ = [("first", ctypes.c_void_p), ("stride", ctypes.c_uint64), ("buckets", ctypes.c_uint64)]
+    _fields_ = [
+        ("first", ctypes.c_void_p),
+        ("stride", ctypes.c_uint64),
+        ("buckets", ctypes.c_uint64),
+    ]
 
 
 class Board(ctypes.Structure):
@@ -408,7 +440,9 @@ class Board(ctypes.Structure):
 _board_bytes = _declare(_lib, "board_bytes", _c.c_uint32, [])
 _histogram_bytes = _declare(_lib, "histogram_bytes", _c.c_uint32, [])
 if _board_bytes() != ctypes.sizeof(Board) or _histogram_bytes() != ctypes.sizeof(Histogram):
-    raise ImportError(f"raindrops: {LIBRARY_PATH} does not match this package (Board layout differs)")
+    raise ImportError(
+        f"raindrops: {LIBRARY_PATH} does not match this package (Board layout differs)"
+    )
 
 compare_swap = _declare(_fast, "compare_swap", _c.c_uint64, [_c.c_void_p, _c.c_uint64, _c.c_uint64])
 _histogram_observe = _declare(_fast, "histogram_observe", _c.c_int32, [_c.c_void_p, _c.c_uint64])

@@ -14,8 +14,9 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timezone
-from typing import Callable, Mapping, NoReturn, Sequence, TextIO
+from typing import NoReturn, TextIO
 
 import raindrops
 from raindrops import exposition, linux
@@ -77,11 +78,22 @@ def build_parser() -> argparse.ArgumentParser:
         description="Print active (accepted) and queued (in the accept queue) connections per listener. "
         "ADDR is HOST:PORT ([V6]:PORT for IPv6) or a unix socket path (starting with / or @).",
     )
-    listeners.add_argument("addresses", nargs="*", metavar="ADDR", help="listeners to show (default: all)")
-    listeners.add_argument("--interval", "-d", type=_positive_float, metavar="S", help="repeat every S seconds")
-    listeners.add_argument("--count", "-n", type=_count(1), metavar="N", help="stop after N reports")
     listeners.add_argument(
-        "--queued-min", "-t", type=_count(0), default=0, metavar="N", help="show only rows with queued >= N"
+        "addresses", nargs="*", metavar="ADDR", help="listeners to show (default: all)"
+    )
+    listeners.add_argument(
+        "--interval", "-d", type=_positive_float, metavar="S", help="repeat every S seconds"
+    )
+    listeners.add_argument(
+        "--count", "-n", type=_count(1), metavar="N", help="stop after N reports"
+    )
+    listeners.add_argument(
+        "--queued-min",
+        "-t",
+        type=_count(0),
+        default=0,
+        metavar="N",
+        help="show only rows with queued >= N",
     )
     listeners.add_argument("--format", choices=("text", "json", "prometheus"), default="text")
     _add_watch(commands)
@@ -94,10 +106,15 @@ def _timestamp() -> str:
 
 def render(stats: Mapping[str, linux.ListenStats], form: str, stamp: str, width: int) -> str:
     if form == "json":
-        return json.dumps({"timestamp": stamp, "listeners": exposition.listeners_json(stats)}) + "\n"
+        return (
+            json.dumps({"timestamp": stamp, "listeners": exposition.listeners_json(stats)}) + "\n"
+        )
     if form == "prometheus":
         return exposition.listeners_prometheus(stats)
-    return "".join(exposition.tail_line(stamp, address, stat.active, stat.queued, width) for address, stat in stats.items())
+    return "".join(
+        exposition.tail_line(stamp, address, stat.active, stat.queued, width)
+        for address, stat in stats.items()
+    )
 
 
 def run_listeners(options: argparse.Namespace, out: TextIO, err: TextIO) -> int:
@@ -144,7 +161,9 @@ def _add_watch(commands: argparse._SubParsersAction[_Parser]) -> None:
         "listener, and raindrops' per-listener endpoints. Watches every TCP and unix listener of the host, or "
         "the ADDRs given (HOST:PORT, [V6]:PORT, or a unix socket path starting with / or @).",
     )
-    watch.add_argument("addresses", nargs="*", metavar="ADDR", help="listeners to watch (default: all)")
+    watch.add_argument(
+        "addresses", nargs="*", metavar="ADDR", help="listeners to watch (default: all)"
+    )
     watch.add_argument(
         "--bind",
         "-b",
@@ -153,9 +172,20 @@ def _add_watch(commands: argparse._SubParsersAction[_Parser]) -> None:
         metavar="HOST:PORT",
         help=f"where to serve the dashboard (default: {WATCH_BIND})",
     )
-    watch.add_argument("--delay", "-d", type=_positive_float, default=1.0, metavar="S", help="seconds between samples")
     watch.add_argument(
-        "--history", type=_count(2), default=300, metavar="N", help="samples the dashboard charts (default: 300)"
+        "--delay",
+        "-d",
+        type=_positive_float,
+        default=1.0,
+        metavar="S",
+        help="seconds between samples",
+    )
+    watch.add_argument(
+        "--history",
+        type=_count(2),
+        default=300,
+        metavar="N",
+        help="samples the dashboard charts (default: 300)",
     )
 
 

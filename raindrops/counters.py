@@ -14,7 +14,8 @@ import mmap
 import operator
 import threading
 import weakref
-from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from raindrops import _native
 
@@ -105,7 +106,9 @@ def _release(segment: _native.Segment, views: list[tuple[int, int]]) -> None:
 _Step = Callable[..., int]
 
 
-def _index_updater(step_one: _Step, step_small: _Step, step: _Step, doc: str) -> Callable[[Raindrops, int, int], int]:
+def _index_updater(
+    step_one: _Step, step_small: _Step, step: _Step, doc: str
+) -> Callable[[Raindrops, int, int], int]:
     """Builds incr/decr: one list lookup and one native call, with no int conversion for the default n."""
 
     def update(self: Raindrops, index: int, n: int = 1) -> int:
@@ -133,14 +136,25 @@ class Raindrops:
     a larger size grows the segment.
     """
 
-    __slots__ = ("_segment", "_pointers", "_size", "_name", "_lock", "_finalizer", "_views", "__weakref__")
+    __slots__ = (
+        "_segment",
+        "_pointers",
+        "_size",
+        "_name",
+        "_lock",
+        "_finalizer",
+        "_views",
+        "__weakref__",
+    )
 
     def __init__(self, size: int, *, name: str | None = None, mode: int = 0o600) -> None:
         size = _checked_size(size)
         if name is None:
             segment = _native.anonymous_create(size)
         else:
-            segment = _native.named_open(_checked_name(name), size, _checked_mode(mode), create=True)
+            segment = _native.named_open(
+                _checked_name(name), size, _checked_mode(mode), create=True
+            )
         self._adopt(segment, name)
         if self._size < size:
             self.size = size
@@ -217,10 +231,16 @@ class Raindrops:
 
     else:
         incr = _index_updater(
-            _incr_one, _native.incr_small, _incr, "Atomically adds `n` (default 1) to counter `index`; returns the new value."
+            _incr_one,
+            _native.incr_small,
+            _incr,
+            "Atomically adds `n` (default 1) to counter `index`; returns the new value.",
         )
         decr = _index_updater(
-            _decr_one, _native.decr_small, _decr, "Atomically subtracts `n` (default 1) from counter `index`; returns the new value."
+            _decr_one,
+            _native.decr_small,
+            _decr,
+            "Atomically subtracts `n` (default 1) from counter `index`; returns the new value.",
         )
 
     def __getitem__(self, index: int) -> int:
@@ -335,7 +355,9 @@ class StructBase:
     def __init__(self, *values: int, name: str | None = None, mode: int = 0o600) -> None:
         members = type(self).MEMBERS
         if len(values) > len(members):
-            raise TypeError(f"{type(self).__name__} takes at most {len(members)} values, got {len(values)}")
+            raise TypeError(
+                f"{type(self).__name__} takes at most {len(members)} values, got {len(values)}"
+            )
         self._raindrops = Raindrops(len(members), name=name, mode=mode)
         self._pointers = [self._raindrops._pointer(index) for index in range(len(members))]
         for index, value in enumerate(values):
@@ -372,14 +394,18 @@ class StructBase:
 
     def __copy__(self) -> StructBase:
         duplicate = type(self)()
-        _native.restore(duplicate._raindrops._live(), self._raindrops.to_list()[: len(type(self).MEMBERS)])
+        _native.restore(
+            duplicate._raindrops._live(), self._raindrops.to_list()[: len(type(self).MEMBERS)]
+        )
         return duplicate
 
     def __deepcopy__(self, memo: dict[int, Any]) -> StructBase:
         return self.__copy__()
 
     def __reduce__(self) -> Any:
-        raise TypeError(f"a {type(self).__name__} cannot be pickled: share it through fork or by name")
+        raise TypeError(
+            f"a {type(self).__name__} cannot be pickled: share it through fork or by name"
+        )
 
     def __repr__(self) -> str:
         if self._raindrops.closed:
@@ -391,7 +417,9 @@ class StructBase:
 _RESERVED = frozenset(dir(StructBase)) | {"MEMBERS"}
 
 
-def _member_updater(index: int, step_one: _Step, step: _Step, slow: str) -> Callable[[StructBase, int], int]:
+def _member_updater(
+    index: int, step_one: _Step, step: _Step, slow: str
+) -> Callable[[StructBase, int], int]:
     def update(self: StructBase, n: int = 1) -> int:
         try:
             if n is _ONE:
@@ -449,7 +477,9 @@ def Struct(class_name: str, members: str | Iterable[str]) -> type[StructBase]:
         for verb, step_one, step in (("incr", _incr_one, _incr), ("decr", _decr_one, _decr)):
             method = _member_updater(index, step_one, step, verb)
             method.__name__ = f"{verb}_{member}"
-            method.__doc__ = f"Atomically {verb}ements {member} by n (default 1); returns the new value."
+            method.__doc__ = (
+                f"Atomically {verb}ements {member} by n (default 1); returns the new value."
+            )
             namespace[method.__name__] = method
         namespace[member] = _member_property(index, member)
     return type(class_name, (StructBase,), namespace)

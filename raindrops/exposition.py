@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Callable, Mapping, NamedTuple, Protocol
+from collections.abc import Callable, Mapping
+from typing import NamedTuple, Protocol
 
 from raindrops.histogram import HistogramSnapshot
 from raindrops.linux import ListenStats
@@ -45,7 +46,9 @@ def render(form: str, report: Report) -> tuple[str, bytes]:
     if form == "json":
         body = json.dumps(report.json()) + "\n"
     elif form in ("prometheus", "openmetrics"):
-        body = report.prometheus(form == "openmetrics") + ("# EOF\n" if form == "openmetrics" else "")
+        body = report.prometheus(form == "openmetrics") + (
+            "# EOF\n" if form == "openmetrics" else ""
+        )
     elif form == "text":
         body = report.text()
     else:
@@ -59,8 +62,12 @@ class Metric(NamedTuple):
     help: str
 
 
-LISTENER_ACTIVE = Metric("raindrops_listener_active", "gauge", "Accepted connections open on a listener.")
-LISTENER_QUEUED = Metric("raindrops_listener_queued", "gauge", "Connections waiting in a listener's accept queue.")
+LISTENER_ACTIVE = Metric(
+    "raindrops_listener_active", "gauge", "Accepted connections open on a listener."
+)
+LISTENER_QUEUED = Metric(
+    "raindrops_listener_queued", "gauge", "Connections waiting in a listener's accept queue."
+)
 
 
 def escape_label_value(value: str) -> str:
@@ -75,23 +82,33 @@ def _header(family: str, metric: Metric) -> str:
 def prometheus_family(metric: Metric, samples: Mapping[str, int], label: str) -> str:
     """One metric family: HELP and TYPE lines, then one sample per label value."""
     lines = [_header(metric.name, metric).rstrip("\n")]
-    lines.extend(f'{metric.name}{{{label}="{escape_label_value(key)}"}} {value}' for key, value in samples.items())
+    lines.extend(
+        f'{metric.name}{{{label}="{escape_label_value(key)}"}} {value}'
+        for key, value in samples.items()
+    )
     return "\n".join(lines) + "\n"
 
 
 def listeners_text(stats: Mapping[str, ListenStats]) -> str:
     """raindrops' middleware lines: "ADDR active: N" then "ADDR queued: N" per listener."""
-    return "".join(f"{address} active: {stat.active}\n{address} queued: {stat.queued}\n" for address, stat in stats.items())
+    return "".join(
+        f"{address} active: {stat.active}\n{address} queued: {stat.queued}\n"
+        for address, stat in stats.items()
+    )
 
 
 def listeners_prometheus(stats: Mapping[str, ListenStats]) -> str:
     return prometheus_family(
         LISTENER_ACTIVE, {address: stat.active for address, stat in stats.items()}, "listener"
-    ) + prometheus_family(LISTENER_QUEUED, {address: stat.queued for address, stat in stats.items()}, "listener")
+    ) + prometheus_family(
+        LISTENER_QUEUED, {address: stat.queued for address, stat in stats.items()}, "listener"
+    )
 
 
 def listeners_json(stats: Mapping[str, ListenStats]) -> dict[str, dict[str, int]]:
-    return {address: {"active": stat.active, "queued": stat.queued} for address, stat in stats.items()}
+    return {
+        address: {"active": stat.active, "queued": stat.queued} for address, stat in stats.items()
+    }
 
 
 def tail_line(stamp: str, address: str, active: int | str, queued: int | str, width: int) -> str:
@@ -103,16 +120,24 @@ def tail_line(stamp: str, address: str, active: int | str, queued: int | str, wi
 
 _US_PER_SECOND = 1_000_000
 
-CALLING = Metric("raindrops_calling", "gauge", "Requests inside the application now, across all workers.")
+CALLING = Metric(
+    "raindrops_calling", "gauge", "Requests inside the application now, across all workers."
+)
 WRITING = Metric("raindrops_writing", "gauge", "Responses being written now, across all workers.")
 WORKERS = Metric("raindrops_workers", "gauge", "Live worker processes that have served a request.")
 REQUESTS = Metric("raindrops_requests", "counter", "Requests finished, failed ones included.")
-ERRORS = Metric("raindrops_request_errors", "counter", "Requests whose application raised an exception.")
+ERRORS = Metric(
+    "raindrops_request_errors", "counter", "Requests whose application raised an exception."
+)
 BUSY = Metric(
-    "raindrops_busy_seconds", "counter", "Time spent serving requests; its rate divided by workers is utilization."
+    "raindrops_busy_seconds",
+    "counter",
+    "Time spent serving requests; its rate divided by workers is utilization.",
 )
 DURATION = Metric(
-    "raindrops_request_duration_seconds", "histogram", "Time from the application call to the body's close()."
+    "raindrops_request_duration_seconds",
+    "histogram",
+    "Time from the application call to the body's close().",
 )
 
 
@@ -131,17 +156,24 @@ def _seconds(microseconds: int) -> str:
     return repr(microseconds / _US_PER_SECOND)
 
 
-def histogram_prometheus(metric: Metric, snapshot: HistogramSnapshot, to_unit: Callable[[int], str]) -> str:
+def histogram_prometheus(
+    metric: Metric, snapshot: HistogramSnapshot, to_unit: Callable[[int], str]
+) -> str:
     """A Prometheus histogram from a log2 snapshot; `to_unit` turns a bucket bound into the metric's unit."""
     lines = [_header(metric.name, metric).rstrip("\n")]
-    lines.extend(f'{metric.name}_bucket{{le="{to_unit(bound)}"}} {count}' for bound, count in snapshot.cumulative())
+    lines.extend(
+        f'{metric.name}_bucket{{le="{to_unit(bound)}"}} {count}'
+        for bound, count in snapshot.cumulative()
+    )
     lines.append(f'{metric.name}_bucket{{le="+Inf"}} {snapshot.count}')
     lines.append(f"{metric.name}_sum {to_unit(snapshot.sum)}")
     lines.append(f"{metric.name}_count {snapshot.count}")
     return "\n".join(lines) + "\n"
 
 
-def middleware_prometheus(totals: Totals, listeners: Mapping[str, ListenStats], openmetrics: bool = False) -> str:
+def middleware_prometheus(
+    totals: Totals, listeners: Mapping[str, ListenStats], openmetrics: bool = False
+) -> str:
     """The Prometheus text exposition format, or OpenMetrics' families (render() adds its # EOF)."""
     parts = [
         _scalar(CALLING, totals.calling, openmetrics),
@@ -165,7 +197,11 @@ def histogram_json(snapshot: HistogramSnapshot) -> dict[str, object]:
         "max": snapshot.max,
         "mean": snapshot.mean,
         "std_dev": snapshot.std_dev,
-        "buckets": {str(snapshot.upper_bound(bucket)): count for bucket, count in enumerate(snapshot.buckets) if count},
+        "buckets": {
+            str(snapshot.upper_bound(bucket)): count
+            for bucket, count in enumerate(snapshot.buckets)
+            if count
+        },
     }
 
 
@@ -276,7 +312,11 @@ def histogram_text(snapshot: HistogramSnapshot, columns: int = HISTOGRAM_COLUMNS
     """
     if columns < HISTOGRAM_COLUMNS:
         raise ValueError(f"columns must be at least {HISTOGRAM_COLUMNS}, not {columns}")
-    rows = [(bucket, 1 << (bucket - 1), count) for bucket, count in enumerate(snapshot.buckets) if bucket and count]
+    rows = [
+        (bucket, 1 << (bucket - 1), count)
+        for bucket, count in enumerate(snapshot.buckets)
+        if bucket and count
+    ]
     if not rows:
         return EMPTY_HISTOGRAM
     total = sum(count for _, _, count in rows)
@@ -293,7 +333,9 @@ def histogram_text(snapshot: HistogramSnapshot, columns: int = HISTOGRAM_COLUMNS
             lines.append(skipped)
         previous = bucket
         bar = int(count / weight)
-        lines.append(f"{value:>{value_width}} |{'@' * bar}{' ' * (bar_width - bar)}| {count:>{count_width}}")
+        lines.append(
+            f"{value:>{value_width}} |{'@' * bar}{' ' * (bar_width - bar)}| {count:>{count_width}}"
+        )
     if rows[-1][0] != len(snapshot.buckets) - 1:
         lines.append(skipped)
     lines.append(f"{'Total':>{value_width}} |{rule}| {total:>{count_width}}")

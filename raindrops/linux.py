@@ -25,7 +25,8 @@ import re
 import socket
 import threading
 import weakref
-from typing import Iterable, NamedTuple, Union
+from collections.abc import Iterable
+from typing import NamedTuple, Union
 
 from raindrops import _native
 from raindrops._process import PerProcess
@@ -44,7 +45,14 @@ _AF_INET = socket.AF_INET.value
 _AF_INET6 = socket.AF_INET6.value
 # Errors from sock_diag that mean "no unix_diag here": read /proc/net/unix instead.
 _UNIX_DIAG_MISSING = frozenset(
-    {errno.ENOENT, errno.EOPNOTSUPP, errno.EPROTONOSUPPORT, errno.EAFNOSUPPORT, errno.EACCES, errno.EPERM}
+    {
+        errno.ENOENT,
+        errno.EOPNOTSUPP,
+        errno.EPROTONOSUPPORT,
+        errno.EAFNOSUPPORT,
+        errno.EACCES,
+        errno.EPERM,
+    }
 )
 _PROC_NET_UNIX = "/proc/net/unix"
 _SO_ACCEPTCON = 0x10000
@@ -186,7 +194,9 @@ def _parse_tcp_address(text: object) -> _TcpAddress:
         try:
             ip = ipaddress.IPv4Address(host)
         except ValueError:
-            raise _bad_address(text, f"{host!r} is not an IPv4 address (IPv6 goes in brackets)") from None
+            raise _bad_address(
+                text, f"{host!r} is not an IPv4 address (IPv6 goes in brackets)"
+            ) from None
         port = _parse_port(text, port_text)
         family = _AF_INET
     return _TcpAddress(_key(family, ip.packed, port), family, ip.packed, port)
@@ -202,7 +212,9 @@ def _tcp_addresses(addrs: str | Iterable[str]) -> list[_TcpAddress]:
         try:
             items = iter(addrs)
         except TypeError:
-            raise TypeError(f"addrs must be a str or an iterable of str, not {type(addrs).__name__}") from None
+            raise TypeError(
+                f"addrs must be a str or an iterable of str, not {type(addrs).__name__}"
+            ) from None
     unique: dict[str, _TcpAddress] = {}
     for item in items:
         address = _parse_tcp_address(item)
@@ -240,11 +252,15 @@ def tcp_listener_stats(
     return _tcp_listener_stats(addresses, sock)
 
 
-def _tcp_listener_stats(addresses: list[_TcpAddress] | None, sock: InetDiagSocket) -> dict[str, ListenStats]:
+def _tcp_listener_stats(
+    addresses: list[_TcpAddress] | None, sock: InetDiagSocket
+) -> dict[str, ListenStats]:
     if addresses is None:
         found = sock._tcp_all_listeners()
         return {
-            _key(result.family, bytes(result.address), result.port): ListenStats(result.active, result.queued)
+            _key(result.family, bytes(result.address), result.port): ListenStats(
+                result.active, result.queued
+            )
             for result in found
         }
     results = sock._tcp_stats([_tcp_query(address) for address in addresses])
@@ -271,7 +287,9 @@ def _unix_name(path: object) -> bytes:
     if isinstance(path, (str, bytes, os.PathLike)):
         raw = os.fsencode(path)
     else:
-        raise TypeError(f"a unix socket path must be str, bytes or os.PathLike, not {type(path).__name__}")
+        raise TypeError(
+            f"a unix socket path must be str, bytes or os.PathLike, not {type(path).__name__}"
+        )
     if raw.startswith(b"@"):
         raw = b"\0" + raw[1:]
     if not raw:
@@ -279,7 +297,9 @@ def _unix_name(path: object) -> bytes:
     if b"\0" in raw[1:] and not raw.startswith(b"\0"):
         raise ValueError(f"invalid unix socket path {path!r}: it contains a NUL byte")
     if len(raw) > _native.UNIX_NAME_BYTES_MAX:
-        raise ValueError(f"invalid unix socket path {path!r}: longer than {_native.UNIX_NAME_BYTES_MAX} bytes")
+        raise ValueError(
+            f"invalid unix socket path {path!r}: longer than {_native.UNIX_NAME_BYTES_MAX} bytes"
+        )
     return raw
 
 
@@ -290,7 +310,9 @@ def _unix_names(paths: UnixPath | Iterable[UnixPath]) -> list[bytes]:
         try:
             items = iter(paths)
         except TypeError:
-            raise TypeError(f"paths must be a path or an iterable of paths, not {type(paths).__name__}") from None
+            raise TypeError(
+                f"paths must be a path or an iterable of paths, not {type(paths).__name__}"
+            ) from None
     return list(dict.fromkeys(_unix_name(item) for item in items))
 
 
@@ -301,7 +323,9 @@ def _unix_entry(name: bytes) -> _native.UnixEntry:
     return entry
 
 
-def unix_listener_stats(paths: UnixPath | Iterable[UnixPath] | None = None) -> dict[str, ListenStats]:
+def unix_listener_stats(
+    paths: UnixPath | Iterable[UnixPath] | None = None,
+) -> dict[str, ListenStats]:
     """Unix listener statistics keyed by path ("@name" for abstract sockets).
 
     `paths=None` reports every unix listener; otherwise the requested paths
@@ -316,7 +340,9 @@ def unix_listener_stats(paths: UnixPath | Iterable[UnixPath] | None = None) -> d
             if names is None:
                 found = sock._unix_all_listeners()
                 return {
-                    _unix_key(bytes(entry.name[: entry.name_len])): ListenStats(entry.active, entry.queued)
+                    _unix_key(bytes(entry.name[: entry.name_len])): ListenStats(
+                        entry.active, entry.queued
+                    )
                     for entry in found
                 }
             entries = sock._unix_stats([_unix_entry(name) for name in names])
@@ -376,7 +402,9 @@ _FDS_MAX = 65536
 
 
 def _listener_key(sock: socket.socket) -> str | None:
-    if sock.type != socket.SOCK_STREAM or not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+    if sock.type != socket.SOCK_STREAM or not sock.getsockopt(
+        socket.SOL_SOCKET, socket.SO_ACCEPTCONN
+    ):
         return None
     name = sock.getsockname()
     if sock.family == socket.AF_INET:
@@ -435,14 +463,18 @@ class ListenerSet:
 
     def __init__(self, listeners: Iterable[str] | None) -> None:
         if isinstance(listeners, (str, bytes)):
-            raise TypeError(f"listeners must be a list of addresses, not a single {type(listeners).__name__}")
+            raise TypeError(
+                f"listeners must be a list of addresses, not a single {type(listeners).__name__}"
+            )
         names = None if listeners is None else list(listeners)
         self.everything = names is None
         self.own = False
         self._tcp = _tcp_addresses([name for name in names or () if not is_unix_name(name)])
         self._unix = [_unix_name(name) for name in names or () if is_unix_name(name)]
         self.keys: tuple[str, ...] = tuple(
-            dict.fromkeys([address.key for address in self._tcp] + [_unix_key(name) for name in self._unix])
+            dict.fromkeys(
+                [address.key for address in self._tcp] + [_unix_key(name) for name in self._unix]
+            )
         )
         """The requested listeners' canonical names ("[::1]:80" for "[0:0::1]:80"), as results are keyed."""
         self._diag: PerProcess[InetDiagSocket] = PerProcess()

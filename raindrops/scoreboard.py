@@ -11,7 +11,8 @@ histogram are shared counters that survive worker restarts.
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 from raindrops import _native
 from raindrops._process import PROCESS, PerProcess
@@ -39,7 +40,9 @@ respond: Callable[[Board], None] = _native.board_respond
 """The application returned its body: calling - 1, writing + 1."""
 
 
-def _duration_update(small: Callable[[Board, int], None], large: Callable[[Board, int], None]) -> Callable[[Board, int], None]:
+def _duration_update(
+    small: Callable[[Board, int], None], large: Callable[[Board, int], None]
+) -> Callable[[Board, int], None]:
     """Passes durations up to SMALL_INT_MAX us (35 minutes) without a c_uint64 conversion."""
     limit = _native.SMALL_INT_MAX
 
@@ -133,7 +136,9 @@ class Scoreboard:
             counters[base + _SLOT_WRITING] = 0
             counters[base + _SLOT_START] = start
             return slot
-        raise RuntimeError(f"all {SLOTS_MAX} worker slots of the scoreboard are held by live processes")
+        raise RuntimeError(
+            f"all {SLOTS_MAX} worker slots of the scoreboard are held by live processes"
+        )
 
     def totals(self) -> Totals:
         values = self.counters.to_list()

@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any, Callable, Generic, Iterable, Mapping, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from raindrops._process import PROCESS, PerProcess
 
@@ -25,7 +26,6 @@ PREFIX = "raindrops-"
 KINDS = ("mw", "ldr")
 """Kinds of per-master segments: the middleware's scoreboard, LastDataRecv's histogram."""
 _SHM_SCAN_MAX = 4096
-
 
 
 def master_segment_name(kind: str, path: str) -> str:
@@ -95,7 +95,9 @@ class ServerWide(Generic[C]):
     named segment of its master's workers (`kind` and `path` make the name).
     """
 
-    def __init__(self, make: Callable[..., C], *, given: C | None, name: str | None, kind: str, path: str) -> None:
+    def __init__(
+        self, make: Callable[..., C], *, given: C | None, name: str | None, kind: str, path: str
+    ) -> None:
         self.current = given if given is not None else make(name=name)
         self._make = make
         self._explicit = given is not None or name is not None
@@ -110,7 +112,11 @@ class ServerWide(Generic[C]):
         return bound if bound is not None else self._bound.get(lambda: self._find(environ))
 
     def _find(self, environ: Mapping[str, Any]) -> C:
-        if self._explicit or PROCESS.pid != self._creator_pid or not environ.get("wsgi.multiprocess"):
+        if (
+            self._explicit
+            or PROCESS.pid != self._creator_pid
+            or not environ.get("wsgi.multiprocess")
+        ):
             return self.current
         remove_stale_segments()
         shared = self._make(name=master_segment_name(self._kind, self._path))

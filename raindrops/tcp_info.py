@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import operator
 import struct
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from raindrops import _native
 
@@ -48,13 +49,35 @@ _LAYOUT: tuple[tuple[str, str], ...] = (
     ("options", "B"),
     ("_wscale", "B"),
     ("_flags", "B"),
-    *((name, "I") for name in (
-        "rto", "ato", "snd_mss", "rcv_mss",
-        "unacked", "sacked", "lost", "retrans", "fackets",
-        "last_data_sent", "last_ack_sent", "last_data_recv", "last_ack_recv",
-        "pmtu", "rcv_ssthresh", "rtt", "rttvar", "snd_ssthresh", "snd_cwnd", "advmss", "reordering",
-        "rcv_rtt", "rcv_space", "total_retrans",
-    )),
+    *(
+        (name, "I")
+        for name in (
+            "rto",
+            "ato",
+            "snd_mss",
+            "rcv_mss",
+            "unacked",
+            "sacked",
+            "lost",
+            "retrans",
+            "fackets",
+            "last_data_sent",
+            "last_ack_sent",
+            "last_data_recv",
+            "last_ack_recv",
+            "pmtu",
+            "rcv_ssthresh",
+            "rtt",
+            "rttvar",
+            "snd_ssthresh",
+            "snd_cwnd",
+            "advmss",
+            "reordering",
+            "rcv_rtt",
+            "rcv_space",
+            "total_retrans",
+        )
+    ),
     ("pacing_rate", "Q"),
     ("max_pacing_rate", "Q"),
     ("bytes_acked", "Q"),
@@ -132,9 +155,13 @@ def _fileno(sock_or_fd: object) -> int:
     elif hasattr(sock_or_fd, "fileno"):
         fd = sock_or_fd.fileno()
         if not isinstance(fd, int):
-            raise TypeError(f"fileno() of {type(sock_or_fd).__name__} returned {type(fd).__name__}, not int")
+            raise TypeError(
+                f"fileno() of {type(sock_or_fd).__name__} returned {type(fd).__name__}, not int"
+            )
     else:
-        raise TypeError(f"TCPInfo needs a socket or a file descriptor, not {type(sock_or_fd).__name__}")
+        raise TypeError(
+            f"TCPInfo needs a socket or a file descriptor, not {type(sock_or_fd).__name__}"
+        )
     fd = operator.index(fd)
     if fd < 0:
         raise ValueError(f"invalid file descriptor {fd} (is the socket closed?)")
@@ -158,7 +185,9 @@ class TCPInfo:
         """Bytes of struct tcp_info the kernel wrote."""
         values: dict[str, int | None] = {}
         for name, (offset, unit) in _UNITS.items():
-            values[name] = unit.unpack_from(raw, offset)[0] if offset + unit.size <= len(raw) else None
+            values[name] = (
+                unit.unpack_from(raw, offset)[0] if offset + unit.size <= len(raw) else None
+            )
         for name, storage, low_bit, width in _BITFIELDS:
             word = values[storage]
             values[name] = None if word is None else (word >> low_bit) & ((1 << width) - 1)
@@ -182,5 +211,7 @@ class TCPInfo:
         return {name: self._values[name] for name in FIELDS}
 
     def __repr__(self) -> str:
-        shown = ", ".join(f"{name}={self._values[name]}" for name in ("state", "rtt", "rttvar", "snd_cwnd"))
+        shown = ", ".join(
+            f"{name}={self._values[name]}" for name in ("state", "rtt", "rttvar", "snd_cwnd")
+        )
         return f"<raindrops.TCPInfo {self.state_name} {shown} ...>"

@@ -12,13 +12,13 @@ tests without qemu).
 from __future__ import annotations
 
 import collections
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 
 from testsupport import processes, programs
 from testsupport.gunicorn import SHM_DIR, segment_name
-
 
 LEFTOVERS: list[str] = []
 
@@ -53,7 +53,11 @@ def _skip_reasons(reports: list[Any]) -> collections.Counter[str]:
 
 
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
-    logged = programs.SKIP_LOG.read_text(encoding="utf-8").splitlines() if programs.SKIP_LOG.exists() else []
+    logged = (
+        programs.SKIP_LOG.read_text(encoding="utf-8").splitlines()
+        if programs.SKIP_LOG.exists()
+        else []
+    )
     lines = list(dict.fromkeys(line for line in logged if line.strip()))
     for reason, count in sorted(_skip_reasons(terminalreporter.stats.get("skipped", [])).items()):
         lines.append(f"SKIP {count} test{'s' if count > 1 else ''}: {reason}")
@@ -65,7 +69,9 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
     for line in lines or ["nothing: every check ran"]:
         terminalreporter.write_line(line)
     if lines and not programs.in_ci():
-        terminalreporter.write_line("(.ci/run installs every program above; with CI=true a missing one fails)")
+        terminalreporter.write_line(
+            "(.ci/run installs every program above; with CI=true a missing one fails)"
+        )
 
 
 @pytest.fixture

@@ -10,7 +10,8 @@ import json
 import os
 import socket
 import time
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 from urllib.parse import parse_qs
 
 from raindrops import LastDataRecv

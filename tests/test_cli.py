@@ -8,8 +8,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
@@ -99,7 +99,9 @@ def test_bad_input_is_one_line_and_exit_2(args: list[str]) -> None:
 def interrupt_listeners(address: str) -> tuple[int, str]:
     """Starts `raindrops listeners --interval`, sends SIGINT after its first line; exit code and stderr."""
     command = [sys.executable, "-m", "raindrops", "listeners", address, "--interval", "0.05"]
-    with processes.running(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as process:
+    with processes.running(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    ) as process:
         assert process.stdout is not None
         process.stdout.readline()
         process.send_signal(signal.SIGINT)
@@ -134,4 +136,3 @@ def test_closed_pipe_ends_quietly(busy_listener: str) -> None:
 def test_main_in_process(busy_listener: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["listeners", busy_listener, "--format", "json"]) == 0
     assert json.loads(capsys.readouterr().out)["listeners"][busy_listener]["queued"] == 2
-

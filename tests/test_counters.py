@@ -5,7 +5,8 @@ from __future__ import annotations
 import copy
 import mmap
 import pickle
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -16,7 +17,7 @@ from raindrops import MAX, Raindrops
 def test_constants() -> None:
     assert MAX == 2**64 - 1
     line = open("/sys/devices/system/cpu/cpu0/cache/index0/coherency_line_size").read().strip()
-    assert raindrops.SIZE == int(line)
+    assert int(line) == raindrops.SIZE
     assert raindrops.PAGE_SIZE == mmap.PAGESIZE
 
 
@@ -188,7 +189,9 @@ BAD_INPUTS: list[tuple[str, Callable[[Raindrops], Any], type[BaseException], str
 
 
 @pytest.mark.parametrize(
-    ("action", "expected", "mentions"), [case[1:] for case in BAD_INPUTS], ids=[case[0] for case in BAD_INPUTS]
+    ("action", "expected", "mentions"),
+    [case[1:] for case in BAD_INPUTS],
+    ids=[case[0] for case in BAD_INPUTS],
 )
 def test_bad_input_raises_and_changes_nothing(
     action: Callable[[Raindrops], Any], expected: type[BaseException], mentions: str
@@ -219,9 +222,19 @@ BAD_CONSTRUCTORS: list[tuple[str, Callable[[], Any], type[BaseException], str]] 
     ("name with NUL", lambda: Raindrops(1, name="/a\0b"), ValueError, "a\\x00b"),
     ("name too long", lambda: Raindrops(1, name="/" + "x" * 256), ValueError, "xxx"),
     ("bytes name", lambda: Raindrops(1, name=b"/x"), TypeError, "bytes"),
-    ("mode too wide", lambda: Raindrops(1, name="/raindrops-never", mode=0o4777), ValueError, "0o4777"),
+    (
+        "mode too wide",
+        lambda: Raindrops(1, name="/raindrops-never", mode=0o4777),
+        ValueError,
+        "0o4777",
+    ),
     ("negative mode", lambda: Raindrops(1, name="/raindrops-never", mode=-1), ValueError, "-0o1"),
-    ("open missing", lambda: Raindrops.open("/raindrops-does-not-exist"), FileNotFoundError, "does-not-exist"),
+    (
+        "open missing",
+        lambda: Raindrops.open("/raindrops-does-not-exist"),
+        FileNotFoundError,
+        "does-not-exist",
+    ),
     ("open bad name", lambda: Raindrops.open("nope"), ValueError, "'nope'"),
 ]
 
@@ -231,7 +244,9 @@ BAD_CONSTRUCTORS: list[tuple[str, Callable[[], Any], type[BaseException], str]] 
     [case[1:] for case in BAD_CONSTRUCTORS],
     ids=[case[0] for case in BAD_CONSTRUCTORS],
 )
-def test_bad_construction_raises(action: Callable[[], Any], expected: type[BaseException], mentions: str) -> None:
+def test_bad_construction_raises(
+    action: Callable[[], Any], expected: type[BaseException], mentions: str
+) -> None:
     with pytest.raises(expected) as caught:
         action()
     assert mentions in str(caught.value)
@@ -290,7 +305,9 @@ BAD_STRUCTS: list[tuple[str, Any, type[BaseException]]] = [
 ]
 
 
-@pytest.mark.parametrize(("members", "expected"), [c[1:] for c in BAD_STRUCTS], ids=[c[0] for c in BAD_STRUCTS])
+@pytest.mark.parametrize(
+    ("members", "expected"), [c[1:] for c in BAD_STRUCTS], ids=[c[0] for c in BAD_STRUCTS]
+)
 def test_bad_struct_definitions(members: Any, expected: type[BaseException]) -> None:
     with pytest.raises(expected):
         raindrops.Struct("Bad", members)
@@ -308,7 +325,9 @@ def test_struct_bad_increments() -> None:
         assert stats.calling == 0
 
 
-@pytest.mark.parametrize("value", [0, 1, 2**31 - 2, 2**31 - 1, 2**31, 2**32 - 1, 2**32, 2**63, MAX - 1, MAX])
+@pytest.mark.parametrize(
+    "value", [0, 1, 2**31 - 2, 2**31 - 1, 2**31, 2**32 - 1, 2**32, 2**63, MAX - 1, MAX]
+)
 def test_values_around_the_small_int_fast_path_are_exact(value: int) -> None:
     """Small values skip ctypes' c_uint64 conversion; both sides of the boundary must be exact."""
     with Raindrops(2) as rd:

@@ -17,13 +17,14 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
-
 from load import Load, wait_until
 from servers import ROOT
+
 from testsupport import processes, programs
 
 ARTIFACTS = ROOT / "test-artifacts"
@@ -83,8 +84,21 @@ def load() -> Iterator[Load]:
 def watch(load: Load) -> Iterator[int]:
     """`raindrops watch` on a free port, watching the loaded listener and an idle one; its port."""
     with Load() as idle:
-        command = [sys.executable, "-m", "raindrops", "watch", "--bind", "127.0.0.1:0", "--delay", str(DELAY)]
-        with processes.running([*command, "--history", "80", load.address, idle.address], stderr=subprocess.PIPE, text=True) as process:
+        command = [
+            sys.executable,
+            "-m",
+            "raindrops",
+            "watch",
+            "--bind",
+            "127.0.0.1:0",
+            "--delay",
+            str(DELAY),
+        ]
+        with processes.running(
+            [*command, "--history", "80", load.address, idle.address],
+            stderr=subprocess.PIPE,
+            text=True,
+        ) as process:
             assert process.stderr is not None
             banner = process.stderr.readline()
             match = re.search(r"http://127\.0\.0\.1:(\d+)/", banner)
@@ -104,14 +118,22 @@ def chart(dom: str, address: str) -> dict[str, int] | None:
     """The data-* counts of the listener's chart in the rendered DOM."""
     for tag in re.findall(r"<svg\b[^>]*>", dom):
         if f'data-listener="{address}"' in tag:
-            return {name: int(value) for name, value in re.findall(r'data-(points|max-active|max-queued)="(\d+)"', tag)}
+            return {
+                name: int(value)
+                for name, value in re.findall(r'data-(points|max-active|max-queued)="(\d+)"', tag)
+            }
     return None
 
 
-def test_dashboard_draws_the_load_and_saves_a_screenshot(browser: str, watch: int, load: Load, tmp_path: Path) -> None:
+def test_dashboard_draws_the_load_and_saves_a_screenshot(
+    browser: str, watch: int, load: Load, tmp_path: Path
+) -> None:
     # Enough samples with load first: the page's first request fetches all of them.
     wait_until(
-        lambda: sum(1 for _, values in series(watch)["points"] if values.get(load.address, [0])[0] > 0) >= 40,
+        lambda: (
+            sum(1 for _, values in series(watch)["points"] if values.get(load.address, [0])[0] > 0)
+            >= 40
+        ),
         timeout=20,
         what="40 samples with load",
     )
@@ -131,7 +153,12 @@ def test_dashboard_draws_the_load_and_saves_a_screenshot(browser: str, watch: in
     screenshot = ARTIFACTS / "dashboard.png"
     screenshot.unlink(missing_ok=True)
     shot = run_browser(
-        browser, tmp_path / "shot", f"--screenshot={screenshot}", "--window-size=1280,800", "--hide-scrollbars", url
+        browser,
+        tmp_path / "shot",
+        f"--screenshot={screenshot}",
+        "--window-size=1280,800",
+        "--hide-scrollbars",
+        url,
     )
     assert shot.returncode == 0, shot.stderr[-2000:]
     data = screenshot.read_bytes()

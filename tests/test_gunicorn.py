@@ -14,15 +14,16 @@ import os
 import signal
 import socket
 import threading
+from collections.abc import Iterator
 from io import BytesIO
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
-
-from raindrops import Middleware
-from examples.demo import application
 from servers import Background, Gunicorn, gunicorn, run_threads, wait_for
+
+from examples.demo import application
+from raindrops import Middleware
 from testsupport.formats import parse_prometheus, parse_text
 from testsupport.gunicorn import request
 from testsupport.processes import is_dead
@@ -37,7 +38,9 @@ SETTLE_TIMEOUT = 10.0
 
 
 @pytest.fixture(scope="module", params=list(VARIANTS))
-def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gunicorn]:
+def server(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Gunicorn]:
     args, workers, _ = VARIANTS[request.param]
     with gunicorn(tmp_path_factory.mktemp(request.param), args, workers=workers) as running:
         running.label = request.param
@@ -59,9 +62,13 @@ def settle(server: Gunicorn) -> dict[str, Any]:
     return server.settle(SETTLE_TIMEOUT)
 
 
-def totals(server: Gunicorn, before: dict[str, Any], requests: int, errors: int = 0) -> dict[str, Any]:
+def totals(
+    server: Gunicorn, before: dict[str, Any], requests: int, errors: int = 0
+) -> dict[str, Any]:
     """Waits until exactly `requests` more requests (`errors` of them failed) than `before` are counted."""
-    return server.wait_totals(before["requests_total"] + requests, before["request_errors_total"] + errors)
+    return server.wait_totals(
+        before["requests_total"] + requests, before["request_errors_total"] + errors
+    )
 
 
 def hammer(server: Gunicorn, threads: int, per_thread: int, path: str = "/") -> int:
@@ -89,7 +96,12 @@ def test_in_flight_requests_show_in_calling_then_return_to_zero(server: Gunicorn
     assert queued == 0
     responses = requests.join()
     assert [(r.status, r.body) for r in responses] == [(200, b"slept\n")] * slow
-    after = wait_for(server.text, lambda stats: stats.calling == 0 and stats.writing == 0, SETTLE_TIMEOUT, "calling: 0")
+    after = wait_for(
+        server.text,
+        lambda stats: stats.calling == 0 and stats.writing == 0,
+        SETTLE_TIMEOUT,
+        "calling: 0",
+    )
     assert set(after.listeners) == {server.address}
     totals(server, before, slow)
 
@@ -99,7 +111,9 @@ def test_a_streaming_body_shows_in_writing_then_returns_to_zero(server: Gunicorn
     stream = Background()
     stream.start(server.port, "/stream?chunks=20&delay=0.1")
     seen = wait_for(server.text, lambda stats: stats.writing == 1, 10, "writing: 1")
-    assert seen.calling == 0, "the application returned its iterator: only the body is left to write"
+    assert seen.calling == 0, (
+        "the application returned its iterator: only the body is left to write"
+    )
     [response] = stream.join()
     assert response.status == 200
     assert response.body == b"".join(b"chunk %d\n" % index for index in range(20))
@@ -113,19 +127,26 @@ def test_json_counts_workers_and_finds_the_gunicorn_listener(server: Gunicorn) -
     assert 0 < stats["workers"] <= server.workers
     assert set(stats["listeners"]) == {server.address}, "auto-discovered: exactly the bind address"
     listener = stats["listeners"][server.address]
-    assert listener["active"] >= 1 and listener["queued"] == 0, "this request's connection is active"
+    assert listener["active"] >= 1 and listener["queued"] == 0, (
+        "this request's connection is active"
+    )
     text = server.stats()
     assert text.headers["content-type"] == "text/plain"
     lines = text.text.splitlines()
     assert lines[:2] == ["calling: 0", "writing: 0"]
-    assert lines[2].startswith(f"{server.address} active: ") and lines[3] == f"{server.address} queued: 0"
+    assert (
+        lines[2].startswith(f"{server.address} active: ")
+        and lines[3] == f"{server.address} queued: 0"
+    )
     assert len(lines) == 4
 
 
 def test_sigkill_of_a_busy_worker_heals_within_one_read(server: Gunicorn) -> None:
     before = settle(server)
     with socket.create_connection(("127.0.0.1", server.port), timeout=30) as client:
-        client.sendall(b"GET /slow?seconds=25 HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        client.sendall(
+            b"GET /slow?seconds=25 HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+        )
         busy = wait_for(server.json, lambda stats: stats["calling"] == 1, 10, "calling: 1")
         owner = server.connection_owner(client.getsockname()[1])
         assert owner in server.worker_pids()
@@ -134,13 +155,17 @@ def test_sigkill_of_a_busy_worker_heals_within_one_read(server: Gunicorn) -> Non
         healed = server.json()  # one read, no polling
         assert healed["calling"] == busy["calling"] - 1 == 0
         assert healed["writing"] == 0
-        assert healed["requests_total"] == before["requests_total"], "the killed request never finished"
+        assert healed["requests_total"] == before["requests_total"], (
+            "the killed request never finished"
+        )
         try:
             assert client.recv(4096) == b"", "the worker died with the connection"
         except ConnectionResetError:
             pass
     # The master replaces the worker; the server keeps counting from where it was.
-    wait_for(lambda: len(server.worker_pids()), lambda n: n == server.workers, 20, "a replacement worker")
+    wait_for(
+        lambda: len(server.worker_pids()), lambda n: n == server.workers, 20, "a replacement worker"
+    )
     assert hammer(server, 1, 3) == 3
     totals(server, before, 3)
 
@@ -155,7 +180,9 @@ def test_two_thousand_requests_are_counted_exactly(server: Gunicorn) -> None:
 
 @pytest.mark.parametrize("preload", [False, True], ids=["after-fork", "preload"])
 def test_totals_stay_exact_while_workers_recycle(preload: bool, tmp_path: Path) -> None:
-    args = ["--max-requests", "50", "--max-requests-jitter", "10"] + (["--preload"] if preload else [])
+    args = ["--max-requests", "50", "--max-requests-jitter", "10"] + (
+        ["--preload"] if preload else []
+    )
     with gunicorn(tmp_path, args, workers=3) as server:
         first_workers = set(server.worker_pids())
         assert hammer(server, 4, 500) == 2000
@@ -185,7 +212,9 @@ def test_a_client_disconnect_mid_stream_ends_writing(server: Gunicorn) -> None:
         assert received.startswith(b"HTTP/1.1 200 ")
         wait_for(server.text, lambda stats: stats.writing == 1, 5, "writing: 1")
     # gunicorn notices on its next write; well before the stream would have ended.
-    after = wait_for(server.json, lambda stats: stats["writing"] == 0, 5, "writing: 0 after the disconnect")
+    after = wait_for(
+        server.json, lambda stats: stats["writing"] == 0, 5, "writing: 0 after the disconnect"
+    )
     assert after["calling"] == 0
     totals(server, before, 1, errors=0)  # the application did not fail
 
@@ -215,10 +244,16 @@ def check_scrape(server: Gunicorn, query: str, headers: dict[str, str], form: st
         assert server.address in parse_text(response.text).listeners
     elif form == "json":
         stats = json.loads(response.body)
-        assert server.address in stats["listeners"] and stats["calling"] >= 0 and stats["requests_total"] >= 0
+        assert (
+            server.address in stats["listeners"]
+            and stats["calling"] >= 0
+            and stats["requests_total"] >= 0
+        )
     else:
         samples = parse_prometheus(response.text, openmetrics=form == "openmetrics")
-        assert {"raindrops_calling", "raindrops_writing", "raindrops_requests_total"} <= set(samples)
+        assert {"raindrops_calling", "raindrops_writing", "raindrops_requests_total"} <= set(
+            samples
+        )
         assert f'raindrops_listener_active{{listener="{server.address}"}}' in samples
 
 
@@ -259,7 +294,9 @@ def test_the_endpoint_refuses_post_and_answers_head(server: Gunicorn) -> None:
     assert response.status == 200 and response.body == b""
     assert int(response.headers["content-length"]) > len("calling: 0\nwriting: 0\n")
     assert server.get("/_raindrops?format=nope").status == 400
-    assert settle(server)["requests_total"] == before["requests_total"], "none of these reached the application"
+    assert settle(server)["requests_total"] == before["requests_total"], (
+        "none of these reached the application"
+    )
 
 
 def test_allow_list_refuses_other_clients_in_process() -> None:
@@ -291,7 +328,9 @@ def _demo_session(server: Gunicorn) -> dict[str, Any]:
     for _ in range(2):
         assert server.get("/fail").status == 500
     for _ in range(2):
-        assert server.get("/stream?chunks=5&delay=0").body == b"".join(b"chunk %d\n" % i for i in range(5))
+        assert server.get("/stream?chunks=5&delay=0").body == b"".join(
+            b"chunk %d\n" % i for i in range(5)
+        )
     counts = [server.get("/count").body for _ in range(5)]
     assert counts == [b"%d\n" % n for n in range(1, 6)], "the demo counter is shared by all workers"
     assert server.get("/slow?seconds=0").body == b"slept\n"
@@ -304,16 +343,23 @@ def _demo_session(server: Gunicorn) -> dict[str, Any]:
         "writing": (stats["writing"], text.writing, prometheus["raindrops_writing"]),
         "requests": (stats["requests_total"], prometheus["raindrops_requests_total"]),
         "errors": (stats["request_errors_total"], prometheus["raindrops_request_errors_total"]),
-        "durations": (stats["request_duration_us"]["count"], prometheus["raindrops_request_duration_seconds_count"]),
+        "durations": (
+            stats["request_duration_us"]["count"],
+            prometheus["raindrops_request_duration_seconds_count"],
+        ),
         "listeners": sorted(key.replace(str(server.port), "PORT") for key in stats["listeners"]),
         "text listeners": sorted(key.replace(str(server.port), "PORT") for key in text.listeners),
     }
 
 
-def test_make_demo_style_start_gives_the_same_numbers_with_and_without_preload(tmp_path: Path) -> None:
+def test_make_demo_style_start_gives_the_same_numbers_with_and_without_preload(
+    tmp_path: Path,
+) -> None:
     results = {}
     for preload in (False, True):
-        with gunicorn(tmp_path / str(preload), ["--preload"] if preload else [], workers=4) as server:
+        with gunicorn(
+            tmp_path / str(preload), ["--preload"] if preload else [], workers=4
+        ) as server:
             results[preload] = _demo_session(server)
     expected = {
         "calling": (0, 0, 0.0),
@@ -354,4 +400,3 @@ def test_every_server_is_stopped_and_its_segments_removed(tmp_path: Path) -> Non
         assert counter.exists()
     assert all(is_dead(worker) for worker in [pid, *workers])
     assert not segments[0].exists() and not counter.exists()
-

@@ -7,8 +7,9 @@ import json
 import socket
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
@@ -46,12 +47,16 @@ def hello(environ: dict[str, Any], start_response: Any) -> list[bytes]:
     return [b"hello"]
 
 
-def call(app: LastDataRecv, path: str = PATH, **extra: Any) -> tuple[str, list[tuple[str, str]], bytes]:
+def call(
+    app: LastDataRecv, path: str = PATH, **extra: Any
+) -> tuple[str, list[tuple[str, str]], bytes]:
     environ: dict[str, Any] = {"REQUEST_METHOD": "GET", "PATH_INFO": path, "QUERY_STRING": ""}
     environ["REMOTE_ADDR"] = "127.0.0.1"
     environ.update(extra)
     seen: dict[str, Any] = {}
-    body = app(environ, lambda status, headers, exc_info=None: seen.update(status=status, headers=headers))
+    body = app(
+        environ, lambda status, headers, exc_info=None: seen.update(status=status, headers=headers)
+    )
     return seen["status"], seen["headers"], b"".join(body)
 
 
@@ -70,7 +75,10 @@ def test_one_sample_sends_only_the_count_and_none_says_empty() -> None:
     stats = LastDataRecvStats()
     app = LastDataRecv(hello, stats=stats)
     _, headers, body = call(app)
-    assert (body, [h for h in headers if h[0].startswith("X-")]) == (b"Empty histogram", [("X-Count", "0")])
+    assert (body, [h for h in headers if h[0].startswith("X-")]) == (
+        b"Empty histogram",
+        [("X-Count", "0")],
+    )
     stats.observe(4)
     _, headers, body = call(app)
     assert [h for h in headers if h[0].startswith("X-")] == [("X-Count", "1")]
@@ -94,7 +102,13 @@ def test_prometheus_and_json() -> None:
     assert "raindrops_last_data_recv_seconds_sum 0.706\n" in text
     assert "raindrops_last_data_recv_seconds_count 4\n" in text
     data = json.loads(call(app, QUERY_STRING="format=json")[2])
-    assert (data["count"], data["min"], data["max"], data["unit"], data["skipped"]) == (4, 0, 700, "ms", 0)
+    assert (data["count"], data["min"], data["max"], data["unit"], data["skipped"]) == (
+        4,
+        0,
+        700,
+        "ms",
+        0,
+    )
 
 
 def test_endpoint_refuses_other_methods_and_remote_clients() -> None:
@@ -134,14 +148,20 @@ def test_last_data_recv_is_the_time_since_the_request_arrived() -> None:
 
 
 def test_defer_accept_sets_tcp_listeners_and_skips_unix_ones(tmp_path: Path) -> None:
-    with socket.socket() as v4, socket.socket(socket.AF_INET6) as v6, socket.socket(socket.AF_UNIX) as unix:
+    with (
+        socket.socket() as v4,
+        socket.socket(socket.AF_INET6) as v6,
+        socket.socket(socket.AF_UNIX) as unix,
+    ):
         v4.bind(("127.0.0.1", 0))
         v6.bind(("::1", 0))
         unix.bind(str(tmp_path / "s"))
         for sock in (v4, v6, unix):
             sock.listen(1)
         assert defer_accept([v4, v6.fileno(), unix]) == [v4.fileno(), v6.fileno()]
-        assert v4.getsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT) >= 60  # Linux rounds up to its retries
+        assert (
+            v4.getsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT) >= 60
+        )  # Linux rounds up to its retries
         assert defer_accept(v4, seconds=0) == [v4.fileno()]
         assert v4.getsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT) == 0
         for bad in (-1, 2**31, 1.5, True):
@@ -161,7 +181,9 @@ def http_get(port: int, path: str) -> tuple[int, dict[str, str], bytes]:
         data = b"".join(iter(lambda: client.recv(65536), b""))
     head, _, body = data.partition(b"\r\n\r\n")
     status_line, *lines = head.decode("latin-1").split("\r\n")
-    headers = {name.lower(): value.strip() for name, _, value in (line.partition(":") for line in lines)}
+    headers = {
+        name.lower(): value.strip() for name, _, value in (line.partition(":") for line in lines)
+    }
     return int(status_line.split()[1]), headers, body
 
 
@@ -170,7 +192,9 @@ def ldr_gunicorn(log: Path, preload: bool) -> Iterator[int]:
     """ldr_app under gunicorn: its port once every worker is up and PATH answers; always stopped."""
     args = ["--workers", str(WORKERS), "--config", "tests/gunicorn_defer_accept.py"]
     args += ["--pythonpath", "tests", *(["--preload"] if preload else [])]
-    with launch(Master, args, workers=WORKERS, log=log, app="ldr_app:app", ready_path=PATH) as master:
+    with launch(
+        Master, args, workers=WORKERS, log=log, app="ldr_app:app", ready_path=PATH
+    ) as master:
         yield master.port
 
 
@@ -183,7 +207,10 @@ def test_one_sample_per_request_across_gunicorn_workers(tmp_path: Path, preload:
         assert status == 200 and json.loads(body) and all(value > 0 for value in json.loads(body))
 
         # Three workers busy for 0.6 s: one more request waits in the listen queue meanwhile.
-        sleepers = [threading.Thread(target=http_get, args=(port, "/sleep?seconds=0.6")) for _ in range(WORKERS)]
+        sleepers = [
+            threading.Thread(target=http_get, args=(port, "/sleep?seconds=0.6"))
+            for _ in range(WORKERS)
+        ]
         for thread in sleepers:
             thread.start()
         time.sleep(0.2)
@@ -192,6 +219,7 @@ def test_one_sample_per_request_across_gunicorn_workers(tmp_path: Path, preload:
             thread.join(30)
 
         pids: list[bytes] = []
+
         def fifteen() -> None:
             pids.extend(http_get(port, "/")[2] for _ in range(15))
 
@@ -206,7 +234,9 @@ def test_one_sample_per_request_across_gunicorn_workers(tmp_path: Path, preload:
         status, headers, body = http_get(port, PATH)
         assert status == 200 and headers["x-count"] == str(requests), body
         assert int(headers["x-max"]) >= 250  # the request that waited for a free worker
-        drawn = int(body.decode().splitlines()[-1].rpartition("|")[2])  # "Total |---| N": samples >= 1 ms
+        drawn = int(
+            body.decode().splitlines()[-1].rpartition("|")[2]
+        )  # "Total |---| N": samples >= 1 ms
         assert drawn + int(headers["x-outliers-low"]) == requests
         prometheus = http_get(port, PATH + "?format=prometheus")[2].decode()
         assert f"raindrops_last_data_recv_seconds_count {requests}\n" in prometheus

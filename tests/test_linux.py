@@ -7,9 +7,9 @@ import resource
 import socket
 import threading
 import time
+from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
@@ -27,7 +27,9 @@ def sockets() -> Iterator[ExitStack]:
         yield stack
 
 
-def listener(stack: ExitStack, host: str, *, port: int = 0, dual: bool = False, reuse_port: bool = False) -> socket.socket:
+def listener(
+    stack: ExitStack, host: str, *, port: int = 0, dual: bool = False, reuse_port: bool = False
+) -> socket.socket:
     family = V6 if ":" in host else V4
     server = stack.enter_context(socket.socket(family, socket.SOCK_STREAM))
     if family == V6:
@@ -79,7 +81,9 @@ def test_ipv4_exact_wildcard_and_all(sockets: ExitStack) -> None:
     assert linux.tcp_listener_stats([key]) == {key: (1, 1)}
     assert linux.tcp_listener_stats(f"0.0.0.0:{port}") == {f"0.0.0.0:{port}": (1, 1)}
     both = linux.tcp_listener_stats([f"0.0.0.0:{port}", key])
-    assert both == {f"0.0.0.0:{port}": (1, 1), key: (1, 1)}, "one semantics for one or many addresses"
+    assert both == {f"0.0.0.0:{port}": (1, 1), key: (1, 1)}, (
+        "one semantics for one or many addresses"
+    )
     assert linux.tcp_listener_stats()[key] == (1, 1)
     assert linux.tcp_listener_stats(None)[key] == (1, 1)
 
@@ -94,7 +98,9 @@ def test_ipv4_wildcard_listener(sockets: ExitStack) -> None:
     wait_for(lambda: linux.tcp_listener_stats(key).get(key) == (1, 1))
     everything = linux.tcp_listener_stats()
     assert everything[key] == (1, 1)
-    assert f"127.0.0.1:{port}" not in everything, "connections to a wildcard listener are attributed to it"
+    assert f"127.0.0.1:{port}" not in everything, (
+        "connections to a wildcard listener are attributed to it"
+    )
     assert linux.tcp_listener_stats(f"127.0.0.1:{port}") == {}, "no listener has that exact address"
 
 
@@ -108,7 +114,9 @@ def test_ipv6_loopback(sockets: ExitStack) -> None:
     key = f"[::1]:{port}"
     wait_for(lambda: linux.tcp_listener_stats(key).get(key) == (1, 2))
     assert linux.tcp_listener_stats(f"[::]:{port}") == {f"[::]:{port}": (1, 2)}
-    assert linux.tcp_listener_stats(f"[0:0:0:0:0:0:0:1]:{port}") == {key: (1, 2)}, "keys are canonical"
+    assert linux.tcp_listener_stats(f"[0:0:0:0:0:0:0:1]:{port}") == {key: (1, 2)}, (
+        "keys are canonical"
+    )
     assert linux.tcp_listener_stats()[key] == (1, 2)
 
 

@@ -20,13 +20,17 @@ import pytest
 from testsupport import processes, programs
 
 ROOT = Path(__file__).resolve().parent.parent
-HARD_LIMIT = 150  # the run is designed for under 60 s; a slow CI machine gets slack before it is called hung
+HARD_LIMIT = (
+    150  # the run is designed for under 60 s; a slow CI machine gets slack before it is called hung
+)
 
 
 @pytest.mark.timeout(HARD_LIMIT + 30)
 def test_short_load_test_passes_every_check(tmp_path: Path) -> None:
     results = tmp_path / "results"
-    environment = {key: value for key, value in os.environ.items() if key != "DURATION"}  # --short's own length
+    environment = {
+        key: value for key, value in os.environ.items() if key != "DURATION"
+    }  # --short's own length
     command = [sys.executable, "-m", "loadtests", "--short", "--results", str(results)]
     run = processes.run(command, cwd=ROOT, env=environment, timeout=HARD_LIMIT, text=True)
     assert run.returncode == 0, f"load test failed:\n{run.stdout}\n{run.stderr}"
@@ -34,9 +38,18 @@ def test_short_load_test_passes_every_check(tmp_path: Path) -> None:
     assert sorted(summary) == ["gthread", "sync"]
     for variant, verdict in summary.items():
         assert verdict["ok"] and all(check["ok"] for check in verdict["checks"]), verdict
-        for suffix in ("_stats.csv", "_failures.csv", ".html", "-timeline.png", "-samples.csv", "-metrics-rest.prom"):
+        for suffix in (
+            "_stats.csv",
+            "_failures.csv",
+            ".html",
+            "-timeline.png",
+            "-samples.csv",
+            "-metrics-rest.prom",
+        ):
             report = results / f"{variant}{suffix}"
             assert report.is_file() and report.stat().st_size > 0, report
     assert (results / "summary.md").read_text().count("| PASS |") == 2
     if programs.find("promtool") is None:
-        programs.log_skip(f"FALLBACK load test: {programs.missing_message('promtool')}; the strict parser checked its expositions")
+        programs.log_skip(
+            f"FALLBACK load test: {programs.missing_message('promtool')}; the strict parser checked its expositions"
+        )

@@ -9,17 +9,18 @@ import socket
 import threading
 import wsgiref.simple_server
 import wsgiref.util
+from collections.abc import Callable, Iterable, Iterator
 from http.client import HTTPConnection
 from io import BytesIO
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any
 
 import pytest
 
 from raindrops import Middleware
+from raindrops.scoreboard import Scoreboard
 from raindrops.segments import SHM_DIR, remove_stale_segments
 from raindrops.wsgi.middleware import NAME_PREFIX
-from raindrops.scoreboard import Scoreboard
 
 Environ = dict[str, Any]
 
@@ -29,7 +30,9 @@ class Response:
         self.status = ""
         self.headers: dict[str, str] = {}
 
-    def __call__(self, status: str, headers: list[tuple[str, str]], exc_info: object = None) -> Callable[[bytes], None]:
+    def __call__(
+        self, status: str, headers: list[tuple[str, str]], exc_info: object = None
+    ) -> Callable[[bytes], None]:
         self.status = status
         self.headers = dict(headers)
         return lambda data: None
@@ -126,7 +129,12 @@ def test_exception_in_the_app_counts_an_error_and_leaves_nothing_raised() -> Non
     with pytest.raises(RuntimeError, match="boom"):
         app(environ(), Response())
     stats = counts(app)
-    assert (stats["calling"], stats["writing"], stats["requests_total"], stats["request_errors_total"]) == (0, 0, 1, 1)
+    assert (
+        stats["calling"],
+        stats["writing"],
+        stats["requests_total"],
+        stats["request_errors_total"],
+    ) == (0, 0, 1, 1)
 
 
 def test_exception_while_iterating_is_ended_by_close() -> None:
@@ -155,7 +163,9 @@ def test_file_wrapper_bodies_keep_their_type(tmp_path: Path) -> None:
     app = Middleware(sendfile, listeners=[])
     env = environ(**{"wsgi.file_wrapper": wsgiref.util.FileWrapper})  # type: ignore[arg-type]
     result = app(env, Response())
-    assert isinstance(result, wsgiref.util.FileWrapper), "servers use sendfile only for their own wrapper"
+    assert isinstance(result, wsgiref.util.FileWrapper), (
+        "servers use sendfile only for their own wrapper"
+    )
     assert counts(app)["writing"] == 1
     assert b"".join(result) == b"z" * 1000
     result.close()
@@ -182,7 +192,9 @@ def test_formats_by_query_and_accept_header() -> None:
     assert b'raindrops_request_duration_seconds_bucket{le="+Inf"} 1\n' in body
     response, body = get(app, HTTP_ACCEPT="text/plain;version=0.0.4;q=0.9,*/*;q=0.1")
     assert response.headers["Content-Type"].startswith("text/plain; version=0.0.4")
-    response, body = get(app, HTTP_ACCEPT="application/openmetrics-text;version=1.0.0,text/plain;q=0.5")
+    response, body = get(
+        app, HTTP_ACCEPT="application/openmetrics-text;version=1.0.0,text/plain;q=0.5"
+    )
     assert response.headers["Content-Type"].startswith("application/openmetrics-text")
     assert body.endswith(b"# EOF\n") and b"# TYPE raindrops_requests counter\n" in body
     response, body = get(app, QUERY_STRING="format=json")
@@ -197,7 +209,9 @@ def test_methods_and_allowed_clients() -> None:
     response, body = get(app, REQUEST_METHOD="POST")
     assert response.status.startswith("405") and response.headers["Allow"] == "GET, HEAD"
     response, body = get(app, REQUEST_METHOD="HEAD")
-    assert response.status == "200 OK" and body == b"" and response.headers["Content-Length"] == "22"
+    assert (
+        response.status == "200 OK" and body == b"" and response.headers["Content-Length"] == "22"
+    )
     assert get(app, REMOTE_ADDR="192.0.2.7")[0].status.startswith("403")
     assert get(app, REMOTE_ADDR="::1")[0].status == "200 OK"
     assert get(app, REMOTE_ADDR="::ffff:127.0.0.1")[0].status == "200 OK"

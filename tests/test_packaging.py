@@ -32,7 +32,9 @@ HOST = platform.machine()
 
 
 def _load_elfcheck() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("raindrops_elfcheck", ROOT / "tools" / "elfcheck.py")
+    spec = importlib.util.spec_from_file_location(
+        "raindrops_elfcheck", ROOT / "tools" / "elfcheck.py"
+    )
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
@@ -77,11 +79,15 @@ def test_host_wheel_is_tagged_for_any_python_and_libc(host_wheel: Built) -> None
         wheel_file = archive.read("raindrops_stats-0.1.0.dist-info/WHEEL").decode()
     assert {"raindrops/libraindrops.so", "raindrops/py.typed", "raindrops/_native.py"} <= names
     assert "Root-Is-Purelib: false" in wheel_file
-    assert sorted(line.removeprefix("Tag: ") for line in wheel_file.splitlines() if line.startswith("Tag: ")) == sorted(
+    assert sorted(
+        line.removeprefix("Tag: ") for line in wheel_file.splitlines() if line.startswith("Tag: ")
+    ) == sorted(
         f"py3-none-{platform_tag}" for platform_tag in WHEEL_TAGS[HOST].split("-")[-1].split(".")
     )
     # One line before the compile says what happens and how long it takes (shown by `pip -v`).
-    announced = [line.strip() for line in host_wheel.output.splitlines() if "raindrops: compiling" in line]
+    announced = [
+        line.strip() for line in host_wheel.output.splitlines() if "raindrops: compiling" in line
+    ]
     assert announced == [
         f"raindrops: compiling libraindrops.so for {HOST} with Zig 0.17.0 "
         "(the first build on a machine takes about 2 minutes; later builds take seconds)"
@@ -100,7 +106,9 @@ def test_aarch64_wheel_cross_builds(tmp_path: Path) -> None:
     built = _build_wheel(tmp_path, "aarch64")
     assert built.wheel.name == f"raindrops_stats-0.1.0-{WHEEL_TAGS['aarch64']}.whl"
     with zipfile.ZipFile(built.wheel) as archive:
-        info = elfcheck.check_library(archive.read("raindrops/libraindrops.so"), "aarch64", "aarch64 wheel")
+        info = elfcheck.check_library(
+            archive.read("raindrops/libraindrops.so"), "aarch64", "aarch64 wheel"
+        )
     assert (info.arch, info.needed, info.undefined) == ("aarch64", (), ())
     assert min(info.load_alignments) >= 0x10000
 
@@ -114,7 +122,10 @@ def test_unknown_target_fails_the_build_naming_the_supported_ones(tmp_path: Path
         text=True,
     )
     assert result.returncode != 0
-    assert "RAINDROPS_TARGET=sparc64: unsupported target architecture 'sparc64'" in result.stdout + result.stderr
+    assert (
+        "RAINDROPS_TARGET=sparc64: unsupported target architecture 'sparc64'"
+        in result.stdout + result.stderr
+    )
     assert "x86_64, aarch64" in result.stdout + result.stderr
     assert not list(tmp_path.glob("*.whl"))
 
@@ -137,9 +148,14 @@ def test_elfcheck_reads_the_library(library: bytes) -> None:
 def test_elfcheck_refuses_a_program_that_needs_libc(tmp_path: Path) -> None:
     ls = tmp_path / "ls"
     shutil.copy(shutil.which("ls") or "/bin/ls", ls)
-    with pytest.raises(elfcheck.ElfError, match=r"needs shared libraries \(DT_NEEDED\): .*libc\.so\.6.*undefined dynamic symbols"):
+    with pytest.raises(
+        elfcheck.ElfError,
+        match=r"needs shared libraries \(DT_NEEDED\): .*libc\.so\.6.*undefined dynamic symbols",
+    ):
         elfcheck.check_library(ls.read_bytes(), HOST, str(ls))
-    result = processes.run([sys.executable, str(ROOT / "tools" / "elfcheck.py"), str(ls)], timeout=60, text=True)
+    result = processes.run(
+        [sys.executable, str(ROOT / "tools" / "elfcheck.py"), str(ls)], timeout=60, text=True
+    )
     assert result.returncode == 1 and "DT_NEEDED" in result.stderr and not result.stdout
 
 
@@ -151,7 +167,9 @@ def test_elfcheck_refuses_another_architecture(library: bytes) -> None:
 
 @pytest.mark.parametrize("keep", [0, 3, 4, 20, 64, 100, 4096, -64, -1])
 def test_elfcheck_refuses_a_truncated_file(library: bytes, keep: int) -> None:
-    with pytest.raises(elfcheck.ElfError, match="truncated|not an ELF file|outside its table|unterminated"):
+    with pytest.raises(
+        elfcheck.ElfError, match="truncated|not an ELF file|outside its table|unterminated"
+    ):
         elfcheck.check_library(library[:keep], HOST, "lib")
 
 
@@ -173,12 +191,17 @@ def test_elfcheck_refuses_small_page_alignment_and_unknown_targets(library: byte
     assert elfcheck.problems(small, "aarch64") == [
         "PT_LOAD segments aligned to [4096], below the 65536-byte pages of aarch64 kernels"
     ]
-    with pytest.raises(ValueError, match="unsupported target architecture 'riscv64': raindrops builds wheels for x86_64, aarch64"):
+    with pytest.raises(
+        ValueError,
+        match="unsupported target architecture 'riscv64': raindrops builds wheels for x86_64, aarch64",
+    ):
         elfcheck.problems(info, "riscv64")
     assert elfcheck.target_arch("arm64") == "aarch64" and elfcheck.target_arch("amd64") == "x86_64"
 
 
-def test_elfcheck_refuses_a_wheel_without_the_library_or_with_another_tag(tmp_path: Path, host_wheel: Built) -> None:
+def test_elfcheck_refuses_a_wheel_without_the_library_or_with_another_tag(
+    tmp_path: Path, host_wheel: Built
+) -> None:
     empty = tmp_path / host_wheel.wheel.name
     with zipfile.ZipFile(empty, "w") as archive:
         archive.writestr("raindrops/__init__.py", "")
@@ -206,7 +229,9 @@ def _pythons() -> dict[str, str]:
         except OSError:
             continue
         fields = result.stdout.split()
-        if result.returncode != 0 or len(fields) != 3 or fields[0] != "cpython":  # e.g. a pyenv shim of no active version
+        if (
+            result.returncode != 0 or len(fields) != 3 or fields[0] != "cpython"
+        ):  # e.g. a pyenv shim of no active version
             continue
         version = (int(fields[1]), int(fields[2]))
         if version >= (3, 10):
@@ -260,14 +285,24 @@ def test_a_cpython_is_found() -> None:
 
 
 @pytest.mark.parametrize("version", list(PYTHONS))
-def test_wheel_installs_and_works_in_a_fresh_venv(version: str, host_wheel: Built, tmp_path: Path) -> None:
+def test_wheel_installs_and_works_in_a_fresh_venv(
+    version: str, host_wheel: Built, tmp_path: Path
+) -> None:
     venv = tmp_path / "venv"
-    made = processes.run([PYTHONS[version], "-m", "venv", "--without-pip", str(venv)], timeout=120, text=True)
+    made = processes.run(
+        [PYTHONS[version], "-m", "venv", "--without-pip", str(venv)], timeout=120, text=True
+    )
     assert made.returncode == 0, made.stderr
     python = venv / "bin" / "python"
     pip_install = [sys.executable, "-m", "pip", "--python", str(python), "install", "--quiet"]
     install = processes.run(
-        [*pip_install, "--disable-pip-version-check", "--no-index", "--no-deps", str(host_wheel.wheel)],
+        [
+            *pip_install,
+            "--disable-pip-version-check",
+            "--no-index",
+            "--no-deps",
+            str(host_wheel.wheel),
+        ],
         timeout=300,
         text=True,
     )
@@ -276,10 +311,18 @@ def test_wheel_installs_and_works_in_a_fresh_venv(version: str, host_wheel: Buil
     elsewhere.mkdir()
     (elsewhere / "smoke.py").write_text(SMOKE)
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(tmp_path)}
-    result = processes.run([str(python), "-I", "smoke.py", str(venv)], cwd=elsewhere, env=env, timeout=120, text=True)
+    result = processes.run(
+        [str(python), "-I", "smoke.py", str(venv)], cwd=elsewhere, env=env, timeout=120, text=True
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.startswith(f"ok {version.replace('.', ' ')} ")
-    cli = processes.run([str(venv / "bin" / "raindrops"), "--version"], cwd=elsewhere, env=env, timeout=60, text=True)
+    cli = processes.run(
+        [str(venv / "bin" / "raindrops"), "--version"],
+        cwd=elsewhere,
+        env=env,
+        timeout=60,
+        text=True,
+    )
     assert (cli.returncode, cli.stdout) == (0, "raindrops 0.1.0\n"), cli.stderr
 
 
@@ -287,11 +330,15 @@ def test_wheel_installs_and_works_in_a_fresh_venv(version: str, host_wheel: Buil
 
 
 def test_version_option_prints_the_distribution_version(tmp_path: Path) -> None:
-    result = processes.run([sys.executable, "-m", "raindrops", "--version"], cwd=tmp_path, timeout=60, text=True)
+    result = processes.run(
+        [sys.executable, "-m", "raindrops", "--version"], cwd=tmp_path, timeout=60, text=True
+    )
     assert (result.returncode, result.stdout, result.stderr) == (0, "raindrops 0.1.0\n", "")
 
 
-def test_version_falls_back_to_the_package_without_metadata(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_version_falls_back_to_the_package_without_metadata(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     import importlib.metadata
 
     import raindrops

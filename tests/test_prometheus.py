@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import subprocess
 import time
-from typing import Iterator
+from collections.abc import Iterator
 
 import pytest
-
 from servers import (
     JOB,
     NEGOTIATED_JOB,
@@ -26,6 +25,7 @@ from servers import (
     prometheus_binaries,
     wait_for,
 )
+
 from testsupport import formats, processes, programs
 from testsupport.formats import parse_prometheus
 
@@ -39,7 +39,9 @@ def binaries() -> tuple[str, str]:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gunicorn]:
-    with gunicorn(tmp_path_factory.mktemp("gunicorn"), ["--worker-class", "sync"], workers=3) as running:
+    with gunicorn(
+        tmp_path_factory.mktemp("gunicorn"), ["--worker-class", "sync"], workers=3
+    ) as running:
         # Something in every metric family: requests, an error, a streamed body.
         assert running.get("/").status == 200
         assert running.get("/fail").status == 500
@@ -52,18 +54,25 @@ def promtool_check(promtool: str, exposition: str) -> subprocess.CompletedProces
     return processes.run([promtool, "check", "metrics"], input=exposition, timeout=60, text=True)
 
 
-def test_promtool_accepts_the_prometheus_format(binaries: tuple[str, str], server: Gunicorn) -> None:
+def test_promtool_accepts_the_prometheus_format(
+    binaries: tuple[str, str], server: Gunicorn
+) -> None:
     _, promtool = binaries
     by_query = server.stats("?format=prometheus")
     by_accept = server.stats(headers={"Accept": "text/plain;version=0.0.4"})
     for response in (by_query, by_accept):
         assert response.headers["content-type"] == "text/plain; version=0.0.4; charset=utf-8"
         samples = parse_prometheus(response.text)
-        assert samples["raindrops_requests_total"] >= 3 and samples["raindrops_request_errors_total"] >= 1
+        assert (
+            samples["raindrops_requests_total"] >= 3
+            and samples["raindrops_request_errors_total"] >= 1
+        )
         assert f'raindrops_listener_queued{{listener="{server.address}"}}' in samples
         assert samples['raindrops_request_duration_seconds_bucket{le="+Inf"}'] >= 3
         result = promtool_check(promtool, response.text)
-        assert result.returncode == 0, f"promtool check metrics failed:\n{result.stdout}{result.stderr}"
+        assert result.returncode == 0, (
+            f"promtool check metrics failed:\n{result.stdout}{result.stderr}"
+        )
 
 
 # What promtool rejects, and so must the strict parser that stands in for it (testsupport.formats).
@@ -77,7 +86,10 @@ BREAKAGES = {
 # What promtool (2.42) lets pass, but the endpoint never serves: the strict parser rejects it too.
 STRICTER = {
     "sample before its TYPE": ("# TYPE raindrops_calling gauge\n", ""),
-    "+Inf bucket is not the count": ("\nraindrops_request_duration_seconds_count ", "\nraindrops_request_duration_seconds_count 9"),
+    "+Inf bucket is not the count": (
+        "\nraindrops_request_duration_seconds_count ",
+        "\nraindrops_request_duration_seconds_count 9",
+    ),
 }
 
 
@@ -112,11 +124,16 @@ def test_the_strict_parser_is_stricter_than_promtool(breakage: str, server: Guni
 
 def test_openmetrics_ends_with_eof(binaries: tuple[str, str], server: Gunicorn) -> None:
     response = server.stats(headers={"Accept": "application/openmetrics-text; version=1.0.0"})
-    assert response.headers["content-type"] == "application/openmetrics-text; version=1.0.0; charset=utf-8"
+    assert (
+        response.headers["content-type"]
+        == "application/openmetrics-text; version=1.0.0; charset=utf-8"
+    )
     assert response.text.endswith("\n# EOF\n")
     samples = parse_prometheus(response.text, openmetrics=True)
     assert samples["raindrops_requests_total"] >= 3
-    assert "# TYPE raindrops_requests counter\n" in response.text, "OpenMetrics names the family without _total"
+    assert "# TYPE raindrops_requests counter\n" in response.text, (
+        "OpenMetrics names the family without _total"
+    )
     try:
         from prometheus_client.openmetrics.parser import text_string_to_metric_families
     except ImportError:  # the bench extra; the checks above stand without it
@@ -138,7 +155,12 @@ def test_a_prometheus_server_scrapes_requests_in_flight(
     jobs = {JOB, NEGOTIATED_JOB}
     with prometheus(binary, tmp_path_factory.mktemp("prometheus"), server.port) as prom:
         # Scraping works: both targets are up and the counters arrive.
-        wait_for(lambda: _by_job(prom, "up"), lambda up: up == dict.fromkeys(jobs, 1.0), 20, "both targets up")
+        wait_for(
+            lambda: _by_job(prom, "up"),
+            lambda up: up == dict.fromkeys(jobs, 1.0),
+            20,
+            "both targets up",
+        )
         requests = server.json()["requests_total"]
         wait_for(
             lambda: _by_job(prom, "raindrops_requests_total"),

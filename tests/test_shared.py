@@ -8,8 +8,8 @@ import struct
 import subprocess
 import sys
 import textwrap
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pytest
 
@@ -41,7 +41,9 @@ def fork_all(workers: int, work: Callable[[int], None]) -> None:
 
 def run_python(code: str, timeout_s: float = 60) -> subprocess.CompletedProcess[str]:
     """Runs code in a fresh, unrelated interpreter."""
-    return processes.run([sys.executable, "-c", textwrap.dedent(code)], timeout=timeout_s, text=True)
+    return processes.run(
+        [sys.executable, "-c", textwrap.dedent(code)], timeout=timeout_s, text=True
+    )
 
 
 def test_eight_processes_250k_increments_sum_exactly() -> None:
@@ -116,7 +118,9 @@ def test_child_forked_before_growth_sees_the_new_counters() -> None:
         assert rd[499] == 7
 
 
-def test_named_segment_is_mode_0600_and_shared_with_an_unrelated_process(shm_name: Callable[[], str]) -> None:
+def test_named_segment_is_mode_0600_and_shared_with_an_unrelated_process(
+    shm_name: Callable[[], str],
+) -> None:
     name = shm_name()
     with Raindrops(3, name=name) as rd:
         info = (SHM_DIR / name[1:]).stat()
@@ -136,7 +140,9 @@ def test_named_segment_is_mode_0600_and_shared_with_an_unrelated_process(shm_nam
         assert rd[2] == 100_040
 
 
-def test_attaching_with_a_larger_size_grows_the_segment_for_everyone(shm_name: Callable[[], str]) -> None:
+def test_attaching_with_a_larger_size_grows_the_segment_for_everyone(
+    shm_name: Callable[[], str],
+) -> None:
     name = shm_name()
     with Raindrops(2, name=name) as small:
         small[1] = 5
@@ -161,7 +167,10 @@ def test_four_processes_racing_to_create_share_one_segment(shm_name: Callable[[]
         print(os.fstat(rd._segment.fd).st_ino)
         """
     command = [sys.executable, "-c", textwrap.dedent(code)]
-    children = [processes.spawn(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) for _ in range(4)]
+    children = [
+        processes.spawn(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        for _ in range(4)
+    ]
     try:
         for child in children:
             child.stdin.write("x")  # type: ignore[union-attr]
@@ -177,7 +186,11 @@ def test_four_processes_racing_to_create_share_one_segment(shm_name: Callable[[]
         assert rd[1] == 80_000
         assert str(os.fstat(rd._segment.fd).st_ino) in inodes
     leftovers = [path.name for path in SHM_DIR.glob(".raindrops-*")]
-    assert not [leftover for leftover in leftovers if leftover.split("-")[1] in {str(c.pid) for c in children}]
+    assert not [
+        leftover
+        for leftover in leftovers
+        if leftover.split("-")[1] in {str(c.pid) for c in children}
+    ]
 
 
 def test_unlink_removes_the_name_but_mappings_live_on(shm_name: Callable[[], str]) -> None:
@@ -192,7 +205,9 @@ def test_unlink_removes_the_name_but_mappings_live_on(shm_name: Callable[[], str
             rd.unlink()
 
 
-def header(*, magic: int = MAGIC, version: int = 1, stride: int = 64, capacity: int = 63, size: int = 1) -> bytes:
+def header(
+    *, magic: int = MAGIC, version: int = 1, stride: int = 64, capacity: int = 63, size: int = 1
+) -> bytes:
     return HEADER.pack(magic, version, stride, capacity, size, 1, 0)
 
 

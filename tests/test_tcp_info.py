@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import socket
 import time
-from typing import Iterator
+from collections.abc import Iterator
 
 import pytest
 
@@ -47,8 +47,9 @@ def test_last_data_recv_grows_while_idle(connection: tuple[socket.socket, ...]) 
 
 def test_listening_socket_reports_its_queue(connection: tuple[socket.socket, ...]) -> None:
     server, _, _ = connection
-    with socket.create_connection(server.getsockname(), timeout=5), socket.create_connection(
-        server.getsockname(), timeout=5
+    with (
+        socket.create_connection(server.getsockname(), timeout=5),
+        socket.create_connection(server.getsockname(), timeout=5),
     ):
         time.sleep(0.01)
         info = TCPInfo(server)
@@ -62,7 +63,10 @@ def test_states_table() -> None:
 
 
 def test_udp_and_unix_sockets_are_refused() -> None:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp, pytest.raises((OSError, ValueError)):
+    with (
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp,
+        pytest.raises((OSError, ValueError)),
+    ):
         TCPInfo(udp)
     left, right = socket.socketpair()
     with left, right, pytest.raises((OSError, ValueError)):

@@ -15,10 +15,14 @@ from testsupport import processes, programs
 from testsupport.processes import is_dead
 
 
-def test_a_missing_program_is_a_skip_outside_ci(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_missing_program_is_a_skip_outside_ci(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("PATH", str(tmp_path))
     monkeypatch.delenv("CI", raising=False)
-    with pytest.raises(programs.MissingProgram, match=r"^promtool is not installed \(Debian package prometheus\)$"):
+    with pytest.raises(
+        programs.MissingProgram, match=r"^promtool is not installed \(Debian package prometheus\)$"
+    ):
         programs.require("promtool")
 
 
@@ -29,7 +33,9 @@ def test_a_missing_program_fails_in_ci(tmp_path: Path, monkeypatch: pytest.Monke
         programs.require("chromium", "chromium-browser")
 
 
-def test_a_present_program_is_found_under_any_of_its_names(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_present_program_is_found_under_any_of_its_names(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     browser = tmp_path / "chromium-browser"
     browser.write_text("#!/bin/sh\n")
     browser.chmod(0o755)
@@ -69,7 +75,9 @@ def test_children_start_with_the_default_sigint_even_if_ours_is_ignored() -> Non
 
 def test_orphans_are_adopted_so_leftovers_can_be_found() -> None:
     """pytest is a child subreaper (conftest): a grandchild whose parent exits becomes our child."""
-    result = processes.run(["sh", "-c", "setsid sleep 30 >/dev/null 2>&1 & echo $!"], timeout=10, text=True)
+    result = processes.run(
+        ["sh", "-c", "setsid sleep 30 >/dev/null 2>&1 & echo $!"], timeout=10, text=True
+    )
     orphan = int(result.stdout)
     try:
         deadline = time.monotonic() + 5

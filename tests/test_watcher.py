@@ -10,13 +10,14 @@ import socket
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 from urllib.parse import quote, unquote
 
 import pytest
-
 from load import Load, wait_until
+
 from raindrops import ListenStats, Watcher, exposition
 from raindrops.watcher.aggregate import Aggregate
 from raindrops.watcher.sampler import _Listener
@@ -109,6 +110,7 @@ def watcher(load: Load) -> Iterator[Watcher]:
 
 def samples(app: Watcher, address: str, count: int) -> None:
     """Waits until `count` samples of `address` were taken since its last reset."""
+
     def enough() -> bool:
         view = app.view(address, "active")
         return view is not None and view.snapshot.count >= count
@@ -123,7 +125,11 @@ def test_stats_headers_histogram_and_head(watcher: Watcher, load: Load) -> None:
     assert [name for name, _ in active.header_list] == STAT_HEADERS
     count = int(active.headers["X-Count"])
     assert count >= 3
-    assert (active.headers["X-Min"], active.headers["X-Max"], active.headers["X-Current"]) == ("2", "2", "2")
+    assert (active.headers["X-Min"], active.headers["X-Max"], active.headers["X-Current"]) == (
+        "2",
+        "2",
+        "2",
+    )
     assert (active.headers["X-Mean"], active.headers["X-Std-Dev"]) == ("2.0", "0.0")
     assert (active.headers["X-Outliers-Low"], active.headers["X-Outliers-High"]) == ("0", "0")
     assert active.headers["Content-Type"] == "text/plain"
@@ -145,7 +151,11 @@ def test_stats_headers_histogram_and_head(watcher: Watcher, load: Load) -> None:
 
     data = json.loads(call(watcher, f"/active/{escaped(load.address)}.json").body)
     assert data["address"] == load.address and data["kind"] == "active" and data["current"] == 2
-    assert data["min"] == data["max"] == 2 and data["count"] >= 3 and data["first_peak_at"] <= data["last_peak_at"]
+    assert (
+        data["min"] == data["max"] == 2
+        and data["count"] >= 3
+        and data["first_peak_at"] <= data["last_peak_at"]
+    )
 
 
 def test_empty_aggregate_and_idle_listener_headers() -> None:
@@ -154,7 +164,11 @@ def test_empty_aggregate_and_idle_listener_headers() -> None:
         reply = call(app, f"/active/{escaped(idle.address)}.txt")
         assert reply.body == b"Empty histogram"
         assert reply.headers["X-Outliers-Low"] == reply.headers["X-Count"]
-        assert (reply.headers["X-Min"], reply.headers["X-Max"], reply.headers["X-Mean"]) == ("0", "0", "0.0")
+        assert (reply.headers["X-Min"], reply.headers["X-Max"], reply.headers["X-Mean"]) == (
+            "0",
+            "0",
+            "0.0",
+        )
         # 0 is never a peak: an idle listener has no peak time.
         assert (reply.headers["X-First-Peak-At"], reply.headers["X-Last-Peak-At"]) == ("", "")
     empty = exposition.watcher_headers(Aggregate().snapshot())
@@ -181,7 +195,12 @@ def test_peaks_first_and_last_time_the_maximum_was_reached() -> None:
     assert (idle.first_peak, idle.last_peak) == (None, None)
     listener.reset(8.0)
     after = listener.view("active")
-    assert (after.first_peak, after.last_peak, after.last_reset, after.snapshot.count) == (None, None, 8.0, 0)
+    assert (after.first_peak, after.last_peak, after.last_reset, after.snapshot.count) == (
+        None,
+        None,
+        8.0,
+        0,
+    )
 
 
 def load_stats(active: int) -> ListenStats:
@@ -201,8 +220,15 @@ def test_reset_redirects_to_a_real_url_and_forgets_peaks(watcher: Watcher, load:
     assert after["first_peak_at"] > before["first_peak_at"]  # peaks start again too
 
     back = f"http://watch.test/active/{escaped(load.address)}.html"
-    assert call(watcher, f"/reset/{escaped(load.address)}", "POST", HTTP_REFERER=back).headers["Location"] == back
-    foreign = call(watcher, f"/reset/{escaped(load.address)}", "POST", HTTP_REFERER="http://evil.test/")
+    assert (
+        call(watcher, f"/reset/{escaped(load.address)}", "POST", HTTP_REFERER=back).headers[
+            "Location"
+        ]
+        == back
+    )
+    foreign = call(
+        watcher, f"/reset/{escaped(load.address)}", "POST", HTTP_REFERER="http://evil.test/"
+    )
     assert foreign.headers["Location"] == "http://watch.test/"
     mounted = call(watcher, "", SCRIPT_NAME="/watch")
     assert (mounted.code, mounted.headers["Location"]) == (302, "http://watch.test/watch/")
@@ -210,7 +236,14 @@ def test_reset_redirects_to_a_real_url_and_forgets_peaks(watcher: Watcher, load:
 
 def test_not_found_and_method_not_allowed(watcher: Watcher, load: Load) -> None:
     addr = escaped(load.address)
-    unknown = ("/nope", "/active/", f"/active/{addr}.xml", f"/active/{addr}", "/active/10.0.0.1%3A1.txt", "/tail/x.txt")
+    unknown = (
+        "/nope",
+        "/active/",
+        f"/active/{addr}.xml",
+        f"/active/{addr}",
+        "/active/10.0.0.1%3A1.txt",
+        "/tail/x.txt",
+    )
     for path in unknown:
         reply = call(watcher, path)
         assert (reply.code, reply.body) == (404, b"Not Found"), path
@@ -242,7 +275,9 @@ def test_index_escapes_names_and_lists_sorted(tmp_path: Path) -> None:
             assert reply.headers["Content-Type"] == "text/html; charset=utf-8"
             assert "<b>" not in page and "&lt;b&gt;&amp;&#x27;&quot;x.sock" in page
             assert f"href='tail/{escaped(hostile)}.txt'" in page
-            assert page.index("&lt;b&gt;") < page.index(tcp.address)  # sorted: "/tmp/..." before "127..."
+            assert page.index("&lt;b&gt;") < page.index(
+                tcp.address
+            )  # sorted: "/tmp/..." before "127..."
             assert "<h3>Updated at " in page and "<script>" in page and "src=" not in page
             assert "'sha256-" in reply.headers["Content-Security-Policy"]
             html_page = call(app, f"/active/{escaped(hostile)}.html").body.decode()
@@ -284,7 +319,9 @@ def test_arguments_are_checked() -> None:
 @pytest.fixture
 def server(watcher: Watcher) -> Iterator[WatchServer]:
     httpd = make_server("127.0.0.1", 0, watcher)
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread = threading.Thread(
+        target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+    )
     thread.start()
     try:
         yield httpd
@@ -314,21 +351,29 @@ def test_tail_lines_and_filters(server: WatchServer, watcher: Watcher, load: Loa
     client = open_tail(server.server_port, load.address)
     data = read_until(client, 2)
     head, _, body = data.partition(b"\r\n\r\n")
-    assert b"Cache-Control: no-transform" in head and b"Expires: Thu, 01 Jan 1970 00:00:00 GMT" in head
+    assert (
+        b"Cache-Control: no-transform" in head and b"Expires: Thu, 01 Jan 1970 00:00:00 GMT" in head
+    )
     line = body.decode().splitlines()[0]
-    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ " + re.escape(load.address) + r" {10}2 {10}1", line), line
+    assert re.fullmatch(
+        r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ " + re.escape(load.address) + r" {10}2 {10}1", line
+    ), line
     client.close()
 
     waiting = open_tail(server.server_port, load.address, "queued_min=3&active_min=1")
     waiting.settimeout(0.3)
     with pytest.raises(socket.timeout):
-        waiting.recv(4096)  # no line passes the filters yet (wsgiref sends the headers with the first line)
+        waiting.recv(
+            4096
+        )  # no line passes the filters yet (wsgiref sends the headers with the first line)
     load.set(active=1, queued=3)
     assert b" 1          3\n" in read_until(waiting, 1)
     waiting.close()
 
 
-def test_tail_ends_when_the_client_leaves(server: WatchServer, watcher: Watcher, load: Load) -> None:
+def test_tail_ends_when_the_client_leaves(
+    server: WatchServer, watcher: Watcher, load: Load
+) -> None:
     quiet = open_tail(server.server_port, load.address, "queued_min=1000")  # never writes a line
     talkative = open_tail(server.server_port, load.address)
     read_until(talkative, 1)
@@ -343,7 +388,9 @@ def test_tail_ends_when_the_client_leaves(server: WatchServer, watcher: Watcher,
     watcher.close()  # closing the Watcher ends the streams still open
     wait_until(lambda: sampler.streams == 0, timeout=3, what="the stream to end on close()")
     remaining.settimeout(5)
-    assert remaining.recv(4096).startswith(b"HTTP/1.0 200")  # an empty response, then the server closes
+    assert remaining.recv(4096).startswith(
+        b"HTTP/1.0 200"
+    )  # an empty response, then the server closes
     remaining.close()
 
 
@@ -356,7 +403,17 @@ def test_head_on_tail_sends_headers_only(watcher: Watcher, load: Load) -> None:
 
 
 def test_watch_command_serves_and_exits_130_on_ctrl_c(load: Load) -> None:
-    command = [sys.executable, "-m", "raindrops", "watch", "--bind", "127.0.0.1:0", "--delay", "0.05", load.address]
+    command = [
+        sys.executable,
+        "-m",
+        "raindrops",
+        "watch",
+        "--bind",
+        "127.0.0.1:0",
+        "--delay",
+        "0.05",
+        load.address,
+    ]
     with processes.running(command, stderr=subprocess.PIPE, text=True) as process:
         assert process.stderr is not None
         banner = process.stderr.readline()

@@ -67,7 +67,7 @@ def parse_text(body: str) -> Stats:
     while position < len(body):
         line = _TEXT_LISTENER.match(body, position)
         if line is None:
-            raise FormatError(f"bad listener lines: {body[position:position + 80]!r}")
+            raise FormatError(f"bad listener lines: {body[position : position + 80]!r}")
         listeners[line[1]] = (int(line[2]), int(line[3]))
         position = line.end()
     return Stats(int(head[1]), int(head[2]), listeners)

@@ -18,19 +18,25 @@ import os
 import signal
 import subprocess
 import threading
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import IO, Any, Iterator, Sequence
+from typing import IO, Any
 
 STOP_TIMEOUT = 10.0
 
 
 def restore_default_sigint() -> None:
     """Children started after this get SIGINT's default action, even if ours was ignored."""
-    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN and threading.current_thread() is threading.main_thread():
+    if (
+        signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+        and threading.current_thread() is threading.main_thread()
+    ):
         signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
-def spawn(command: Sequence[str], *, log: Path | None = None, **options: Any) -> subprocess.Popen[Any]:
+def spawn(
+    command: Sequence[str], *, log: Path | None = None, **options: Any
+) -> subprocess.Popen[Any]:
     """Starts `command` in a session of its own; with `log`, stdout and stderr go to that file."""
     restore_default_sigint()
     options.setdefault("stdin", subprocess.DEVNULL)
@@ -38,7 +44,11 @@ def spawn(command: Sequence[str], *, log: Path | None = None, **options: Any) ->
         return subprocess.Popen(list(command), start_new_session=True, **options)
     with open(log, "wb") as log_file:
         return subprocess.Popen(
-            list(command), start_new_session=True, stdout=log_file, stderr=subprocess.STDOUT, **options
+            list(command),
+            start_new_session=True,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            **options,
         )
 
 
@@ -65,7 +75,11 @@ def stop(process: subprocess.Popen[Any], timeout: float = STOP_TIMEOUT) -> None:
 
 @contextlib.contextmanager
 def running(
-    command: Sequence[str], *, log: Path | None = None, stop_timeout: float = STOP_TIMEOUT, **options: Any
+    command: Sequence[str],
+    *,
+    log: Path | None = None,
+    stop_timeout: float = STOP_TIMEOUT,
+    **options: Any,
 ) -> Iterator[subprocess.Popen[Any]]:
     """spawn() for the length of a `with` block; stop() when it ends, however it ends."""
     process = spawn(command, log=log, **options)
@@ -79,8 +93,12 @@ def run(
     command: Sequence[str], *, timeout: float, input: str | bytes | None = None, **options: Any
 ) -> subprocess.CompletedProcess[Any]:
     """subprocess.run with output captured, whose timeout ends the whole process group, not only the child."""
-    stdin: int | IO[Any] = subprocess.PIPE if input is not None else options.pop("stdin", subprocess.DEVNULL)
-    with running(command, stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **options) as process:
+    stdin: int | IO[Any] = (
+        subprocess.PIPE if input is not None else options.pop("stdin", subprocess.DEVNULL)
+    )
+    with running(
+        command, stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **options
+    ) as process:
         stdout, stderr = process.communicate(input, timeout=timeout)
         return subprocess.CompletedProcess(list(command), process.returncode, stdout, stderr)
 

@@ -21,9 +21,9 @@ import platform
 import struct
 import sys
 import zipfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 LIBRARY = "libraindrops.so"
 LIBRARY_IN_WHEEL = f"raindrops/{LIBRARY}"
@@ -41,10 +41,16 @@ class Target:
 
 TARGETS = {
     "x86_64": Target(62, 0x1000, "manylinux_2_5_x86_64.manylinux1_x86_64.musllinux_1_1_x86_64"),
-    "aarch64": Target(183, 0x10000, "manylinux_2_17_aarch64.manylinux2014_aarch64.musllinux_1_1_aarch64"),
+    "aarch64": Target(
+        183, 0x10000, "manylinux_2_17_aarch64.manylinux2014_aarch64.musllinux_1_1_aarch64"
+    ),
 }
 ALIASES = {"amd64": "x86_64", "arm64": "aarch64"}
-MACHINE_NAMES = {target.machine: arch for arch, target in TARGETS.items()} | {3: "i386", 40: "arm", 243: "riscv64"}
+MACHINE_NAMES = {target.machine: arch for arch, target in TARGETS.items()} | {
+    3: "i386",
+    40: "arm",
+    243: "riscv64",
+}
 
 ET_DYN = 3
 PT_LOAD = 1
@@ -77,7 +83,9 @@ def target_arch(name: str) -> str:
     arch = ALIASES.get(name, name)
     if arch not in TARGETS:
         supported = ", ".join(TARGETS)
-        raise ValueError(f"unsupported target architecture {name!r}: raindrops builds wheels for {supported}")
+        raise ValueError(
+            f"unsupported target architecture {name!r}: raindrops builds wheels for {supported}"
+        )
     return arch
 
 
@@ -88,7 +96,9 @@ class _Reader:
     def unpack(self, layout: str, offset: int, what: str) -> tuple[int, ...]:
         size = struct.calcsize(layout)
         if offset < 0 or offset + size > len(self.data):
-            raise ElfError(f"truncated: {what} at byte {offset} ends past the end of the file ({len(self.data)} bytes)")
+            raise ElfError(
+                f"truncated: {what} at byte {offset} ends past the end of the file ({len(self.data)} bytes)"
+            )
         return struct.unpack_from(layout, self.data, offset)
 
     def string(self, table_offset: int, table_size: int, index: int) -> str:
@@ -107,19 +117,24 @@ def read_elf(data: bytes) -> ElfInfo:
     reader = _Reader(data)
     elf_class, encoding = reader.unpack("<BB", 4, "e_ident")
     if elf_class != 2 or encoding != 1:
-        raise ElfError(f"not a 64-bit little-endian ELF file (EI_CLASS {elf_class}, EI_DATA {encoding})")
-    (file_type, machine, _, _, phoff, shoff, _, _, phentsize, phnum, shentsize, shnum, _) = reader.unpack(
-        "<HHIQQQIHHHHHH", 16, "ELF header"
+        raise ElfError(
+            f"not a 64-bit little-endian ELF file (EI_CLASS {elf_class}, EI_DATA {encoding})"
+        )
+    (file_type, machine, _, _, phoff, shoff, _, _, phentsize, phnum, shentsize, shnum, _) = (
+        reader.unpack("<HHIQQQIHHHHHH", 16, "ELF header")
     )
     loads = []
     for index in range(phnum):
-        p_type, _, _, _, _, _, _, p_align = reader.unpack("<IIQQQQQQ", phoff + index * phentsize, "program header")
+        p_type, _, _, _, _, _, _, p_align = reader.unpack(
+            "<IIQQQQQQ", phoff + index * phentsize, "program header"
+        )
         if p_type == PT_LOAD:
             loads.append(p_align)
     if shnum == 0:
         raise ElfError("no section headers: cannot find the dynamic section")
     sections = [
-        reader.unpack("<IIQQQQIIQQ", shoff + index * shentsize, "section header") for index in range(shnum)
+        reader.unpack("<IIQQQQIIQQ", shoff + index * shentsize, "section header")
+        for index in range(shnum)
     ]
     needed: list[str] = []
     undefined: list[str] = []
@@ -138,7 +153,9 @@ def read_elf(data: bytes) -> ElfInfo:
                     needed.append(reader.string(strings_offset, strings_size, value))
         else:
             for entry in range(1, size // (entsize or 24)):  # entry 0 is the reserved null symbol
-                name, _, _, shndx, _, _ = reader.unpack("<IBBHQQ", offset + entry * 24, "dynamic symbol")
+                name, _, _, shndx, _, _ = reader.unpack(
+                    "<IBBHQQ", offset + entry * 24, "dynamic symbol"
+                )
                 if shndx == SHN_UNDEF:
                     undefined.append(reader.string(strings_offset, strings_size, name))
     return ElfInfo(machine, file_type, tuple(needed), tuple(undefined), tuple(loads))
@@ -163,7 +180,9 @@ def problems(info: ElfInfo, arch: str) -> list[str]:
         found.append(f"has undefined dynamic symbols: {_listing(sorted(info.undefined))}")
     small = sorted({align for align in info.load_alignments if align < target.page_size_max})
     if small:
-        found.append(f"PT_LOAD segments aligned to {small}, below the {target.page_size_max}-byte pages of {arch} kernels")
+        found.append(
+            f"PT_LOAD segments aligned to {small}, below the {target.page_size_max}-byte pages of {arch} kernels"
+        )
     if not info.load_alignments:
         found.append("no PT_LOAD segment")
     return found
@@ -177,7 +196,10 @@ def check_library(data: bytes, arch: str, where: str) -> ElfInfo:
         raise ElfError(f"{where}: {error}") from None
     found = problems(info, arch)
     if found:
-        raise ElfError(f"{where}: cannot go in a py3-none-{TARGETS[target_arch(arch)].platform_tag} wheel: " + "; ".join(found))
+        raise ElfError(
+            f"{where}: cannot go in a py3-none-{TARGETS[target_arch(arch)].platform_tag} wheel: "
+            + "; ".join(found)
+        )
     return info
 
 
@@ -187,7 +209,9 @@ def wheel_arch(wheel: Path) -> str:
     for arch, target in TARGETS.items():
         if platform == target.platform_tag:
             return arch
-    raise ElfError(f"{wheel.name}: platform tag {platform!r} is none of: {', '.join(t.platform_tag for t in TARGETS.values())}")
+    raise ElfError(
+        f"{wheel.name}: platform tag {platform!r} is none of: {', '.join(t.platform_tag for t in TARGETS.values())}"
+    )
 
 
 def check_path(path: Path, arch: str | None) -> str:
@@ -212,8 +236,13 @@ def check_path(path: Path, arch: str | None) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Check libraindrops.so (or the one in a wheel) needs nothing from the system.")
-    parser.add_argument("--arch", help=f"expected architecture ({', '.join(TARGETS)}); default: a wheel's tag, else this machine's")
+    parser = argparse.ArgumentParser(
+        description="Check libraindrops.so (or the one in a wheel) needs nothing from the system."
+    )
+    parser.add_argument(
+        "--arch",
+        help=f"expected architecture ({', '.join(TARGETS)}); default: a wheel's tag, else this machine's",
+    )
     parser.add_argument("paths", nargs="+", type=Path, metavar="FILE_OR_WHEEL")
     options = parser.parse_args(argv)
     failed = False

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import ipaddress
-from typing import Any, Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 from urllib.parse import parse_qs
 
 from raindrops import exposition
@@ -33,9 +34,13 @@ def reply(
     return [] if method == "HEAD" else [body]
 
 
-def plain(start_response: StartResponse, method: str, status: str, extra: Sequence[tuple[str, str]] = ()) -> list[bytes]:
+def plain(
+    start_response: StartResponse, method: str, status: str, extra: Sequence[tuple[str, str]] = ()
+) -> list[bytes]:
     """A short text answer that is its status's reason, such as raindrops' "Not Found"."""
-    return reply(start_response, method, status, "text/plain", status.partition(" ")[2].encode(), extra)
+    return reply(
+        start_response, method, status, "text/plain", status.partition(" ")[2].encode(), extra
+    )
 
 
 def client_socket(environ: Environ) -> Any:
@@ -96,7 +101,14 @@ def endpoint_request(
     method = environ.get("REQUEST_METHOD", "GET")
     if method not in ("GET", "HEAD"):
         refusal = b"405 Method Not Allowed\n"
-        return "", reply(start_response, method, "405 Method Not Allowed", "text/plain", refusal, [("Allow", "GET, HEAD")])
+        return "", reply(
+            start_response,
+            method,
+            "405 Method Not Allowed",
+            "text/plain",
+            refusal,
+            [("Allow", "GET, HEAD")],
+        )
     if not client_allowed(environ, allow):
         return "", reply(start_response, method, "403 Forbidden", "text/plain", b"403 Forbidden\n")
     form = requested_format(environ)
@@ -106,8 +118,13 @@ def endpoint_request(
     return form, None
 
 
-def serve(start_response: StartResponse, method: str, form: str, report: exposition.Report,
-          extra: Sequence[tuple[str, str]] = ()) -> list[bytes]:
+def serve(
+    start_response: StartResponse,
+    method: str,
+    form: str,
+    report: exposition.Report,
+    extra: Sequence[tuple[str, str]] = (),
+) -> list[bytes]:
     """200 with `report` rendered in `form`."""
     content_type, body = exposition.render(form, report)
     return reply(start_response, method, "200 OK", content_type, body, extra)

@@ -32,7 +32,8 @@ find the shared histogram as raindrops.Middleware's do, with or without
 from __future__ import annotations
 
 import socket
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 from raindrops import exposition, segments, tcp_info
 from raindrops.counters import Raindrops
@@ -45,12 +46,15 @@ BUCKETS = 33
 """Bit lengths 0..32: tcpi_last_data_recv is a 32-bit number of milliseconds, every value has a bucket."""
 DEFER_ACCEPT_SECONDS = 60
 """raindrops' choice: a connection that sends nothing for a minute is accepted anyway (or dropped)."""
-_SKIPPED = 0  # requests whose socket had no TCP_INFO (unix socket, server without a socket in environ)
+_SKIPPED = (
+    0  # requests whose socket had no TCP_INFO (unix socket, server without a socket in environ)
+)
 _HISTOGRAM = 1
 COUNTERS = _HISTOGRAM + SharedHistogram.slots(BUCKETS)
 _OFFSET, _FIELD = tcp_info._UNITS["last_data_recv"]
 _TCP_INFO_BYTES = _OFFSET + _FIELD.size
 _SECONDS_MAX = 2**31 - 1
+
 
 def last_data_recv(sock: Any) -> int | None:
     """tcpi_last_data_recv of a connected TCP socket in ms, None when it has no TCP_INFO.
@@ -117,7 +121,9 @@ class LastDataRecv:
     ) -> None:
         self.app = app
         self.path, self._allow = http.endpoint_settings(path, allow)
-        self._histogram = segments.ServerWide(LastDataRecvStats, given=stats, name=name, kind="ldr", path=self.path)
+        self._histogram = segments.ServerWide(
+            LastDataRecvStats, given=stats, name=name, kind="ldr", path=self.path
+        )
 
     @property
     def stats(self) -> LastDataRecvStats:
@@ -143,7 +149,9 @@ class LastDataRecv:
         snapshot = stats.snapshot()
         report = exposition.LastDataRecvReport(snapshot, stats.skipped)
         headers = exposition.last_data_recv_headers(snapshot) if form == "text" else []
-        return http.serve(start_response, environ.get("REQUEST_METHOD", "GET"), form, report, headers)
+        return http.serve(
+            start_response, environ.get("REQUEST_METHOD", "GET"), form, report, headers
+        )
 
 
 # TCP_DEFER_ACCEPT.
@@ -156,7 +164,9 @@ def _fileno(listener: Any) -> int:
         return listener
     fileno = getattr(listener, "fileno", None)
     if fileno is None:
-        raise TypeError(f"a listener must be a socket, an object with fileno() or an fd, not {type(listener).__name__}")
+        raise TypeError(
+            f"a listener must be a socket, an object with fileno() or an fd, not {type(listener).__name__}"
+        )
     fd = fileno()
     if not isinstance(fd, int):
         raise TypeError(f"fileno() returned {type(fd).__name__}, not int")
@@ -178,14 +188,21 @@ def defer_accept(listeners: Any, seconds: int = DEFER_ACCEPT_SECONDS) -> list[in
     arrives (or for about `seconds`), which makes LastDataRecv measure the
     listen queue. `seconds=0` turns it off again.
     """
-    if isinstance(seconds, bool) or not isinstance(seconds, int) or not 0 <= seconds <= _SECONDS_MAX:
+    if (
+        isinstance(seconds, bool)
+        or not isinstance(seconds, int)
+        or not 0 <= seconds <= _SECONDS_MAX
+    ):
         raise ValueError(f"seconds must be an int in [0, {_SECONDS_MAX}], not {seconds!r}")
     changed = []
     for listener in _listeners(listeners):
         fd = _fileno(listener)
         sock = socket.socket(fileno=fd)
         try:
-            if sock.family not in (socket.AF_INET, socket.AF_INET6) or sock.type != socket.SOCK_STREAM:
+            if (
+                sock.family not in (socket.AF_INET, socket.AF_INET6)
+                or sock.type != socket.SOCK_STREAM
+            ):
                 continue
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT, seconds)
             changed.append(fd)

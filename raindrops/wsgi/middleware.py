@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any
 
 from raindrops import exposition, linux, scoreboard, segments
 from raindrops._process import PROCESS, PerProcess
@@ -89,9 +90,15 @@ class Middleware:
         self.app = app
         self.path, self._allow = http.endpoint_settings(path, allow)
         # Bad addresses fail now, not on every scrape.
-        self._listeners = linux.ListenerSet.of_this_process() if listeners is None else linux.ListenerSet(listeners)
+        self._listeners = (
+            linux.ListenerSet.of_this_process()
+            if listeners is None
+            else linux.ListenerSet(listeners)
+        )
         name = name or os.environ.get("RAINDROPS_NAME") or None
-        self._scoreboard = segments.ServerWide(Scoreboard, given=stats, name=name, kind="mw", path=self.path)
+        self._scoreboard = segments.ServerWide(
+            Scoreboard, given=stats, name=name, kind="mw", path=self.path
+        )
         self._board: PerProcess[scoreboard.Board] = PerProcess()
 
     @property
@@ -127,7 +134,9 @@ class Middleware:
         form, refusal = http.endpoint_request(environ, start_response, self._allow)
         if refusal is not None:
             return refusal
-        report = exposition.MiddlewareReport(self._scoreboard.get(environ).totals(), self._listeners.read())
+        report = exposition.MiddlewareReport(
+            self._scoreboard.get(environ).totals(), self._listeners.read()
+        )
         return http.serve(start_response, environ.get("REQUEST_METHOD", "GET"), form, report)
 
 
