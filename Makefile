@@ -8,7 +8,7 @@ ZIG_SOURCES := build.zig $(wildcard zig/*.zig)
 INSTALLED := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: build test test-skips-reset zig-test pytest dist bench loadtest demo clean
+.PHONY: build test test-skips-reset lint zig-test pytest dist bench loadtest demo clean
 
 build: $(INSTALLED) $(LIBRARY)
 
@@ -27,7 +27,13 @@ $(LIBRARY): $(ZIG_SOURCES) | $(INSTALLED)
 	cp zig-out/lib/libraindrops.so $@.tmp && mv -f $@.tmp $@  # a new inode: running processes keep the old one
 
 # .test-skips collects one line per check skipped for a missing tool; pytest's summary shows them.
-test: test-skips-reset build zig-test pytest
+test: test-skips-reset build lint zig-test pytest
+
+# Style is checked, not fixed: `ruff format .` and `python -m ziglang fmt zig build.zig` fix it.
+lint: | $(INSTALLED)
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+	$(ZIG) fmt --check build.zig zig
 
 test-skips-reset:
 	rm -f .test-skips

@@ -56,7 +56,8 @@ class CustomBuildHook(BuildHookInterface):  # type: ignore[type-arg]
             return
         if version == "editable" and arch != elfcheck.ALIASES.get(host, host):
             self.app.abort(
-                f"raindrops: an editable install runs on this {host} machine, not {TARGET_VARIABLE}={requested}"
+                f"raindrops: an editable install runs on this {host} machine, "
+                f"not {TARGET_VARIABLE}={requested}"
             )
 
         zig_version = importlib.metadata.version("ziglang")

@@ -121,7 +121,8 @@ class Contention:
 
 
 def _child(gate: int, work: Callable[[int], None], worker: int) -> None:
-    """Runs in a forked worker: waits for the gate, works, and never returns (no atexit, no stdio flush)."""
+    """Runs in a forked worker: waits for the gate, works, and never returns (no atexit, no
+    stdio flush)."""
     status = 1
     try:
         os.read(gate, 1)
@@ -179,7 +180,8 @@ def _raindrops_indexes(name: str, indexes: tuple[int, int], n: int) -> Contentio
 
 
 def _native_offsets(name: str, offset: int, n: int) -> Contention:
-    """Each worker calls the native incr_one on its own address: counter 0's, and `offset` bytes past it.
+    """Each worker calls the native incr_one on its own address: counter 0's, and `offset`
+    bytes past it.
 
     With offset 8 both words share counter 0's slot, so the second one is
     padding owned by that counter: a safe place to show false sharing.
@@ -200,7 +202,8 @@ def _native_offsets(name: str, offset: int, n: int) -> Contention:
 
 
 def _prometheus_counter(n: int) -> Contention:
-    """Both workers increment one Counter; each writes its own file, MultiProcessCollector sums them."""
+    """Both workers increment one Counter; each writes its own file, MultiProcessCollector sums
+    them."""
     counter = Counter("bench_contention", "two-process Counter.inc()", registry=None)
 
     def work(worker: int) -> None:
@@ -339,13 +342,15 @@ def main() -> int:
     with _PROMETHEUS_DIR:
         python = sys.version.split()[0]
         print(
-            f"raindrops counters benchmark: Python {python}, {os.cpu_count()} CPUs, stride {raindrops.SIZE} B\n"
+            f"raindrops counters benchmark: Python {python}, {os.cpu_count()} CPUs, "
+            f"stride {raindrops.SIZE} B\n"
         )
         print(f"1. single-process latency (best of {REPEATS} timeit runs)")
         latencies = _latencies()
         print(_latency_table(latencies), end="\n\n", flush=True)
         print(
-            f"2. contention: 2 forked processes incrementing at once (best of {CONTENTION_RUNS} runs)"
+            "2. contention: 2 forked processes incrementing at once "
+            f"(best of {CONTENTION_RUNS} runs)"
         )
         results = _contentions()
         print(_contention_table(results), end="\n\n", flush=True)

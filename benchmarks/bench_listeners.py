@@ -43,7 +43,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import NamedTuple
@@ -149,7 +149,8 @@ def _reset(sock: socket.socket) -> None:
 
 
 def _hold_clients(port: int, count: int, pipe: Connection) -> None:
-    """Runs in the child: connects `count` clients, reports (None or the error), holds them until told to stop."""
+    """Runs in the child: connects `count` clients, reports (None or the error), holds them
+    until told to stop."""
     clients: list[socket.socket] = []
     try:
         for _ in range(count):
@@ -186,17 +187,16 @@ class Clients:
 
 @contextmanager
 def _clients(port: int, count: int) -> Iterator[Clients]:
-    """A forked child connecting `count` clients to HOST:port; stopped (its sockets reset) on exit."""
+    """A forked child connecting `count` clients to HOST:port; stopped (its sockets reset) on
+    exit."""
     pipe, child_pipe = _FORK.Pipe()
     process = _FORK.Process(target=_hold_clients, args=(port, count, child_pipe), daemon=True)
     process.start()
     try:
         yield Clients(process, pipe)
     finally:
-        try:
+        with suppress(OSError):
             pipe.send("stop")
-        except OSError:
-            pass
         process.join(10)
         if process.is_alive():
             process.terminate()
@@ -241,7 +241,8 @@ def _wait(condition: Callable[[], bool], deadline: float, what: str) -> None:
 
 @contextmanager
 def _scenario(scenario: Scenario) -> Iterator[list[int]]:
-    """The listeners' ports (main first) with the scenario's connections; all closed on exit, also on error."""
+    """The listeners' ports (main first) with the scenario's connections; all closed on exit,
+    also on error."""
     with ExitStack() as stack:
         listeners = [_listener(stack, scenario.backlog)]
         listeners += [_listener(stack, FULL_QUEUE_BACKLOG) for _ in range(IDLE_LISTENERS)]
@@ -262,7 +263,8 @@ def _scenario(scenario: Scenario) -> Iterator[list[int]]:
 
 
 def _host_sockets() -> int:
-    """TCP sockets of the host (this network namespace): the lines of /proc/net/tcp and tcp6 but their headers."""
+    """TCP sockets of the host (this network namespace): the lines of /proc/net/tcp and tcp6
+    but their headers."""
     total = 0
     for path in _PROC_NET_TCP:
         with open(path, "rb") as proc:
@@ -292,7 +294,8 @@ def _raindrops_methods(ports: list[int], sock: InetDiagSocket) -> dict[str, Meth
 
 
 def _pyroute2_port(diag: DiagSocket, port: int) -> Counts:
-    """Dumps of the port's LISTEN and ESTABLISHED sockets (the kernel filters on idiag_sport), counted here.
+    """Dumps of the port's LISTEN and ESTABLISHED sockets (the kernel filters on idiag_sport),
+    counted here.
 
     Accepted connections have an inode; those still in the accept queue have none.
     """
@@ -343,13 +346,14 @@ def _proc_hex(packed: bytes) -> str:
 
 def _proc_net_tcp(port: int) -> Counts:
     """ESTABLISHED sockets on HOST:port with an inode (accepted: queued ones have none) and the
-    listener's rx_queue, which /proc/net/tcp gives as the accept queue's length for a LISTEN socket."""
+    listener's rx_queue, which /proc/net/tcp gives as the accept queue's length for a LISTEN
+    socket."""
     local_addresses = (
         f"{_proc_hex(socket.inet_pton(socket.AF_INET, HOST))}:{port:04X}".encode(),
         f"{_proc_hex(socket.inet_pton(socket.AF_INET6, '::ffff:' + HOST))}:{port:04X}".encode(),
     )
     active = queued = 0
-    for path, local_address in zip(_PROC_NET_TCP, local_addresses):
+    for path, local_address in zip(_PROC_NET_TCP, local_addresses, strict=True):
         with open(path, "rb") as proc:
             proc.readline()
             for line in proc:
@@ -384,7 +388,8 @@ def _ss_lines(*arguments: str) -> list[str]:
 
 
 def _ss(port: int) -> Counts:
-    """Two ss(8) runs: accepted connections (inode not 0) and the listener's Recv-Q (its accept queue)."""
+    """Two ss(8) runs: accepted connections (inode not 0) and the listener's Recv-Q (its accept
+    queue)."""
     established = _ss_lines("-te", "state", "established", f"( sport = :{port} )")
     listening = _ss_lines("-lt", f"( sport = :{port} )")
     active = sum(
@@ -441,7 +446,8 @@ _RUBY_ROWS = {"one": RUBY_ONE, "four": RUBY_FOUR, "all": RUBY_ALL}
 
 
 def _ruby(ports: list[int]) -> tuple[dict[str, float], dict[str, Counts]]:
-    """Ruby raindrops' three queries: µs per call (best of REPEATS runs) and counts, by row label."""
+    """Ruby raindrops' three queries: µs per call (best of REPEATS runs) and counts, by row
+    label."""
     command = ["ruby", "-e", _RUBY_SCRIPT, str(REPEATS), *(f"{HOST}:{port}" for port in ports)]
     output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
     micros: dict[str, float] = {}
@@ -527,7 +533,8 @@ def _verdict(passed: bool) -> str:
 
 
 def _targets_table(measured: Measured) -> str:
-    """The three targets at TARGET_SCENARIO connections; Ruby's are skipped without Ruby raindrops."""
+    """The three targets at TARGET_SCENARIO connections; Ruby's are skipped without Ruby
+    raindrops."""
     checks = [
         ("raindrops 1 address / Ruby 1 address", RAINDROPS_ONE, RUBY_ONE, ONE_VS_RUBY_MAX, True),
         ("psutil / raindrops 1 address", PSUTIL, RAINDROPS_ONE, PSUTIL_VS_ONE_MIN, False),
@@ -551,10 +558,14 @@ def _targets_table(measured: Measured) -> str:
 
 
 def _ehash_note() -> str:
-    """The size of the kernel's established-socket hash: every inet_diag dump walks all its buckets."""
+    """The size of the kernel's established-socket hash: every inet_diag dump walks all its
+    buckets."""
     try:
         with open(_EHASH_ENTRIES) as entries:
-            return f"TCP established hash: {int(entries.read()):,} buckets, walked by every inet_diag dump"
+            return (
+                f"TCP established hash: {int(entries.read()):,} buckets, "
+                "walked by every inet_diag dump"
+            )
     except OSError:  # Linux < 6.1 has no tcp_ehash_entries
         return "TCP established hash: size unknown"
 
@@ -564,7 +575,8 @@ def main() -> int:
     ruby = ruby_raindrops_installed()
     python = sys.version.split()[0]
     print(
-        f"raindrops listener stats benchmark: Python {python}, {psutil.cpu_count()} CPUs, listeners on {HOST}"
+        f"raindrops listener stats benchmark: Python {python}, {psutil.cpu_count()} CPUs, "
+        f"listeners on {HOST}"
     )
     print(
         f"best of {REPEATS} timeit runs per method; Ruby raindrops timed inside Ruby the same way"
@@ -581,12 +593,14 @@ def main() -> int:
                 results[scenario.name] = _measure(ports, sock, ruby)
             took = time.monotonic() - started
             print(
-                f"scenario {scenario.name}: set up in {set_up:.1f} s, measured in {took - set_up:.1f} s",
+                f"scenario {scenario.name}: set up in {set_up:.1f} s, "
+                f"measured in {took - set_up:.1f} s",
                 flush=True,
             )
     print(f"\n1. time per call; scenarios: accepted connections on one listener on {HOST}, or a")
     print(
-        f"   listen({FULL_QUEUE_BACKLOG}) listener holding {FULL_QUEUE_BACKLOG + 1} connections nobody accepts"
+        f"   listen({FULL_QUEUE_BACKLOG}) listener holding {FULL_QUEUE_BACKLOG + 1} "
+        "connections nobody accepts"
     )
     print(_time_table(results), end="\n\n")
     print("2. counts of the main listener (psutil cannot see accept queues: '-')")

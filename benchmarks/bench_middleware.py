@@ -112,7 +112,7 @@ def render_costs(stack: ExitStack) -> tuple[dict[str, float], list[str]]:
         server = stack.enter_context(socket.socket())
         server.bind(("127.0.0.1", 0))
         server.listen(64)
-        keys.append("127.0.0.1:%d" % server.getsockname()[1])
+        keys.append(f"127.0.0.1:{server.getsockname()[1]}")
     app = Middleware(application, listeners=keys)
     one_request(app, environ_for("/"))
     costs = {}

@@ -68,7 +68,8 @@ def plans(args: argparse.Namespace) -> list[Plan]:
 
 
 def _exit_on_sigterm(signum: int, frame: object) -> None:
-    """SIGTERM (a test's timeout) unwinds like an exception, so gunicorn and locust are stopped too."""
+    """SIGTERM (a test's timeout) unwinds like an exception, so gunicorn and locust are stopped
+    too."""
     raise SystemExit(128 + signum)
 
 

@@ -77,7 +77,8 @@ class Verdict:
 
     @property
     def served(self) -> int:
-        """Requests the application served, as the clients saw them: every success outside /_raindrops."""
+        """Requests the application served, as the clients saw them: every success outside
+        /_raindrops."""
         return sum(row.successes for row in self.endpoints if not row.name.startswith(STATS))
 
 
@@ -159,7 +160,8 @@ def _run(measured: Measured, problems: list[str]) -> Check:
 
 
 def _tally_agrees(verdict: Verdict) -> Check:
-    """locust's CSV and the users' own tally are two records of the same requests: they must agree."""
+    """locust's CSV and the users' own tally are two records of the same requests: they must
+    agree."""
     outcomes = verdict.measured.tally.get("outcomes", {})
     disagree = [
         f"{row.name}: csv {row.successes} ok, tally {outcomes.get(row.name, {}).get('ok', 0)}"
@@ -222,7 +224,7 @@ def _monotonic(measured: Measured) -> Check:
     """Shared totals survive worker exits (recycling, SIGKILL): they never go back."""
     back = [
         f"{name} {before} -> {after} at t={later.t:.2f}s"
-        for earlier, later in zip(measured.samples, measured.samples[1:])
+        for earlier, later in zip(measured.samples, measured.samples[1:], strict=False)
         for name, before, after in (
             ("requests_total", earlier.requests, later.requests),
             ("request_errors_total", earlier.errors, later.errors),
@@ -238,7 +240,8 @@ def _monotonic(measured: Measured) -> Check:
 
 
 def _samples(measured: Measured) -> Check:
-    """Every sample parsed and 0 <= calling, writing <= capacity; unanswered only if a kill took it."""
+    """Every sample parsed and 0 <= calling, writing <= capacity; unanswered only if a kill took
+    it."""
     unexplained = [
         f"t={lost.asked:.2f}s: {lost.error}"
         for lost in measured.lost
@@ -277,7 +280,8 @@ def _polls(verdict: Verdict) -> Check:
 
 
 def _promtool(measured: Measured) -> Check:
-    """promtool's verdict on every saved exposition, or the strict parser's where promtool is missing."""
+    """promtool's verdict on every saved exposition, or the strict parser's where promtool is
+    missing."""
     failed = [
         f"{Path(name).name}: {output[:200]}"
         for name, code, output in measured.promtool
@@ -312,7 +316,8 @@ def _backlog(measured: Measured) -> Check:
         return Check(
             "backlog: queued > 0 under overload", False, "the overload phase never started"
         )
-    # A reading waits in the listen queue too, so some come only as the backlog drains after the phase.
+    # A reading waits in the listen queue too, so some come only as the backlog drains after the
+    # phase.
     start, end = measured.overload
     during = [
         sample
@@ -321,7 +326,10 @@ def _backlog(measured: Measured) -> Check:
     ]
     peak = max((sample.queued for sample in during), default=0)
     calling = max((sample.calling for sample in during), default=0)
-    detail = f"peak queued {peak}, peak calling {calling}/{measured.plan.variant.capacity} over {len(during)} samples"
+    detail = (
+        f"peak queued {peak}, peak calling {calling}/{measured.plan.variant.capacity} "
+        f"over {len(during)} samples"
+    )
     return Check("backlog: queued > 0 under overload", peak > 0, detail)
 
 
@@ -359,7 +367,8 @@ def _kill(measured: Measured) -> Check:
 
 
 def _failure_kinds(verdict: Verdict) -> Check:
-    """Only transport failures are possible without a bug: a killed worker's requests, nothing else."""
+    """Only transport failures are possible without a bug: a killed worker's requests, nothing
+    else."""
     wrong = {
         kind: count for kind, count in verdict.failures.items() if kind != "transport" and count
     }

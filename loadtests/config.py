@@ -97,7 +97,8 @@ class Plan:
 
     @property
     def overload_start(self) -> float:
-        """Seconds after locust's start: 40 % into the run, so steady load comes before and after."""
+        """Seconds after locust's start: 40 % into the run, so steady load comes before and
+        after."""
         return round(0.4 * self.duration, 2)
 
     @property
@@ -106,7 +107,8 @@ class Plan:
 
     @property
     def drain_seconds(self) -> float:
-        """After the phase, how long its backlog takes to drain: the queued slow requests still run."""
+        """After the phase, how long its backlog takes to drain: the queued slow requests still
+        run."""
         return self.overload_slow_seconds * (self.overload_users // self.variant.capacity) + 1.0
 
     def locust_environment(self, tally: Path, window: Path) -> dict[str, str]:

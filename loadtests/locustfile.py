@@ -118,7 +118,8 @@ def get(
     check: Check | None = None,
     **kwargs: Any,
 ) -> str | None:
-    """GET `path`, judged: the body text on success, None (and a failure of a known kind) otherwise."""
+    """GET `path`, judged: the body text on success, None (and a failure of a known kind)
+    otherwise."""
     with user.client.get(path, name=name, catch_response=True, **kwargs) as response:
         if response.status_code == 0:
             outcome, message = "transport", f"transport: {type(response.error).__name__}"
@@ -262,7 +263,8 @@ class StatsUser(HttpUser):
 
 
 class OverloadUser(HttpUser):
-    """Idle, except in the overload phase: then slow requests back to back, more than the workers hold."""
+    """Idle, except in the overload phase: then slow requests back to back, more than the
+    workers hold."""
 
     fixed_count = OVERLOAD_USERS
 

@@ -1,4 +1,5 @@
-"""The report under loadtests/results/: summary.md (and .json), samples CSV and a PNG timeline per variant.
+"""The report under loadtests/results/: summary.md (and .json), samples CSV and a PNG timeline
+per variant.
 
 locust writes its own CSV (<variant>_stats.csv, _failures.csv, ...) and HTML
 (<variant>.html) next to these.
@@ -14,8 +15,8 @@ from pathlib import Path
 from loadtests.checks import Verdict
 
 SUMMARY_COLUMNS = (
-    "variant", "requests", "failures", "p50 ms", "p99 ms", "/count", "requests_total", "errors_total",
-    "peak calling", "peak writing", "peak queued", "recycled", "killed", "result",
+    "variant", "requests", "failures", "p50 ms", "p99 ms", "/count", "requests_total",
+    "errors_total", "peak calling", "peak writing", "peak queued", "recycled", "killed", "result",
 )  # fmt: skip
 
 
@@ -78,7 +79,8 @@ def variant_section(verdict: Verdict) -> str:
     return (
         f"## {variant.name}\n\n"
         f"gunicorn {' '.join(variant.gunicorn_args())}; locust {plan.total_users} users "
-        f"({plan.users} steady, 1 poller, {plan.overload_users} overload), spawn rate {plan.spawn_rate:g}/s, "
+        f"({plan.users} steady, 1 poller, {plan.overload_users} overload), "
+        f"spawn rate {plan.spawn_rate:g}/s, "
         f"{plan.duration:g} s; overload phase {overload}.\n\n"
         + _table(("request", "requests", "failures", "p50 ms", "p99 ms"), endpoints)
         + "\n"
@@ -121,7 +123,8 @@ def write_samples(verdict: Verdict) -> None:
 
 
 def plot(verdict: Verdict) -> Path:
-    """calling, writing, active and queued over time, with the overload phase and the kill marked."""
+    """calling, writing, active and queued over time, with the overload phase and the kill
+    marked."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -169,7 +172,8 @@ def plot(verdict: Verdict) -> Path:
         axes.set_xlabel("seconds")
         axes.set_ylabel("requests / connections")
         axes.set_title(
-            f"raindrops under locust: gunicorn {measured.plan.variant.name} ({'PASS' if verdict.ok else 'FAIL'})"
+            f"raindrops under locust: gunicorn {measured.plan.variant.name} "
+            f"({'PASS' if verdict.ok else 'FAIL'})"
         )
         axes.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small")
         axes.grid(alpha=0.3)
@@ -194,7 +198,7 @@ def write(verdicts: list[Verdict], results: Path, header: str) -> str:
             {
                 verdict.measured.plan.variant.name: {
                     "ok": verdict.ok,
-                    "summary": dict(zip(SUMMARY_COLUMNS, summary_row(verdict))),
+                    "summary": dict(zip(SUMMARY_COLUMNS, summary_row(verdict), strict=True)),
                     "checks": [asdict(check) for check in verdict.checks],
                 }
                 for verdict in verdicts

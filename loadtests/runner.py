@@ -78,7 +78,8 @@ def locust_command(plan: Plan, server: Server, measured: Measured) -> list[str]:
         "--csv", str(measured.results / plan.variant.name),
         "--html", str(measured.path(".html")),
         "--only-summary",
-        "--exit-code-on-error", "0",  # failures are judged by the checks, which know which ones are expected
+        # failures are judged by the checks, which know which ones are expected
+        "--exit-code-on-error", "0",
     ]  # fmt: skip
 
 
@@ -180,7 +181,8 @@ def _kill_during(
 
 
 def _at_rest(server: Server, measured: Measured) -> None:
-    """The counters once the load is gone: calling and writing must drop to 0, the totals must stop."""
+    """The counters once the load is gone: calling and writing must drop to 0, the totals must
+    stop."""
     began = time.monotonic()
     while True:
         response = server.get(f"{STATS}?format=json", timeout=10)

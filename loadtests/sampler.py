@@ -33,7 +33,8 @@ PROMETHEUS_KEEP = 6
 
 @dataclass(frozen=True)
 class Sample:
-    """One reading: when it was answered (seconds since time zero), the endpoint's numbers, the worker pids."""
+    """One reading: when it was answered (seconds since time zero), the endpoint's numbers, the
+    worker pids."""
 
     t: float
     calling: int

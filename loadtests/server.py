@@ -95,13 +95,15 @@ def _syscall(pid: int, tid: int) -> int | None:
 
 
 def request_threads(pid: int, threaded: bool) -> list[int]:
-    """The threads that run requests: the main thread of a sync worker, the pool threads of gthread."""
+    """The threads that run requests: the main thread of a sync worker, the pool threads of
+    gthread."""
     tasks = _tasks(pid)
     return [tid for tid in tasks if tid != pid] if threaded else [pid] if pid in tasks else []
 
 
 def kill_if_sleeping(pid: int, threaded: bool) -> bool:
-    """SIGKILLs the worker if every request thread is asleep inside the application; else leaves it be.
+    """SIGKILLs the worker if every request thread is asleep inside the application; else leaves
+    it be.
 
     The worker is frozen (SIGSTOP) while its threads are inspected, so what is
     seen is what is killed. A thread asleep in time.sleep() is inside /slow or

@@ -61,7 +61,7 @@ def _count(minimum: int) -> Callable[[str], int]:
 
 
 def _version() -> str:
-    """The installed distribution's version; the package's own when there is no metadata (a bare checkout)."""
+    """The installed distribution's version; else the package's (a bare checkout)."""
     try:
         return importlib.metadata.version(DISTRIBUTION)
     except importlib.metadata.PackageNotFoundError:
@@ -75,7 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     listeners = commands.add_parser(
         "listeners",
         help="print active and queued connections of listening sockets",
-        description="Print active (accepted) and queued (in the accept queue) connections per listener. "
+        description="Print active (accepted) and queued (in the accept queue) connections "
+        "per listener. "
         "ADDR is HOST:PORT ([V6]:PORT for IPv6) or a unix socket path (starting with / or @).",
     )
     listeners.add_argument(
@@ -157,8 +158,9 @@ def _add_watch(commands: argparse._SubParsersAction[_Parser]) -> None:
     watch = commands.add_parser(
         "watch",
         help="serve the Watcher dashboard for the listeners of this host",
-        description="Serve raindrops.Watcher over HTTP: a live dashboard of active and queued connections per "
-        "listener, and raindrops' per-listener endpoints. Watches every TCP and unix listener of the host, or "
+        description="Serve raindrops.Watcher over HTTP: a live dashboard of active and queued "
+        "connections per listener, and raindrops' per-listener endpoints. Watches every TCP and "
+        "unix listener of the host, or "
         "the ADDRs given (HOST:PORT, [V6]:PORT, or a unix socket path starting with / or @).",
     )
     watch.add_argument(

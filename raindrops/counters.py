@@ -90,7 +90,8 @@ def _checked_name(name: object) -> str:
         or len(name.encode("utf-8", "surrogateescape")) > 256
     ):
         raise ValueError(
-            f"invalid shared memory name {name!r}: it must be '/' followed by 1 to 255 bytes, no other '/'"
+            f"invalid shared memory name {name!r}: "
+            "it must be '/' followed by 1 to 255 bytes, no other '/'"
         )
     return name
 
@@ -109,7 +110,7 @@ _Step = Callable[..., int]
 def _index_updater(
     step_one: _Step, step_small: _Step, step: _Step, doc: str
 ) -> Callable[[Raindrops, int, int], int]:
-    """Builds incr/decr: one list lookup and one native call, with no int conversion for the default n."""
+    """Builds incr/decr: a list lookup and a native call, no int conversion for the default n."""
 
     def update(self: Raindrops, index: int, n: int = 1) -> int:
         try:
@@ -315,7 +316,7 @@ class Raindrops:
         self._finalizer()
 
     def unlink(self) -> None:
-        """Removes the named segment from the system; processes that mapped it keep their mapping."""
+        """Removes the named segment from the system; processes that mapped it keep their view."""
         if self._name is None:
             raise ValueError("an anonymous Raindrops has no name to unlink")
         _native.named_unlink(self._name)
@@ -377,7 +378,7 @@ class StructBase:
     def to_dict(self) -> dict[str, int]:
         """Member name to value, in member order."""
         values = self._raindrops.to_list()
-        return dict(zip(type(self).MEMBERS, values))
+        return dict(zip(type(self).MEMBERS, values, strict=True))
 
     def close(self) -> None:
         self._pointers = []

@@ -147,7 +147,7 @@ def middleware_text(totals: Totals, listeners: Mapping[str, ListenStats]) -> str
 
 
 def _scalar(metric: Metric, value: float, openmetrics: bool) -> str:
-    """One sample; a counter's sample ends in _total, and so does its family except in OpenMetrics."""
+    """One sample; a counter's sample ends in _total, and so does its family but in OpenMetrics."""
     sample = f"{metric.name}_total" if metric.kind == "counter" else metric.name
     return _header(metric.name if openmetrics else sample, metric) + f"{sample} {value}\n"
 
@@ -159,7 +159,7 @@ def _seconds(microseconds: int) -> str:
 def histogram_prometheus(
     metric: Metric, snapshot: HistogramSnapshot, to_unit: Callable[[int], str]
 ) -> str:
-    """A Prometheus histogram from a log2 snapshot; `to_unit` turns a bucket bound into the metric's unit."""
+    """A Prometheus histogram from a log2 snapshot; `to_unit` turns a bound into its unit."""
     lines = [_header(metric.name, metric).rstrip("\n")]
     lines.extend(
         f'{metric.name}_bucket{{le="{to_unit(bound)}"}} {count}'
@@ -239,7 +239,8 @@ class MiddlewareReport(NamedTuple):
 LAST_DATA_RECV = Metric(
     "raindrops_last_data_recv_seconds",
     "histogram",
-    "Time from a request's arrival (TCP_INFO last_data_recv) to the application call: the listen queue wait "
+    "Time from a request's arrival (TCP_INFO last_data_recv) to the application call: "
+    "the listen queue wait "
     "when the listener has TCP_DEFER_ACCEPT.",
 )
 LAST_DATA_RECV_SKIPPED = Metric(
@@ -263,7 +264,7 @@ class LastDataRecvReport(NamedTuple):
         return histogram_text(self.snapshot)
 
     def prometheus(self, openmetrics: bool) -> str:
-        """The histogram in seconds (bucket bounds are whole milliseconds), and the skipped requests."""
+        """The histogram in seconds (bounds are whole milliseconds), and the skipped requests."""
         histogram = histogram_prometheus(LAST_DATA_RECV, self.snapshot, _milliseconds_in_seconds)
         return histogram + _scalar(LAST_DATA_RECV_SKIPPED, self.skipped, openmetrics)
 
@@ -278,7 +279,7 @@ EMPTY_HISTOGRAM = "Empty histogram"
 
 
 def ruby_float(value: float) -> str:
-    """A float spelled as Ruby's Float#to_s spells it ("1.0", "NaN", "1.0e+16"), as raindrops sends it."""
+    """A float as Ruby's Float#to_s spells it ("1.0", "NaN", "1.0e+16"), as raindrops sends it."""
     if value != value:
         return "NaN"
     if value in (float("inf"), float("-inf")):
@@ -296,7 +297,8 @@ def _round_half_up(value: float) -> int:
 
 
 def outliers(snapshot: HistogramSnapshot) -> tuple[int, int]:
-    """Samples below and above the drawn buckets: zeros (raindrops' buckets start at 1), and none above,
+    """Samples below and above the drawn buckets: zeros (raindrops' buckets start at 1), and none
+    above,
     because the last bucket of these histograms takes every larger value and is drawn."""
     return (snapshot.buckets[0] if snapshot.buckets else 0), 0
 

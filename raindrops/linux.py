@@ -266,7 +266,7 @@ def _tcp_listener_stats(
     results = sock._tcp_stats([_tcp_query(address) for address in addresses])
     return {
         address.key: ListenStats(result.active, result.queued)
-        for address, result in zip(addresses, results)
+        for address, result in zip(addresses, results, strict=True)
         if result.listeners > 0
     }
 
@@ -352,13 +352,14 @@ def unix_listener_stats(
         return _proc_unix_listener_stats(names)
     return {
         _unix_key(name): ListenStats(entry.active, entry.queued)
-        for name, entry in zip(names, entries)
+        for name, entry in zip(names, entries, strict=True)
         if entry.listeners > 0
     }
 
 
 _PROC_UNIX_LINE = re.compile(
-    rb"^\s*[0-9A-Fa-f]+: [0-9A-Fa-f]+ [0-9A-Fa-f]+ ([0-9A-Fa-f]+) [0-9A-Fa-f]+ ([0-9A-Fa-f]+) +(\d+) (.+)$"
+    rb"^\s*[0-9A-Fa-f]+: [0-9A-Fa-f]+ [0-9A-Fa-f]+ ([0-9A-Fa-f]+) [0-9A-Fa-f]+ "
+    rb"([0-9A-Fa-f]+) +(\d+) (.+)$"
 )
 
 
@@ -476,7 +477,7 @@ class ListenerSet:
                 [address.key for address in self._tcp] + [_unix_key(name) for name in self._unix]
             )
         )
-        """The requested listeners' canonical names ("[::1]:80" for "[0:0::1]:80"), as results are keyed."""
+        """The requested listeners' canonical names ("[::1]:80" for "[0:0::1]:80")."""
         self._diag: PerProcess[InetDiagSocket] = PerProcess()
 
     @classmethod
@@ -486,7 +487,7 @@ class ListenerSet:
         return found
 
     def read(self) -> dict[str, ListenStats]:
-        """Statistics of the listeners that exist now; requested ones without a listener are left out."""
+        """Statistics of the listeners that exist now; requested ones without one are left out."""
         if self.own:
             keys = process_listeners()
             tcp = _tcp_addresses([key for key in keys if not is_unix_name(key)])
@@ -506,7 +507,7 @@ class ListenerSet:
         return self._diag.get(InetDiagSocket)
 
     def reset(self) -> None:
-        """Closes this process's socket (after an error, in case it is broken); the next read opens one."""
+        """Closes this process's socket after an error, in case it broke; a read opens another."""
         diag = self._diag.take()
         if diag is not None:
             diag.close()

@@ -100,7 +100,7 @@ class Scoreboard:
         return self.counters.name
 
     def board(self) -> Board:
-        """This process's board, for enter/respond/leave/fail; claims a slot on first use after a fork."""
+        """This process's board for enter/respond/leave/fail; claims a slot first after a fork."""
         return self._board.get(self._claim)[1]
 
     def _claim(self) -> tuple[_native.Board, Board]:

@@ -2,11 +2,12 @@
 
 Every process the tests start must be ended by them: at the end of the run,
 any that is still alive (orphans included: this process adopts them) is
-killed, named, and fails the run. A missing system program (testsupport.programs.MissingProgram, raised by a
-test or a fixture) is reported as a skip with its one line; in CI the same
-lookup fails instead. The run ends with every skip and fallback grouped by
-reason, with those `make test` logged before pytest started (the aarch64 Zig
-tests without qemu).
+killed, named, and fails the run. A missing system program
+(testsupport.programs.MissingProgram, raised by a test or a fixture) is
+reported as a skip with its one line; in CI the same lookup fails instead.
+The run ends with every skip and fallback grouped by reason, with those
+`make test` logged before pytest started (the aarch64 Zig tests without
+qemu).
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    """Every test ends what it starts; a process still running now is a bug in a test, and fails the run."""
+    """Every test ends what it starts; a process still running now is a bug in a test, and fails
+    the run."""
     LEFTOVERS.extend(processes.end_leftovers())
     if LEFTOVERS:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED

@@ -27,7 +27,8 @@ def busy_listener() -> Iterator[str]:
     with socket.socket() as server:
         server.bind(("127.0.0.1", 0))
         server.listen(16)
-        address = "%s:%d" % server.getsockname()
+        host, port = server.getsockname()
+        address = f"{host}:{port}"
         clients = [socket.create_connection(server.getsockname(), timeout=5) for _ in range(3)]
         accepted, _ = server.accept()
         time.sleep(0.01)
@@ -97,7 +98,8 @@ def test_bad_input_is_one_line_and_exit_2(args: list[str]) -> None:
 
 
 def interrupt_listeners(address: str) -> tuple[int, str]:
-    """Starts `raindrops listeners --interval`, sends SIGINT after its first line; exit code and stderr."""
+    """Starts `raindrops listeners --interval`, sends SIGINT after its first line; exit code and
+    stderr."""
     command = [sys.executable, "-m", "raindrops", "listeners", address, "--interval", "0.05"]
     with processes.running(
         command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
@@ -116,7 +118,8 @@ def test_ctrl_c_ends_quietly(busy_listener: str) -> None:
 
 
 def test_ctrl_c_works_when_the_test_runner_ignores_sigint(busy_listener: str) -> None:
-    """`make test &` starts everything with SIGINT ignored, which exec keeps; the child must still get it."""
+    """`make test &` starts everything with SIGINT ignored, which exec keeps; the child must still
+    get it."""
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         code, err = interrupt_listeners(busy_listener)

@@ -16,7 +16,8 @@ from raindrops import MAX, Raindrops
 
 def test_constants() -> None:
     assert MAX == 2**64 - 1
-    line = open("/sys/devices/system/cpu/cpu0/cache/index0/coherency_line_size").read().strip()
+    with open("/sys/devices/system/cpu/cpu0/cache/index0/coherency_line_size") as size:
+        line = size.read().strip()
     assert int(line) == raindrops.SIZE
     assert raindrops.PAGE_SIZE == mmap.PAGESIZE
 
@@ -63,7 +64,8 @@ def test_item_assignment_and_negative_indexes() -> None:
 def test_counters_are_one_cache_line_apart() -> None:
     with Raindrops(3) as rd:
         addresses = [rd._pointer(index).value for index in range(3)]
-        assert [b - a for a, b in zip(addresses, addresses[1:])] == [raindrops.SIZE] * 2
+        gaps = [b - a for a, b in zip(addresses, addresses[1:], strict=False)]
+        assert gaps == [raindrops.SIZE] * 2
         assert all(address % raindrops.SIZE == 0 for address in addresses)
 
 
@@ -276,7 +278,7 @@ def test_struct_members_and_methods() -> None:
     with pytest.raises(ValueError, match="closed"):
         stats.incr_calling()
     with pytest.raises(ValueError, match="closed"):
-        stats.calling
+        _ = stats.calling
 
 
 def test_struct_initial_values_and_named_segment(shm_name: Callable[[], str]) -> None:

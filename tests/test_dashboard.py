@@ -14,7 +14,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -22,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from load import Load, wait_until
+from load import Load, raindrops_watch, wait_until
 from servers import ROOT
 
 from testsupport import processes, programs
@@ -84,26 +83,9 @@ def load() -> Iterator[Load]:
 def watch(load: Load) -> Iterator[int]:
     """`raindrops watch` on a free port, watching the loaded listener and an idle one; its port."""
     with Load() as idle:
-        command = [
-            sys.executable,
-            "-m",
-            "raindrops",
-            "watch",
-            "--bind",
-            "127.0.0.1:0",
-            "--delay",
-            str(DELAY),
-        ]
-        with processes.running(
-            [*command, "--history", "80", load.address, idle.address],
-            stderr=subprocess.PIPE,
-            text=True,
-        ) as process:
-            assert process.stderr is not None
-            banner = process.stderr.readline()
-            match = re.search(r"http://127\.0\.0\.1:(\d+)/", banner)
-            assert match, banner
-            yield int(match.group(1))
+        watched = ("--delay", str(DELAY), "--history", "80", load.address, idle.address)
+        with raindrops_watch(*watched) as (process, port):
+            yield port
             process.send_signal(signal.SIGINT)
             assert process.wait(10) == 130
 

@@ -9,6 +9,7 @@ statistics endpoint itself are not counted).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -65,14 +66,16 @@ def settle(server: Gunicorn) -> dict[str, Any]:
 def totals(
     server: Gunicorn, before: dict[str, Any], requests: int, errors: int = 0
 ) -> dict[str, Any]:
-    """Waits until exactly `requests` more requests (`errors` of them failed) than `before` are counted."""
+    """Waits until exactly `requests` more requests (`errors` of them failed) than `before` are
+    counted."""
     return server.wait_totals(
         before["requests_total"] + requests, before["request_errors_total"] + errors
     )
 
 
 def hammer(server: Gunicorn, threads: int, per_thread: int, path: str = "/") -> int:
-    """`threads` clients making `per_thread` requests each, one connection per request; returns how many."""
+    """`threads` clients making `per_thread` requests each, one connection per request; returns
+    how many."""
 
     def client(_: int) -> int:
         for _ in range(per_thread):
@@ -158,10 +161,8 @@ def test_sigkill_of_a_busy_worker_heals_within_one_read(server: Gunicorn) -> Non
         assert healed["requests_total"] == before["requests_total"], (
             "the killed request never finished"
         )
-        try:
+        with contextlib.suppress(ConnectionResetError):
             assert client.recv(4096) == b"", "the worker died with the connection"
-        except ConnectionResetError:
-            pass
     # The master replaces the worker; the server keeps counting from where it was.
     wait_for(
         lambda: len(server.worker_pids()), lambda n: n == server.workers, 20, "a replacement worker"

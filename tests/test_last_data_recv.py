@@ -1,4 +1,5 @@
-"""raindrops.LastDataRecv: raindrops' headers and histogram, TCP_DEFER_ACCEPT, and real gunicorn workers."""
+"""raindrops.LastDataRecv: raindrops' headers and histogram, TCP_DEFER_ACCEPT, and real gunicorn
+workers."""
 
 from __future__ import annotations
 

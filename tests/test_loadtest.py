@@ -51,5 +51,6 @@ def test_short_load_test_passes_every_check(tmp_path: Path) -> None:
     assert (results / "summary.md").read_text().count("| PASS |") == 2
     if programs.find("promtool") is None:
         programs.log_skip(
-            f"FALLBACK load test: {programs.missing_message('promtool')}; the strict parser checked its expositions"
+            f"FALLBACK load test: {programs.missing_message('promtool')}; "
+            "the strict parser checked its expositions"
         )

@@ -228,8 +228,8 @@ def test_explicit_and_discovered_listeners() -> None:
         server.listen(8)
         server6.bind(("::1", 0))
         server6.listen(8)
-        key = "127.0.0.1:%d" % server.getsockname()[1]
-        key6 = "[::1]:%d" % server6.getsockname()[1]
+        key = f"127.0.0.1:{server.getsockname()[1]}"
+        key6 = f"[::1]:{server6.getsockname()[1]}"
         with socket.create_connection(server.getsockname()):
             explicit = get(Middleware(hello, listeners=[key]))[1].decode()
             assert explicit == f"calling: 0\nwriting: 0\n{key} active: 0\n{key} queued: 1\n"

@@ -102,7 +102,8 @@ def test_elfcheck_accepts_the_wheel(host_wheel: Built) -> None:
 
 
 def test_aarch64_wheel_cross_builds(tmp_path: Path) -> None:
-    """Zig cross-compiles: this machine also builds the aarch64 wheel, libc-free and 64 KiB-page aligned."""
+    """Zig cross-compiles: this machine also builds the aarch64 wheel, libc-free and 64 KiB-page
+    aligned."""
     built = _build_wheel(tmp_path, "aarch64")
     assert built.wheel.name == f"raindrops_stats-0.1.0-{WHEEL_TAGS['aarch64']}.whl"
     with zipfile.ZipFile(built.wheel) as archive:
@@ -193,7 +194,9 @@ def test_elfcheck_refuses_small_page_alignment_and_unknown_targets(library: byte
     ]
     with pytest.raises(
         ValueError,
-        match="unsupported target architecture 'riscv64': raindrops builds wheels for x86_64, aarch64",
+        match=(
+            "unsupported target architecture 'riscv64': raindrops builds wheels for x86_64, aarch64"
+        ),
     ):
         elfcheck.problems(info, "riscv64")
     assert elfcheck.target_arch("arm64") == "aarch64" and elfcheck.target_arch("amd64") == "x86_64"
@@ -217,7 +220,8 @@ def test_elfcheck_refuses_a_wheel_without_the_library_or_with_another_tag(
 
 
 def _pythons() -> dict[str, str]:
-    """One interpreter per CPython minor version >= 3.10 found on PATH or in ~/.pyenv, plus this one."""
+    """One interpreter per CPython minor version >= 3.10 found on PATH or in ~/.pyenv, plus this
+    one."""
     candidates = [sys.executable]
     candidates += [path for minor in range(10, 15) if (path := shutil.which(f"python3.{minor}"))]
     candidates += sorted(str(path) for path in Path.home().glob(".pyenv/versions/3.*/bin/python3"))
@@ -271,10 +275,14 @@ def app(environ, start_response):
 
 middleware = raindrops.Middleware(app)
 answers = []
-environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/", "QUERY_STRING": "", "REMOTE_ADDR": "127.0.0.1",
-           "wsgi.input": io.BytesIO(), "wsgi.errors": sys.stderr}
-assert b"".join(middleware(dict(environ), lambda status, headers: answers.append(status))) == b"hello"
-body = b"".join(middleware(dict(environ, PATH_INFO="/_raindrops"), lambda status, headers: answers.append(status)))
+environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/", "QUERY_STRING": "",
+           "REMOTE_ADDR": "127.0.0.1", "wsgi.input": io.BytesIO(), "wsgi.errors": sys.stderr}
+
+def start_response(status, headers):
+    answers.append(status)
+
+assert b"".join(middleware(dict(environ), start_response)) == b"hello"
+body = b"".join(middleware(dict(environ, PATH_INFO="/_raindrops"), start_response))
 assert answers == ["200 OK", "200 OK"] and b"calling: 0" in body and address.encode() in body, body
 print("ok", sys.version_info[0], sys.version_info[1], raindrops.__file__)
 """

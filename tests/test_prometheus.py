@@ -150,7 +150,8 @@ def _by_job(prom: Prometheus, expression: str) -> dict[str, float]:
 def test_a_prometheus_server_scrapes_requests_in_flight(
     binaries: tuple[str, str], server: Gunicorn, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
-    """Two jobs: one asks for ?format=prometheus, the other lets Prometheus' Accept header choose."""
+    """Two jobs: one asks for ?format=prometheus, the other lets Prometheus' Accept header
+    choose."""
     binary, _ = binaries
     jobs = {JOB, NEGOTIATED_JOB}
     with prometheus(binary, tmp_path_factory.mktemp("prometheus"), server.port) as prom:

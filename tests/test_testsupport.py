@@ -1,4 +1,5 @@
-"""The test suite's own guarantees: missing programs skip or fail by CI, and no process outlives its test."""
+"""The test suite's own guarantees: missing programs skip or fail by CI, and no process outlives
+its test."""
 
 from __future__ import annotations
 
@@ -56,7 +57,10 @@ def test_a_timeout_ends_the_whole_process_group(tmp_path: Path) -> None:
 
 
 def test_a_process_that_ignores_sigterm_is_killed(tmp_path: Path) -> None:
-    code = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('ready', flush=True); time.sleep(60)"
+    code = (
+        "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+        "print('ready', flush=True); time.sleep(60)"
+    )
     command = [sys.executable, "-c", code]
     with processes.running(command, stdout=subprocess.PIPE, text=True, stop_timeout=0.5) as process:
         assert process.stdout is not None and process.stdout.readline() == "ready\n"
@@ -75,9 +79,16 @@ def test_children_start_with_the_default_sigint_even_if_ours_is_ignored() -> Non
 
 def test_orphans_are_adopted_so_leftovers_can_be_found() -> None:
     """pytest is a child subreaper (conftest): a grandchild whose parent exits becomes our child."""
-    result = processes.run(
-        ["sh", "-c", "setsid sleep 30 >/dev/null 2>&1 & echo $!"], timeout=10, text=True
+    # The grandchild leaves the group first (setsid), so that ending its parent's group spares it.
+    code = (
+        "import os, sys, time\n"
+        "if os.fork() == 0:\n"
+        "    os.setsid()\n"
+        "    print(os.getpid(), flush=True)\n"
+        "    os.close(1); os.close(2)\n"
+        "    time.sleep(30)\n"
     )
+    result = processes.run([sys.executable, "-c", code], timeout=10, text=True)
     orphan = int(result.stdout)
     try:
         deadline = time.monotonic() + 5

@@ -1,4 +1,5 @@
-"""raindrops.Watcher: endpoints, headers, peaks, reset, tail and its end, on real loopback listeners."""
+"""raindrops.Watcher: endpoints, headers, peaks, reset, tail and its end, on real loopback
+listeners."""
 
 from __future__ import annotations
 
@@ -7,7 +8,6 @@ import os
 import re
 import signal
 import socket
-import subprocess
 import sys
 import threading
 from collections.abc import Iterator
@@ -16,7 +16,7 @@ from typing import Any
 from urllib.parse import quote, unquote
 
 import pytest
-from load import Load, wait_until
+from load import Load, raindrops_watch, wait_until
 
 from raindrops import ListenStats, Watcher, exposition
 from raindrops.watcher.aggregate import Aggregate
@@ -87,7 +87,8 @@ def escaped(address: str) -> str:
 @pytest.fixture(autouse=True)
 def sigpipe_ignored() -> Iterator[None]:
     """A server thread writing to a client that left must get EPIPE, as Python arranges by default;
-    raindrops.cli.main() (called in-process by test_cli) resets SIGPIPE to the default, which kills."""
+    raindrops.cli.main() (called in-process by test_cli) resets SIGPIPE to the default, which
+    kills."""
     previous = signal.signal(signal.SIGPIPE, signal.SIG_IGN)
     try:
         yield
@@ -403,23 +404,8 @@ def test_head_on_tail_sends_headers_only(watcher: Watcher, load: Load) -> None:
 
 
 def test_watch_command_serves_and_exits_130_on_ctrl_c(load: Load) -> None:
-    command = [
-        sys.executable,
-        "-m",
-        "raindrops",
-        "watch",
-        "--bind",
-        "127.0.0.1:0",
-        "--delay",
-        "0.05",
-        load.address,
-    ]
-    with processes.running(command, stderr=subprocess.PIPE, text=True) as process:
+    with raindrops_watch("--delay", "0.05", load.address) as (process, port):
         assert process.stderr is not None
-        banner = process.stderr.readline()
-        match = re.search(r"http://127\.0\.0\.1:(\d+)/", banner)
-        assert match, banner
-        port = int(match.group(1))
         with socket.create_connection(("127.0.0.1", port), timeout=5) as client:
             client.sendall(b"GET /series.json HTTP/1.0\r\n\r\n")
             client.settimeout(5)

@@ -92,7 +92,8 @@ def running(
 def run(
     command: Sequence[str], *, timeout: float, input: str | bytes | None = None, **options: Any
 ) -> subprocess.CompletedProcess[Any]:
-    """subprocess.run with output captured, whose timeout ends the whole process group, not only the child."""
+    """subprocess.run with output captured, whose timeout ends the whole process group, not only
+    the child."""
     stdin: int | IO[Any] = (
         subprocess.PIPE if input is not None else options.pop("stdin", subprocess.DEVNULL)
     )
@@ -138,8 +139,8 @@ PR_SET_CHILD_SUBREAPER = 36
 
 
 def adopt_orphans() -> bool:
-    """Makes this process the parent of any orphan among its descendants (a worker whose master died),
-    so that end_leftovers() can find it. False where the kernel refuses."""
+    """Makes this process the parent of any orphan among its descendants (a worker whose master
+    died), so that end_leftovers() can find it. False where the kernel refuses."""
     import ctypes
 
     libc = ctypes.CDLL(None, use_errno=True)
@@ -155,7 +156,8 @@ def _command_line(pid: int) -> str:
 
 
 def end_leftovers() -> list[str]:
-    """SIGKILLs every live child of this process and reaps it; one line per process it had to end."""
+    """SIGKILLs every live child of this process and reaps it; one line per process it had to
+    end."""
     ended = []
     for pid in children(os.getpid()):
         ended.append(f"{pid} {_command_line(pid)}")

@@ -1,4 +1,5 @@
-"""System programs some checks need: a missing one skips with one line on a user's machine, and fails in CI.
+"""System programs some checks need: a missing one skips with one line on a user's machine, and
+fails in CI.
 
 A fresh machine (python3, make, git, curl) has none of them; `.ci/run` installs
 them all. Each skip is also written to the skip log that `make test`'s summary
@@ -45,7 +46,8 @@ def find(program: str, *alternatives: str) -> str | None:
 
 
 def require(program: str, *alternatives: str) -> str:
-    """The program's path; MissingProgram if absent and CI is not set; AssertionError if absent in CI."""
+    """The program's path; MissingProgram if absent and CI is not set; AssertionError if absent
+    in CI."""
     path = find(program, *alternatives)
     if path:
         return path

@@ -34,9 +34,11 @@ class Target:
     machine: int
     """e_machine of the ELF header."""
     page_size_max: int
-    """Largest page size of a Linux kernel for the architecture: PT_LOAD segments must be aligned to it."""
+    """Largest page size of a Linux kernel for the architecture: PT_LOAD segments must be aligned
+    to it."""
     platform_tag: str
-    """The wheel's compressed platform tag: the lowest manylinux and musllinux policies of the architecture."""
+    """The wheel's compressed platform tag: the lowest manylinux and musllinux policies of the
+    architecture."""
 
 
 TARGETS = {
@@ -79,7 +81,8 @@ class ElfInfo:
 
 
 def target_arch(name: str) -> str:
-    """The architecture of TARGETS that `name` means; ValueError naming the supported ones otherwise."""
+    """The architecture of TARGETS that `name` means; ValueError naming the supported ones
+    otherwise."""
     arch = ALIASES.get(name, name)
     if arch not in TARGETS:
         supported = ", ".join(TARGETS)
@@ -97,7 +100,8 @@ class _Reader:
         size = struct.calcsize(layout)
         if offset < 0 or offset + size > len(self.data):
             raise ElfError(
-                f"truncated: {what} at byte {offset} ends past the end of the file ({len(self.data)} bytes)"
+                f"truncated: {what} at byte {offset} ends past the end of the file "
+                f"({len(self.data)} bytes)"
             )
         return struct.unpack_from(layout, self.data, offset)
 
@@ -181,7 +185,8 @@ def problems(info: ElfInfo, arch: str) -> list[str]:
     small = sorted({align for align in info.load_alignments if align < target.page_size_max})
     if small:
         found.append(
-            f"PT_LOAD segments aligned to {small}, below the {target.page_size_max}-byte pages of {arch} kernels"
+            f"PT_LOAD segments aligned to {small}, "
+            f"below the {target.page_size_max}-byte pages of {arch} kernels"
         )
     if not info.load_alignments:
         found.append("no PT_LOAD segment")
@@ -204,13 +209,15 @@ def check_library(data: bytes, arch: str, where: str) -> ElfInfo:
 
 
 def wheel_arch(wheel: Path) -> str:
-    """The architecture a wheel's platform tag names (raindrops_stats-0.1.0-py3-none-PLATFORM.whl)."""
+    """The architecture a wheel's platform tag names
+    (raindrops_stats-0.1.0-py3-none-PLATFORM.whl)."""
     platform = wheel.name.removesuffix(".whl").rsplit("-", 1)[-1]
     for arch, target in TARGETS.items():
         if platform == target.platform_tag:
             return arch
     raise ElfError(
-        f"{wheel.name}: platform tag {platform!r} is none of: {', '.join(t.platform_tag for t in TARGETS.values())}"
+        f"{wheel.name}: platform tag {platform!r} is none of: "
+        f"{', '.join(t.platform_tag for t in TARGETS.values())}"
     )
 
 
@@ -241,7 +248,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--arch",
-        help=f"expected architecture ({', '.join(TARGETS)}); default: a wheel's tag, else this machine's",
+        help=(
+            f"expected architecture ({', '.join(TARGETS)}); "
+            "default: a wheel's tag, else this machine's"
+        ),
     )
     parser.add_argument("paths", nargs="+", type=Path, metavar="FILE_OR_WHEEL")
     options = parser.parse_args(argv)

@@ -15,7 +15,7 @@ WSGIApp = Callable[[Environ, StartResponse], Iterable[bytes]]
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 DEFAULT_ALLOW = ("127.0.0.0/8", "::1/128")
-"""Clients allowed to read an endpoint by default: loopback only (a unix socket client is local too)."""
+"""Clients allowed to read an endpoint by default: loopback (a unix socket client is local too)."""
 CLIENT_SOCKET_KEYS = ("gunicorn.socket", "raindrops.socket")
 """environ keys where servers put the client's socket (raindrops.watcher.server sets the second)."""
 
@@ -44,7 +44,7 @@ def plain(
 
 
 def client_socket(environ: Environ) -> Any:
-    """The client's socket where the server exposes it (gunicorn, raindrops' own server), else None."""
+    """The client's socket where the server exposes it (gunicorn, raindrops' server), else None."""
     for key in CLIENT_SOCKET_KEYS:
         sock = environ.get(key)
         if hasattr(sock, "fileno"):
@@ -78,7 +78,7 @@ def endpoint_settings(path: str, allow: Iterable[str]) -> tuple[str, tuple[Netwo
 
 
 def requested_format(environ: Environ) -> str | None:
-    """?format=, else what the Accept header asks for, else raindrops' text; None for an unknown one."""
+    """?format=, else what Accept asks for, else raindrops' text; None for an unknown format."""
     query = parse_qs(environ.get("QUERY_STRING", ""))
     asked = query.get("format", [""])[-1]
     if asked:

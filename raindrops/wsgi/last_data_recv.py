@@ -43,9 +43,9 @@ from raindrops.wsgi.http import DEFAULT_ALLOW, Environ, StartResponse, WSGIApp
 
 PATH = "/_raindrops/last_data_recv"
 BUCKETS = 33
-"""Bit lengths 0..32: tcpi_last_data_recv is a 32-bit number of milliseconds, every value has a bucket."""
+"""Bit lengths 0..32: tcpi_last_data_recv is 32-bit milliseconds, so every value has a bucket."""
 DEFER_ACCEPT_SECONDS = 60
-"""raindrops' choice: a connection that sends nothing for a minute is accepted anyway (or dropped)."""
+"""raindrops' choice: a connection silent for a minute is accepted anyway (or dropped)."""
 _SKIPPED = (
     0  # requests whose socket had no TCP_INFO (unix socket, server without a socket in environ)
 )
@@ -100,7 +100,7 @@ class LastDataRecvStats:
 
 
 class LastDataRecv:
-    """WSGI middleware: records each request's TCP_INFO last_data_recv in a histogram shared by all workers.
+    """WSGI middleware: each request's TCP_INFO last_data_recv, in a histogram all workers share.
 
     GET `path` (loopback clients by default, see `allow`) answers like
     raindrops' LastDataRecv: `X-Count`, and past one sample `X-Min`, `X-Max`,
@@ -165,7 +165,8 @@ def _fileno(listener: Any) -> int:
     fileno = getattr(listener, "fileno", None)
     if fileno is None:
         raise TypeError(
-            f"a listener must be a socket, an object with fileno() or an fd, not {type(listener).__name__}"
+            "a listener must be a socket, an object with fileno() or an fd, "
+            f"not {type(listener).__name__}"
         )
     fd = fileno()
     if not isinstance(fd, int):

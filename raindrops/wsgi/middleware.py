@@ -36,9 +36,15 @@ class _Body:
 
     __slots__ = ("_iterable", "_close", "_once", "_started_ns")
 
-    def __init__(self, iterable: Iterable[bytes], board: scoreboard.Board, started_ns: int) -> None:
+    def __init__(
+        self,
+        iterable: Iterable[bytes],
+        board: scoreboard.Board,
+        started_ns: int,
+        close: Callable[[], object] | None,
+    ) -> None:
         self._iterable = iterable
-        self._close: Callable[[], object] | None = getattr(iterable, "close", None)
+        self._close = close
         self._once = [board]  # list.pop() is atomic: a second close() finds it empty
         self._started_ns = started_ns
 
@@ -59,7 +65,7 @@ class _Body:
 
 def _wrap_file(result: Any, board: scoreboard.Board, started_ns: int) -> Any:
     """Keeps a wsgi.file_wrapper body (sendfile) by hooking its close() instead of wrapping it."""
-    body = _Body(result, board, started_ns)
+    body = _Body(result, board, started_ns, getattr(result, "close", None))
     try:
         result.close = body.close
     except AttributeError:
@@ -124,11 +130,12 @@ class Middleware:
             _fail(board, (_clock_ns() - started_ns) // 1000)
             raise
         _respond(board)
-        if result.__class__ is not list:
-            file_wrapper = environ.get("wsgi.file_wrapper")
-            if isinstance(file_wrapper, type) and isinstance(result, file_wrapper):
-                return _wrap_file(result, board, started_ns)  # type: ignore[no-any-return]
-        return _Body(result, board, started_ns)
+        if result.__class__ is list:
+            return _Body(result, board, started_ns, None)  # a list has no close()
+        file_wrapper = environ.get("wsgi.file_wrapper")
+        if isinstance(file_wrapper, type) and isinstance(result, file_wrapper):
+            return _wrap_file(result, board, started_ns)  # type: ignore[no-any-return]
+        return _Body(result, board, started_ns, getattr(result, "close", None))
 
     def _endpoint(self, environ: Environ, start_response: StartResponse) -> list[bytes]:
         form, refusal = http.endpoint_request(environ, start_response, self._allow)
