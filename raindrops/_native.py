@@ -23,7 +23,17 @@ _NOT_RAINDROPS = -4001
 _LAYOUT_MISMATCH = -4002
 _TRUNCATED = -4003
 _CORRUPT = -4004
-_VALIDATION_CODES = (_NOT_RAINDROPS, _LAYOUT_MISMATCH, _TRUNCATED, _CORRUPT)
+# Refusals of a file that another user could poison: PermissionError, see named_open().
+_FOREIGN_OWNER = -4005
+_WRITABLE_BY_OTHERS = -4006
+_VALIDATION_CODES = (
+    _NOT_RAINDROPS,
+    _LAYOUT_MISMATCH,
+    _TRUNCATED,
+    _CORRUPT,
+    _FOREIGN_OWNER,
+    _WRITABLE_BY_OTHERS,
+)
 _VALIDATION_MESSAGES = {
     _NOT_RAINDROPS: "is not a raindrops segment",
     _LAYOUT_MISMATCH: "is a raindrops segment of another layout version",
@@ -35,7 +45,10 @@ ArgumentError = ctypes.ArgumentError
 
 
 class Segment(ctypes.Structure):
-    """One process's view of a segment; mirrors `Segment` in zig/shm.zig."""
+    """One process's view of a segment; mirrors `Segment` in zig/shm.zig.
+
+    `owner_uid` and `mode` are the file's, as attaching found them (also when
+    it refused the file for them)."""
 
     _fields_ = [
         ("base", ctypes.c_void_p),
@@ -44,6 +57,8 @@ class Segment(ctypes.Structure):
         ("counters_offset", ctypes.c_uint64),
         ("stride", ctypes.c_uint32),
         ("fd", ctypes.c_int32),
+        ("owner_uid", ctypes.c_uint32),
+        ("mode", ctypes.c_uint32),
     ]
 
 
@@ -83,10 +98,9 @@ _named_open = _declare(
     [_c.c_char_p, _c.c_uint64, _c.c_uint32, _c.c_uint32, _SegmentPointer],
 )
 _named_unlink = _declare(_lib, "named_unlink", _c.c_int32, [_c.c_char_p])
-_reserve = _declare(_lib, "reserve", _c.c_int32, [_SegmentPointer, _c.c_uint64])
-_refresh = _declare(_lib, "refresh", _c.c_int32, [_SegmentPointer])
-_size = _declare(_fast, "size", _c.c_uint64, [_SegmentPointer])
-_set_size = _declare(_lib, "set_size", _c.c_int32, [_SegmentPointer, _c.c_uint64])
+_resize = _declare(_lib, "resize", _c.c_int32, [_SegmentPointer, _c.c_uint64, _c.c_uint32])
+# Through the PyDLL handle: almost always one atomic load, which `len(rd)` pays.
+_sync = _declare(_fast, "sync", _c.c_int64, [_SegmentPointer])
 _snapshot = _declare(
     _lib, "snapshot", _c.c_int32, [_SegmentPointer, _c.POINTER(_c.c_uint64), _c.c_uint64]
 )
@@ -176,8 +190,16 @@ def named_open(name: str, size: int, mode: int, create: bool) -> Segment:
     status = _named_open(_encode_name(name), size, mode, int(create), ctypes.byref(segment))
     if status == -errno.ENOENT:
         raise FileNotFoundError(errno.ENOENT, f"no raindrops segment named {name!r}", name)
-    _raise_for(status, f"shared memory segment {name!r}")
-    return segment
+    if status == _FOREIGN_OWNER:
+        why = f"its owner uid {segment.owner_uid} is not you (uid {os.geteuid()})"
+    elif status == _WRITABLE_BY_OTHERS:
+        why = f"its mode {segment.mode:#o} lets others write"
+    else:
+        _raise_for(status, f"shared memory segment {name!r}")
+        return segment
+    raise PermissionError(
+        errno.EACCES, f"refusing shared memory segment {name!r}: {why}, so they could poison it"
+    )
 
 
 def named_unlink(name: str) -> None:
@@ -187,20 +209,24 @@ def named_unlink(name: str) -> None:
     _raise_for(status, f"shared memory segment {name!r}")
 
 
-def reserve(segment: Segment, capacity: int) -> None:
-    _raise_for(_reserve(ctypes.byref(segment), capacity), f"growing segment to {capacity} counters")
+def resize(segment: Segment, size: int, grow_only: bool, subject: str) -> None:
+    """Sets the shared size (only raises it with `grow_only`); may map a new view into `segment`."""
+    status = _resize(ctypes.byref(segment), size, int(grow_only))
+    if status == -errno.EAGAIN:
+        raise BlockingIOError(
+            errno.EAGAIN,
+            f"{subject}: cannot resize to {size} counters, another process has held "
+            "its lock for seconds",
+        )
+    _raise_for(status, subject)
 
 
-def refresh(segment: Segment) -> None:
-    _raise_for(_refresh(ctypes.byref(segment)), "remapping segment")
-
-
-def size(segment: Segment) -> int:
-    return _size(ctypes.byref(segment))  # type: ignore[no-any-return]
-
-
-def set_size(segment: Segment, size: int) -> None:
-    _raise_for(_set_size(ctypes.byref(segment), size), f"resizing segment to {size} counters")
+def sync(segment: Segment, subject: str) -> int:
+    """The shared size, never more than `segment` maps; may map a new view into `segment`."""
+    size: int = _sync(ctypes.byref(segment))
+    if size < 0:
+        _raise_for(size, subject)
+    return size
 
 
 def snapshot(segment: Segment, count: int) -> list[int]:
@@ -219,6 +245,7 @@ def unmap(base: int, length: int) -> None:
 
 
 def close(segment: Segment) -> None:
+    """Closes the segment's file; its views stay mapped until unmap()."""
     _raise_for(_close(ctypes.byref(segment)), "closing segment")
 
 
@@ -227,10 +254,11 @@ def counter_pointer(segment: Segment, index: int) -> CounterPointer:
     return ctypes.c_void_p(segment.base + segment.counters_offset + index * segment.stride)
 
 
-def counter_pointers(segment: Segment, count: int) -> list[CounterPointer]:
-    first = segment.base + segment.counters_offset
+def counter_pointers(segment: Segment, first: int, count: int) -> list[CounterPointer]:
+    """Pointers to counters first .. first + count - 1 of the current view; the caller checks."""
+    start = segment.base + segment.counters_offset
     stride = segment.stride
-    return [ctypes.c_void_p(first + index * stride) for index in range(count)]
+    return [ctypes.c_void_p(start + index * stride) for index in range(first, first + count)]
 
 
 # ---------------------------------------------------------------------------
@@ -267,7 +295,11 @@ UNIX_NAME_BYTES_MAX = 108
 
 
 class UnixEntry(ctypes.Structure):
-    """A requested or found unix listener name; mirrors `Entry` in zig/unix_diag.zig."""
+    """A requested or found unix listener name; mirrors `Entry` in zig/unix_diag.zig.
+
+    `vfs_inode` and `vfs_device` name the socket file of a path (unix_diag's
+    UNIX_DIAG_VFS: the inode's low 32 bits, the device as major << 20 | minor);
+    0 and 0 for an abstract name."""
 
     _fields_ = [
         ("active", ctypes.c_uint64),
@@ -275,6 +307,8 @@ class UnixEntry(ctypes.Structure):
         ("listeners", ctypes.c_uint32),
         ("name_len", ctypes.c_uint32),
         ("name", ctypes.c_uint8 * UNIX_NAME_BYTES_MAX),
+        ("vfs_inode", ctypes.c_uint32),
+        ("vfs_device", ctypes.c_uint32),
         ("reserved", ctypes.c_uint8 * 4),
     ]
 
@@ -411,7 +445,7 @@ def tcp_info(fd: int) -> bytes:
 # ---------------------------------------------------------------------------
 # Shared histograms and the middleware's request accounting (zig/histogram.zig,
 # zig/scoreboard.zig). Descriptors are built once per process; their pointers
-# target a segment view that stays mapped until the segment is closed.
+# target a segment view that stays mapped while its Raindrops object lives.
 
 
 class Histogram(ctypes.Structure):

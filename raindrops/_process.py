@@ -5,6 +5,11 @@ worker inherits objects that belong to its parent (a scoreboard slot, a
 netlink socket, a sampler thread). Each such thing is a PerProcess value,
 made again on first use in every process. `PROCESS.pid` is kept current by a
 fork hook, so checking costs an attribute read, not a getpid() system call.
+
+A pid alone does not name a process: it is reused, and two PID namespaces
+(containers sharing /dev/shm) hand out the same pids. A pid plus its start
+time (clock ticks after boot, /proc/PID/stat field 22) does, within one PID
+namespace, which is named by the inode of /proc/self/ns/pid.
 """
 
 from __future__ import annotations
@@ -16,6 +21,9 @@ from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
+
+_STAT_STATE, _STAT_PPID, _STAT_START = 0, 1, 19  # fields after the ")" that ends the command
+_DEAD_STATES = (b"Z", b"X")
 
 
 class _Process:
@@ -31,6 +39,66 @@ class _Process:
 
 
 PROCESS = _Process()
+
+
+def _stat_fields(pid: int | str) -> list[bytes] | None:
+    """Fields of /proc/PID/stat after the command name (which may hold spaces and parentheses)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            fields = stat.read(4096).rpartition(b")")[2].split()
+    except OSError:
+        return None
+    return fields if len(fields) > _STAT_START else None
+
+
+def _ticks(fields: list[bytes] | None) -> int | None:
+    if fields is None or fields[_STAT_STATE] in _DEAD_STATES:
+        return None
+    start = fields[_STAT_START]
+    return int(start) if start.isdigit() else None
+
+
+def start_ticks(pid: int) -> int | None:
+    """The start time of process `pid` as /proc sees it, or None when it is gone or a zombie.
+
+    Compared with a recorded start time it tells a live process from a new one
+    that reuses a dead one's pid.
+    """
+    return _ticks(_stat_fields(pid))
+
+
+def own_start_ticks() -> int | None:
+    """The start time of this process, read through /proc/self (right in any PID namespace)."""
+    return _ticks(_stat_fields("self"))
+
+
+def parent_start_ticks() -> int | None:
+    """The start time of this process's parent (a prefork server's master), None if unknown.
+
+    The parent's pid is read from /proc/self/stat rather than getppid(), so
+    that both numbers come from the same PID namespace even when /proc was
+    mounted for another one (`unshare --pid` without --mount-proc).
+    """
+    fields = _stat_fields("self")
+    if fields is None or not fields[_STAT_PPID].isdigit():
+        return None
+    return _ticks(_stat_fields(int(fields[_STAT_PPID])))
+
+
+def pid_namespace() -> int:
+    """The inode of this process's PID namespace; 0 without /proc."""
+    try:
+        return os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        return 0
+
+
+def proc_is_ours() -> bool:
+    """Whether /proc shows this PID namespace's pids, so /proc/PID is the process `PID` here."""
+    try:
+        return os.readlink("/proc/self") == str(os.getpid())
+    except OSError:
+        return False
 
 
 class PerProcess(Generic[T]):

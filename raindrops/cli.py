@@ -114,14 +114,15 @@ def render(stats: Mapping[str, linux.ListenStats], form: str, stamp: str, width:
         return exposition.listeners_prometheus(stats)
     return "".join(
         exposition.tail_line(stamp, address, stat.active, stat.queued, width)
-        for address, stat in stats.items()
+        for address, stat in exposition.printed(stats).items()
     )
 
 
 def run_listeners(options: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     source = linux.ListenerSet(options.addresses or None)
     try:
-        width = min(max([ADDRESS_WIDTH_MIN, *map(len, options.addresses)]), ADDRESS_WIDTH_MAX)
+        shown = [len(exposition.printable_name(address)) for address in options.addresses]
+        width = min(max([ADDRESS_WIDTH_MIN, *shown]), ADDRESS_WIDTH_MAX)
         if options.format == "text":
             err.write(exposition.tail_line("timestamp", "address", "active", "queued", width))
         count = options.count if options.count is not None else (None if options.interval else 1)

@@ -29,6 +29,7 @@ PAGE_SIZE: int = mmap.PAGESIZE
 # Pointer objects cost about 100 bytes each; past this size counters are
 # reached through a pointer built per call instead of a prepared table.
 _PREPARED_POINTERS_MAX = 1 << 16
+_MODE_ALLOWED = 0o744  # zig/shm.zig mode_allowed
 _ONE = 1  # `n is _ONE` selects the one-argument native call for the default n.
 
 _SMALL_INT_MAX = _native.SMALL_INT_MAX
@@ -55,10 +56,20 @@ def _checked_value(value: object, what: str = "counter value") -> int:
     return number
 
 
-def _delta(n: object) -> int:
-    if n.__class__ is int and 0 <= n <= MAX:  # type: ignore[operator]
-        return n  # type: ignore[return-value]
-    return _checked_value(n, "increment n")
+def _range_checker(what: str) -> Callable[[object], int]:
+    """A check of a value or an increment that costs one class test and one comparison for an
+    int in range; only a bad value pays for the message naming `what`."""
+
+    def checked(value: object) -> int:
+        if value.__class__ is int and 0 <= value <= MAX:  # type: ignore[operator]
+            return value  # type: ignore[return-value]
+        return _checked_value(value, what)
+
+    return checked
+
+
+_delta = _range_checker("increment n")
+_value = _range_checker("counter value")
 
 
 def _checked_size(size: object) -> int:
@@ -71,9 +82,15 @@ def _checked_size(size: object) -> int:
 
 
 def _checked_mode(mode: object) -> int:
+    """A creating mode that lets no other user write: they could poison the counters."""
     number = _integer(mode, "mode")
     if not 0 <= number <= 0o777:
         raise ValueError(f"mode {number:#o} is not a permission mode (0..0o777)")
+    if number & ~_MODE_ALLOWED:
+        raise ValueError(
+            f"mode {number:#o} gives group or others more than read permission: a segment's "
+            "mode is the owner's bits plus at most read for them (0o600, 0o640, 0o644)"
+        )
     return number
 
 
@@ -97,11 +114,13 @@ def _checked_name(name: object) -> str:
 
 
 def _release(segment: _native.Segment, views: list[tuple[int, int]]) -> None:
-    """Unmaps every view and closes the descriptor; runs once, from close() or GC."""
+    """Unmaps every view, and closes the file unless close() did; runs once, when the Raindrops
+    is unreachable: no thread can be inside an operation on these views any more."""
     for base, length in views:
         _native.unmap(base, length)
     views.clear()
-    _native.close(segment)
+    if segment.fd >= 0:
+        _native.close(segment)
 
 
 _Step = Callable[..., int]
@@ -120,7 +139,7 @@ def _index_updater(
                 return step_small(self._pointers[index], n)
             return step(self._pointers[index], _delta(n))
         except (IndexError, TypeError, _ArgumentError):
-            return step(self._pointer(index), _checked_value(n, "increment n"))
+            return step(self._pointer(index), _delta(n))
 
     update.__doc__ = doc
     return update
@@ -133,8 +152,9 @@ class Raindrops:
     creation shares it. `Raindrops(size, name="/app")` uses a POSIX shared memory
     segment that any process of the same user can attach to by name; it is
     created (mode 0600 unless `mode` says otherwise) if it does not exist.
+    A segment that another user owns or can write is refused: PermissionError.
     The size lives in the segment, so all processes agree on it; attaching with
-    a larger size grows the segment.
+    a larger size grows the segment, and attaching never shrinks it.
     """
 
     __slots__ = (
@@ -142,6 +162,7 @@ class Raindrops:
         "_pointers",
         "_size",
         "_name",
+        "_subject",
         "_lock",
         "_finalizer",
         "_views",
@@ -158,7 +179,7 @@ class Raindrops:
             )
         self._adopt(segment, name)
         if self._size < size:
-            self.size = size
+            self._resize(size, grow_only=True)
 
     @classmethod
     def open(cls, name: str) -> Raindrops:
@@ -170,9 +191,15 @@ class Raindrops:
     def _adopt(self, segment: _native.Segment, name: str | None) -> None:
         self._segment: _native.Segment | None = segment
         self._name = name
+        self._subject = "anonymous segment" if name is None else f"shared memory segment {name!r}"
         self._lock = threading.Lock()
-        self._views: list[tuple[int, int]] = []
+        # Every view this object mapped, the current one included: all stay mapped until the
+        # object is unreachable, so a pointer taken from any of them never dangles.
+        self._views: list[tuple[int, int]] = [(segment.base, segment.bytes)]
         self._finalizer = weakref.finalize(self, _release, segment, self._views)
+        # At exit other threads may still run: leave the unmapping to the kernel. (`atexit` is a
+        # documented writable attribute that typeshed's stub lacks.)
+        self._finalizer.atexit = False  # type: ignore[misc]
         self._pointers: list[_native.CounterPointer] = []
         self._size = 0
         self._sync()
@@ -184,42 +211,63 @@ class Raindrops:
         return segment
 
     def _sync(self) -> int:
-        """Adopts the segment's shared size, mapping more of it if another process grew it."""
         with self._lock:
-            segment = self._live()
-            size = _native.size(segment)
-            base = segment.base
-            if size > segment.capacity:
-                self._remap(segment, _native.refresh)
-            if size != self._size or base != segment.base:
-                prepared = size if size <= _PREPARED_POINTERS_MAX else 0
-                self._pointers = _native.counter_pointers(segment, prepared)
-                self._size = size
-            return size
+            return self._sync_locked(self._live())
 
-    def _remap(self, segment: _native.Segment, remap: Callable[..., None], *args: int) -> None:
-        base, length = segment.base, segment.bytes
-        remap(segment, *args)
-        if segment.base != base:
-            self._views.append((base, length))
+    def _sync_locked(self, segment: _native.Segment) -> int:
+        """Adopts the segment's shared size, mapping more of it if another process grew it.
+
+        The native side bounds the size by this process's view and the file's real size, so
+        the pointers prepared here never point past a mapping, whatever the header says."""
+        size: int = self._remapping(segment, _native.sync, segment, self._subject)
+        if size != self._size:
+            self._prepare(segment, size)
+        return size
+
+    def _remapping(self, segment: _native.Segment, call: Callable[..., Any], *args: Any) -> Any:
+        """Runs a native call that may map a new view into `segment`; keeps that view for
+        _release, even when the call fails after mapping it."""
+        base = segment.base
+        try:
+            return call(*args)
+        finally:
+            if segment.base != base:
+                self._views.append((segment.base, segment.bytes))
+
+    def _prepare(self, segment: _native.Segment, size: int) -> None:
+        """Makes the prepared pointers cover exactly the `size` counters (none past the prepared
+        maximum: the hot path's negative indexes must count from the real end), changing the
+        list in place: the lock-free hot path indexes it meanwhile, and a growth costs only its
+        new pointers. A pointer into an older view stays valid."""
+        pointers = self._pointers
+        prepared = size if size <= _PREPARED_POINTERS_MAX else 0
+        if prepared < len(pointers):
+            del pointers[prepared:]
+        elif prepared > len(pointers):
+            first = len(pointers)
+            pointers.extend(_native.counter_pointers(segment, first, prepared - first))
+        self._size = size
 
     def _pointer(self, index: object) -> _native.CounterPointer:
         """The checked slow path behind every indexed operation."""
         self._live()
         position = _integer(index, "counter index")
-        size = self._sync()
-        if position < 0:
-            position += size
-        if not 0 <= position < size:
-            raise IndexError(f"counter index {index} out of range for {size} counters")
-        pointers = self._pointers
-        if position < len(pointers):
-            return pointers[position]
-        return _native.counter_pointer(self._live(), position)
+        with self._lock:
+            segment = self._live()
+            size = self._sync_locked(segment)
+            if position < 0:
+                position += size
+            if not 0 <= position < size:
+                raise IndexError(f"counter index {index} out of range for {size} counters")
+            pointers = self._pointers
+            if position < len(pointers):
+                return pointers[position]
+            return _native.counter_pointer(segment, position)
 
     def address(self, index: int) -> int:
         """Where counter `index` is in this process's mapping, for native descriptors built on it
-        (a shared histogram, the scoreboard's board); valid until close()."""
+        (a shared histogram, the scoreboard's board); valid while this object lives, close()
+        included (see close())."""
         address = self._pointer(index).value
         assert address is not None, "a mapped counter has an address"
         return address
@@ -255,9 +303,9 @@ class Raindrops:
             if value.__class__ is int and 0 <= value <= _SMALL_INT_MAX:
                 _store_small(self._pointers[index], value)
             else:
-                _store(self._pointers[index], _delta(value))
+                _store(self._pointers[index], _value(value))
         except (IndexError, TypeError, _ArgumentError):
-            _store(self._pointer(index), _checked_value(value))
+            _store(self._pointer(index), _value(value))
 
     def __len__(self) -> int:
         return self._sync()
@@ -267,33 +315,37 @@ class Raindrops:
 
     def to_list(self) -> list[int]:
         """A snapshot of every counter, each read atomically."""
-        size = self._sync()
-        return _native.snapshot(self._live(), size)
+        with self._lock:
+            segment = self._live()
+            return _native.snapshot(segment, self._sync_locked(segment))
 
     @property
     def size(self) -> int:
         """How many counters there are; assigning grows or shrinks the segment for every process.
 
         Values below the new size are kept; counters dropped by a shrink are
-        zeroed, so growing back starts them at 0.
+        zeroed, and zeroed again when a growth brings them back, so they start
+        at 0 whatever a process still counting through an old size did.
         """
         return self._sync()
 
     @size.setter
     def size(self, size: int) -> None:
-        size = _checked_size(size)
-        segment = self._live()
+        self._resize(_checked_size(size), grow_only=False)
+
+    def _resize(self, size: int, *, grow_only: bool) -> None:
         with self._lock:
-            if size > segment.capacity:
-                self._remap(segment, _native.reserve, size)
-            _native.set_size(segment, size)
-        self._sync()
+            segment = self._live()
+            self._remapping(segment, _native.resize, segment, size, grow_only, self._subject)
+            self._sync_locked(segment)
 
     @property
     def capa(self) -> int:
         """How many counters fit in this process's mapping without remapping."""
-        self._sync()
-        return int(self._live().capacity)
+        with self._lock:
+            segment = self._live()
+            self._sync_locked(segment)
+            return int(segment.capacity)
 
     @property
     def name(self) -> str | None:
@@ -305,15 +357,22 @@ class Raindrops:
         return self._segment is None
 
     def close(self) -> None:
-        """Unmaps the counters in this process (raindrops' evaporate!); idempotent.
+        """Ends this object's use of the counters (raindrops' evaporate!); idempotent.
 
-        The counters live on in other processes and, for a named segment, in
-        the system until unlink().
+        Every later operation raises ValueError, and the file descriptor is
+        closed at once. The memory is unmapped when this object becomes
+        unreachable (at once in CPython when its last reference goes): another
+        thread may be inside an operation on it right now, and unmapping under
+        it would crash the process. The counters live on in other processes
+        and, for a named segment, in the system until unlink().
         """
         with self._lock:
+            segment = self._segment
+            if segment is None:
+                return
             self._segment = None
             self._pointers = []
-        self._finalizer()
+            _native.close(segment)
 
     def unlink(self) -> None:
         """Removes the named segment from the system; processes that mapped it keep their view."""

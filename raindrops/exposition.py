@@ -75,6 +75,32 @@ def escape_label_value(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
+def _printable_character(character: str) -> str:
+    if character == "\\":
+        return "\\\\"
+    if character.isprintable() and character != " ":
+        return character
+    try:
+        encoded = character.encode("utf-8", "surrogateescape")  # an undecodable byte: itself
+    except UnicodeEncodeError:
+        encoded = character.encode("utf-8", "surrogatepass")  # a lone surrogate from a caller
+    return "".join(f"\\x{byte:02x}" for byte in encoded)
+
+
+def printable_name(name: str) -> str:
+    """A listener name as every output prints it: one word of valid UTF-8 that reads as the name.
+
+    Anyone may name a unix socket with any bytes: newlines would forge lines, undecodable bytes
+    (os.fsdecode's surrogates) cannot be written as UTF-8, spaces would split the CLI's and the
+    tail's columns. A backslash is doubled, and every byte of a space or of an undecodable or
+    non-printable character (controls, line separators, format characters) is written \\xNN;
+    the rest is kept. Distinct names stay distinct, and the original bytes can be recovered.
+    """
+    if name.isprintable() and "\\" not in name and " " not in name:
+        return name
+    return "".join(map(_printable_character, name))
+
+
 def _header(family: str, metric: Metric) -> str:
     return f"# HELP {family} {metric.help}\n# TYPE {family} {metric.kind}\n"
 
@@ -89,31 +115,52 @@ def prometheus_family(metric: Metric, samples: Mapping[str, int], label: str) ->
     return "\n".join(lines) + "\n"
 
 
+def printed(stats: Mapping[str, ListenStats]) -> dict[str, ListenStats]:
+    """`stats` under printable names: what every format below prints, so one listener has one
+    name in all of them."""
+    return {printable_name(address): stat for address, stat in stats.items()}
+
+
 def listeners_text(stats: Mapping[str, ListenStats]) -> str:
     """raindrops' middleware lines: "ADDR active: N" then "ADDR queued: N" per listener."""
     return "".join(
         f"{address} active: {stat.active}\n{address} queued: {stat.queued}\n"
-        for address, stat in stats.items()
+        for address, stat in printed(stats).items()
     )
 
 
 def listeners_prometheus(stats: Mapping[str, ListenStats]) -> str:
+    shown = printed(stats)
     return prometheus_family(
-        LISTENER_ACTIVE, {address: stat.active for address, stat in stats.items()}, "listener"
+        LISTENER_ACTIVE, {address: stat.active for address, stat in shown.items()}, "listener"
     ) + prometheus_family(
-        LISTENER_QUEUED, {address: stat.queued for address, stat in stats.items()}, "listener"
+        LISTENER_QUEUED, {address: stat.queued for address, stat in shown.items()}, "listener"
     )
 
 
 def listeners_json(stats: Mapping[str, ListenStats]) -> dict[str, dict[str, int]]:
     return {
-        address: {"active": stat.active, "queued": stat.queued} for address, stat in stats.items()
+        address: {"active": stat.active, "queued": stat.queued}
+        for address, stat in printed(stats).items()
     }
 
 
 def tail_line(stamp: str, address: str, active: int | str, queued: int | str, width: int) -> str:
-    """One row of raindrops' linux-listener-stats and Watcher tail output (also its header row)."""
+    """One row of raindrops' linux-listener-stats and Watcher tail output (also its header row);
+    `address` is already a printable_name()."""
     return f"{stamp:>20} {address:>{width}} {active:>10} {queued:>10}\n"
+
+
+DEGRADED = Metric(
+    "raindrops_degraded",
+    "gauge",
+    "1 per reason why the server-wide segment is not used: numbers may cover one process only.",
+)
+
+
+def degraded_prometheus(reasons: tuple[str, ...]) -> str:
+    """The raindrops_degraded family, or nothing at all while every number is server-wide."""
+    return prometheus_family(DEGRADED, dict.fromkeys(reasons, 1), "reason") if reasons else ""
 
 
 # The middleware's endpoint.
@@ -223,15 +270,17 @@ class MiddlewareReport(NamedTuple):
 
     totals: Totals
     listeners: Mapping[str, ListenStats]
+    degraded: tuple[str, ...] = ()  # why the numbers are partial (raindrops.segments)
 
     def text(self) -> str:
         return middleware_text(self.totals, self.listeners)
 
     def prometheus(self, openmetrics: bool) -> str:
-        return middleware_prometheus(self.totals, self.listeners, openmetrics)
+        families = middleware_prometheus(self.totals, self.listeners, openmetrics)
+        return families + degraded_prometheus(self.degraded)
 
     def json(self) -> dict[str, object]:
-        return middleware_json(self.totals, self.listeners)
+        return {**middleware_json(self.totals, self.listeners), "degraded": list(self.degraded)}
 
 
 # LastDataRecv's endpoint.
@@ -259,6 +308,7 @@ class LastDataRecvReport(NamedTuple):
 
     snapshot: HistogramSnapshot
     skipped: int
+    degraded: tuple[str, ...] = ()  # why the numbers are partial (raindrops.segments)
 
     def text(self) -> str:
         return histogram_text(self.snapshot)
@@ -266,10 +316,12 @@ class LastDataRecvReport(NamedTuple):
     def prometheus(self, openmetrics: bool) -> str:
         """The histogram in seconds (bounds are whole milliseconds), and the skipped requests."""
         histogram = histogram_prometheus(LAST_DATA_RECV, self.snapshot, _milliseconds_in_seconds)
-        return histogram + _scalar(LAST_DATA_RECV_SKIPPED, self.skipped, openmetrics)
+        skipped = _scalar(LAST_DATA_RECV_SKIPPED, self.skipped, openmetrics)
+        return histogram + skipped + degraded_prometheus(self.degraded)
 
     def json(self) -> dict[str, object]:
-        return {**histogram_json(self.snapshot), "unit": "ms", "skipped": self.skipped}
+        numbers = {**histogram_json(self.snapshot), "unit": "ms", "skipped": self.skipped}
+        return {**numbers, "degraded": list(self.degraded)}
 
 
 # raindrops' aggregates: the Watcher's and LastDataRecv's text histograms and X-* headers.

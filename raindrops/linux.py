@@ -14,6 +14,15 @@ address is A, or every listener of A's family on P when A is a wildcard
 dual-stack ones included). `active` counts accepted ESTABLISHED connections
 whose local address matches by the same rule. A requested address with no
 listener is left out of the result.
+
+A unix socket path counts the socket this process sees at that path: unix_diag
+lists the sockets of every mount namespace sharing the network namespace, and
+another user may bind the same path in a mount namespace of their own. Each
+path listener comes with the socket file it is bound to (inode and device),
+and only those bound to the file found at the path here are counted; a
+listener whose file was removed or replaced is left out. Abstract names
+("@name") have no file and belong to the network namespace. The /proc/net/unix
+fallback has no socket files and matches by name only.
 """
 
 from __future__ import annotations
@@ -23,6 +32,7 @@ import ipaddress
 import os
 import re
 import socket
+import stat
 import threading
 import weakref
 from collections.abc import Iterable
@@ -82,8 +92,11 @@ class InetDiagSocket:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._fd: int | None = _native.diag_open()
-        # Closes the fd if the object is dropped without close(): no fd leak in loops.
+        # Closes the fd if the object is dropped without close(): no fd leak in loops. Not at
+        # interpreter exit, where the process's end closes it anyway: closing it earlier could
+        # pull it from under a daemon thread still sampling (EBADF, or a reused fd number).
         self._finalizer = weakref.finalize(self, _native.diag_close, self._fd)
+        self._finalizer.atexit = False  # type: ignore[misc]  # a documented attribute
 
     def fileno(self) -> int:
         fd = self._fd
@@ -316,11 +329,137 @@ def _unix_names(paths: UnixPath | Iterable[UnixPath]) -> list[bytes]:
     return list(dict.fromkeys(_unix_name(item) for item in items))
 
 
-def _unix_entry(name: bytes) -> _native.UnixEntry:
+# Which socket a path names. unix_diag lists the sockets of every mount namespace
+# that shares our network namespace: another user in another mount namespace may
+# bind "our" path there. Each path socket comes with its socket file (inode and
+# device, UNIX_DIAG_VFS); only those bound to the file this process sees at the
+# path are that path's listeners.
+
+_PROC_SELF_MOUNTINFO = "/proc/self/mountinfo"
+_PROC_SELF_FDINFO = "/proc/self/fdinfo"
+_MINOR_BITS = 20
+"""The kernel's internal dev_t is major << 20 | minor: what unix_diag reports, what
+/proc/self/mountinfo prints as major:minor, and not what stat() returns."""
+_INODE_MASK = 0xFFFF_FFFF
+"""unix_diag reports the socket file's inode number in 32 bits."""
+
+
+class SocketFile(NamedTuple):
+    """A socket file as unix_diag names it: inode (low 32 bits), device (major << 20 | minor)."""
+
+    inode: int
+    device: int
+
+
+_NO_FILE = SocketFile(0, 0)
+"""What an abstract name is bound to: no file. Abstract names belong to the network namespace,
+so the name alone tells its sockets apart."""
+
+
+def kernel_device(major: int, minor: int) -> int:
+    """A device number in the kernel's internal encoding, as unix_diag reports it."""
+    return major << _MINOR_BITS | minor
+
+
+_MOUNTINFO_DEVICE = rb"^%d [0-9]+ ([0-9]+):([0-9]+) "
+_FDINFO_MOUNT_ID = re.compile(rb"^mnt_id:\s*([0-9]+)$", re.MULTILINE)
+_PROC_FILE_BYTES_MAX = 64 << 20
+_PROC_READ_BYTES = 64 << 10
+
+
+def mount_device(mountinfo: bytes, mount_id: int) -> int | None:
+    """The device (kernel_device) of mount `mount_id`'s file system, from /proc/self/mountinfo.
+
+    A file's stat() device is not always its file system's: btrfs reports a
+    device per subvolume, and unix_diag the file system's (the superblock's),
+    which mountinfo prints. One search, not a parse: a host may have thousands of mounts.
+    """
+    found = re.search(_MOUNTINFO_DEVICE % mount_id, mountinfo, re.MULTILINE)
+    return None if found is None else kernel_device(int(found[1]), int(found[2]))
+
+
+def fdinfo_mount_id(fdinfo: bytes) -> int | None:
+    """The mnt_id of a /proc/self/fdinfo/FD file: the mount the descriptor's file is on."""
+    found = _FDINFO_MOUNT_ID.search(fdinfo)
+    return None if found is None else int(found[1])
+
+
+def _read(path: str) -> bytes | None:
+    """A /proc file's text (bounded), None if it cannot be read."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        while size < _PROC_FILE_BYTES_MAX:
+            chunk = os.read(fd, _PROC_READ_BYTES)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    return b"".join(chunks)
+
+
+class _SocketFiles:
+    """The socket files this process sees at paths, for one reading: each path looked up once,
+    /proc/self/mountinfo read at most once."""
+
+    def __init__(self) -> None:
+        self._mountinfo: bytes | None = None
+        self._seen: dict[bytes, SocketFile | None] = {}
+
+    def at(self, name: bytes) -> SocketFile | None:
+        """The socket file at `name` (a path as bound), _NO_FILE for an abstract name, None
+        when this process sees no socket there (missing, not a socket, not searchable)."""
+        if name.startswith(b"\0"):
+            return _NO_FILE
+        if name not in self._seen:
+            self._seen[name] = self._look_up(name)
+        return self._seen[name]
+
+    def _look_up(self, name: bytes) -> SocketFile | None:
+        try:
+            fd = os.open(name, os.O_PATH | os.O_CLOEXEC)
+        except (OSError, ValueError):
+            return None
+        try:
+            status = os.fstat(fd)
+            if not stat.S_ISSOCK(status.st_mode):
+                return None
+            device = self._mount_device(fd)
+        finally:
+            os.close(fd)
+        if device is None:
+            device = kernel_device(os.major(status.st_dev), os.minor(status.st_dev))
+        return SocketFile(status.st_ino & _INODE_MASK, device)
+
+    def _mount_device(self, fd: int) -> int | None:
+        """The device of the file system `fd` is on, from its mount; None where /proc lacks it."""
+        fdinfo = _read(f"{_PROC_SELF_FDINFO}/{fd}")
+        mount_id = None if fdinfo is None else fdinfo_mount_id(fdinfo)
+        if mount_id is None:
+            return None
+        if self._mountinfo is None:
+            self._mountinfo = _read(_PROC_SELF_MOUNTINFO) or b""
+        return mount_device(self._mountinfo, mount_id)
+
+
+def _unix_entry(name: bytes, file: SocketFile) -> _native.UnixEntry:
     entry = _native.UnixEntry()
     entry.name_len = len(name)
     entry.name[: len(name)] = name
+    entry.vfs_inode, entry.vfs_device = file
     return entry
+
+
+def _entry_name(entry: _native.UnixEntry) -> bytes:
+    return bytes(entry.name[: entry.name_len])
 
 
 def unix_listener_stats(
@@ -330,30 +469,47 @@ def unix_listener_stats(
 
     `paths=None` reports every unix listener; otherwise the requested paths
     (str, bytes or path-like; one or many), in request order, without those
-    that have no listener. Paths are matched as bound, not resolved.
+    that have no listener. Paths are matched as bound, not resolved, and a path
+    counts the socket this process sees there: a listener bound to the same
+    path in another mount namespace (another file) is left out, and so is one
+    whose socket file was removed. Where the kernel lacks unix_diag
+    (/proc/net/unix), paths are matched by name only.
     """
     names = None if paths is None else _unix_names(paths)
     if names is not None and not names:
         return {}
+    files = _SocketFiles()
     try:
-        with InetDiagSocket() as sock:
-            if names is None:
-                found = sock._unix_all_listeners()
-                return {
-                    _unix_key(bytes(entry.name[: entry.name_len])): ListenStats(
-                        entry.active, entry.queued
-                    )
-                    for entry in found
-                }
-            entries = sock._unix_stats([_unix_entry(name) for name in names])
+        if names is None:
+            return _unix_all_listener_stats(files)
+        return _unix_query_stats(names, files)
     except OSError as error:
         if error.errno not in _UNIX_DIAG_MISSING:
             raise
         return _proc_unix_listener_stats(names)
+
+
+def _unix_query_stats(names: list[bytes], files: _SocketFiles) -> dict[str, ListenStats]:
+    asked = [(name, file) for name in names if (file := files.at(name)) is not None]
+    if not asked:
+        return {}
+    with InetDiagSocket() as sock:
+        entries = sock._unix_stats([_unix_entry(name, file) for name, file in asked])
     return {
         _unix_key(name): ListenStats(entry.active, entry.queued)
-        for name, entry in zip(names, entries, strict=True)
+        for (name, _), entry in zip(asked, entries, strict=True)
         if entry.listeners > 0
+    }
+
+
+def _unix_all_listener_stats(files: _SocketFiles) -> dict[str, ListenStats]:
+    """Every listener bound to the file this process sees at its path (or abstract)."""
+    with InetDiagSocket() as sock:
+        found = sock._unix_all_listeners()
+    return {
+        _unix_key(_entry_name(entry)): ListenStats(entry.active, entry.queued)
+        for entry in found
+        if files.at(_entry_name(entry)) == (entry.vfs_inode, entry.vfs_device)
     }
 
 
@@ -451,23 +607,46 @@ def is_unix_name(name: str) -> bool:
     return name.startswith(("/", "@"))
 
 
+def _listener_names(listeners: Iterable[object] | None) -> list[str] | None:
+    """The names of `listeners`, refused with a TypeError naming the culprit: a caller's typo
+    (a single address for a list, a socket object for its name) must not surface later as an
+    AttributeError from deep inside, or as a list of one-character addresses."""
+    if listeners is None:
+        return None
+    if isinstance(listeners, (str, bytes)):
+        raise TypeError(
+            f"listeners must be a list of addresses, not a single "
+            f"{type(listeners).__name__} {listeners!r}"
+        )
+    try:
+        items = list(listeners)
+    except TypeError:
+        raise TypeError(
+            f"listeners must be a list of addresses or None, not {type(listeners).__name__}"
+        ) from None
+    names: list[str] = []
+    for name in items:
+        if not isinstance(name, str):
+            raise TypeError(
+                f"listeners must be addresses (str), not {type(name).__name__} {name!r}"
+            )
+        names.append(name)
+    return names
+
+
 class ListenerSet:
     """The listeners to report, parsed once, and read through one netlink socket per process.
 
     `ListenerSet(None)` is every TCP and unix listener of the host;
     `ListenerSet(["127.0.0.1:8080", "/run/app.sock"])` those (bad addresses
-    raise ValueError now, not at each read; a single string is a TypeError:
-    it would be read as a list of characters); `ListenerSet([])` none;
+    raise ValueError now, not at each read; a single string, or an item that is
+    not a str, is a TypeError naming it); `ListenerSet([])` none;
     `ListenerSet.of_this_process()` the listening sockets this process holds,
     looked up at each read (a prefork worker inherits its master's).
     """
 
     def __init__(self, listeners: Iterable[str] | None) -> None:
-        if isinstance(listeners, (str, bytes)):
-            raise TypeError(
-                f"listeners must be a list of addresses, not a single {type(listeners).__name__}"
-            )
-        names = None if listeners is None else list(listeners)
+        names = _listener_names(listeners)
         self.everything = names is None
         self.own = False
         self._tcp = _tcp_addresses([name for name in names or () if not is_unix_name(name)])

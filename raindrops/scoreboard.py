@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 from raindrops import _native
-from raindrops._process import PROCESS, PerProcess
+from raindrops._process import PROCESS, PerProcess, start_ticks
 from raindrops.counters import Raindrops
 from raindrops.histogram import HistogramSnapshot, SharedHistogram
 
@@ -71,22 +71,6 @@ class Totals(NamedTuple):
     durations_us: HistogramSnapshot
 
 
-def _start_ticks(pid: int) -> int | None:
-    """The process's start time in clock ticks, or None when it is gone or a zombie.
-
-    Comparing it with the value recorded in a slot tells a live worker from a
-    new process that happens to reuse a dead worker's pid.
-    """
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as stat:
-            fields = stat.read().rpartition(b")")[2].split()
-    except OSError:
-        return None
-    if len(fields) < 20 or fields[0] in (b"Z", b"X"):
-        return None
-    return int(fields[19])
-
-
 class Scoreboard:
     """Counters of one server (or one mount of the middleware), shared by its workers."""
 
@@ -105,7 +89,7 @@ class Scoreboard:
 
     def _claim(self) -> tuple[_native.Board, Board]:
         pid = PROCESS.pid
-        start = _start_ticks(pid) or 0
+        start = start_ticks(pid) or 0
         slot = self._claim_slot(pid, start)
         counters = self.counters
         base = _FIRST_SLOT + slot * _SLOT_FIELDS
@@ -128,7 +112,7 @@ class Scoreboard:
             if owner == pid and counters[base + _SLOT_START] == start:
                 return slot  # already ours: another scoreboard object of this process
             if owner not in (0, pid):
-                if _start_ticks(owner) == counters[base + _SLOT_START]:
+                if start_ticks(owner) == counters[base + _SLOT_START]:
                     continue  # a live worker's slot
                 if _native.compare_swap(owner_pointer, owner, pid) != owner:
                     continue  # another claimer took this dead slot first
@@ -146,7 +130,7 @@ class Scoreboard:
         for slot in range(SLOTS_MAX):
             base = _FIRST_SLOT + slot * _SLOT_FIELDS
             pid = values[base + _SLOT_PID]
-            if pid == 0 or _start_ticks(pid) != values[base + _SLOT_START]:
+            if pid == 0 or start_ticks(pid) != values[base + _SLOT_START]:
                 continue
             workers += 1
             calling += values[base + _SLOT_CALLING]

@@ -1,41 +1,148 @@
-"""How the workers of one preforking server find the same shared memory.
+"""How the workers of one preforking server find the same shared memory, and who removes it.
 
 Both wrappers that keep server-wide numbers (raindrops.Middleware and
 raindrops.LastDataRecv) need the same three cases:
 - built before fork (gunicorn --preload): the anonymous segment made in the
   master is inherited by every worker, nothing to do;
 - built in each worker after fork (no preload) by a multi-process server: the
-  workers of one master meet in a segment named after the master's pid;
+  workers of one master meet in a segment named after that master;
 - a single-process server keeps its private segment.
-The named segments outlive a killed master, so each start also removes the
-segments of masters that are gone.
+
+A master is named by its pid, its PID namespace and its start time: two
+containers sharing /dev/shm both have a master with pid 2, and a restarted
+server may get its predecessor's pid, yet neither may continue the other's
+numbers. /dev/shm is shared with other users, who are hostile: they can
+create any name first (a squatted, corrupt or oversized file), fill the file
+system, or plant names that no parser expects. None of that may fail a
+request, so the first request of a worker that cannot use the server-wide
+segment counts into a private one, logs one warning and lets its endpoint say
+what is degraded (`ServerWide.degraded`). Named segments outlive a killed
+master: each start removes those of masters that are gone (in our PID
+namespace, owned by us), and a server's clean exit removes its own
+(raindrops.gunicorn, or uWSGI's atexit below).
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import itertools
+import logging
 import os
+import re
+import stat
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Generic, NamedTuple, Protocol, TypeVar
 
+from raindrops import _process
 from raindrops._process import PROCESS, PerProcess
+from raindrops.counters import _checked_name
 
 SHM_DIR = Path("/dev/shm")
 PREFIX = "raindrops-"
 KINDS = ("mw", "ldr")
 """Kinds of per-master segments: the middleware's scoreboard, LastDataRecv's histogram."""
-_SHM_SCAN_MAX = 4096
+SERVER_KEY_ENV = "RAINDROPS_SERVER_KEY"
+"""A secret the master hands its workers (raindrops.gunicorn sets it): part of the name's digest,
+so that another user cannot compute the name and create it first."""
+PID_MAX_LIMIT = 4_194_304
+"""The kernel's PID_MAX_LIMIT (64-bit): no pid_max is larger, so a pid has at most 7 digits."""
+SHM_SCAN_MAX = 16_384
+"""Entries of /dev/shm looked at per sweep: anyone can fill it, a request must not pay for that."""
+SEGMENT_ERRORS = (OSError, ValueError, MemoryError, RuntimeError)
+"""What opening or preparing a segment may raise: a request falls back instead of failing."""
+_DIGEST_BYTES = 6
+_NAME = re.compile(
+    rf"{re.escape(PREFIX)}(?P<kind>[a-z]{{1,8}})-(?P<pid>[0-9]{{1,7}})"
+    rf"-(?P<namespace>[0-9]{{1,20}})-(?P<start>[0-9]{{1,20}})-[0-9a-f]{{{2 * _DIGEST_BYTES}}}"
+)
+_log = logging.getLogger(__name__)
+
+
+class Server(NamedTuple):
+    """A prefork server's master: its pid, in its PID namespace, started then (clock ticks).
+
+    0 stands for a namespace or start time that /proc could not tell.
+    """
+
+    pid: int
+    namespace: int
+    start_ticks: int
+
+    @classmethod
+    def parent(cls) -> Server:
+        """This process's master (a worker's parent)."""
+        start = _process.parent_start_ticks() or 0
+        return cls(os.getppid(), _process.pid_namespace(), start)
+
+    @classmethod
+    def this_process(cls) -> Server:
+        """This process as a master: what its workers name their segments after."""
+        start = _process.own_start_ticks() or 0
+        return cls(os.getpid(), _process.pid_namespace(), start)
+
+    def prefix(self, kind: str) -> str:
+        """The start of every file name of this master's segments of `kind`."""
+        return f"{PREFIX}{kind}-{self.pid}-{self.namespace}-{self.start_ticks}-"
+
+
+def segment_name(kind: str, path: str, server: Server, cwd: str, key: str = "") -> str:
+    """The segment of `server`'s workers for `kind` mounted at `path`, in working directory `cwd`.
+
+    The working directory and the mount path go into the digest so that two
+    applications, or two mounts, under one master do not share numbers; so
+    does the master's secret `key`, when it gave one.
+    """
+    material = b"\0".join(
+        (os.fsencode(cwd), path.encode("utf-8", "surrogatepass"), key.encode("utf-8", "replace"))
+    )
+    digest = hashlib.blake2s(material, digest_size=_DIGEST_BYTES).hexdigest()
+    return f"/{server.prefix(kind)}{digest}"
 
 
 def master_segment_name(kind: str, path: str) -> str:
-    """The segment the workers of this process's master share for `kind` mounted at `path`.
+    """The segment the workers of this process's master share for `kind` mounted at `path`."""
+    key = os.environ.get(SERVER_KEY_ENV, "")
+    return segment_name(kind, path, Server.parent(), os.getcwd(), key)
 
-    The working directory and the mount path go into the name so that two
-    applications, or two mounts, under one master do not share numbers.
+
+def parse_segment_name(file_name: str, pid_max: int = PID_MAX_LIMIT) -> tuple[str, Server] | None:
+    """(kind, master) of a per-master segment's file name, or None for anything else.
+
+    The name is anyone's to choose, so this only accepts what
+    segment_name() writes: ASCII digits of bounded length, a pid the kernel
+    could hand out.
     """
-    digest = hashlib.blake2s(f"{os.getcwd()}\0{path}".encode(), digest_size=6).hexdigest()
-    return f"/{PREFIX}{kind}-{os.getppid()}-{digest}"
+    match = _NAME.fullmatch(file_name)
+    if match is None:
+        return None
+    pid = int(match["pid"])
+    if not 0 < pid <= pid_max:
+        return None
+    return match["kind"], Server(pid, int(match["namespace"]), int(match["start"]))
+
+
+class _Host(NamedTuple):
+    """What a sweep compares names with, read once per sweep."""
+
+    namespace: int
+    proc_is_ours: bool
+    pid_max: int
+    euid: int
+
+    @classmethod
+    def now(cls) -> _Host:
+        return cls(_process.pid_namespace(), _process.proc_is_ours(), _pid_max(), os.geteuid())
+
+
+def _pid_max() -> int:
+    try:
+        with open("/proc/sys/kernel/pid_max", "rb") as source:
+            text = source.read(16).strip()
+    except OSError:
+        return PID_MAX_LIMIT
+    return min(int(text), PID_MAX_LIMIT) if text.isdigit() else PID_MAX_LIMIT
 
 
 def _pid_alive(pid: int) -> bool:
@@ -43,39 +150,115 @@ def _pid_alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:
-        return True
+    except OSError:
+        return True  # EPERM: someone else's live process
     return True
 
 
-def _owner(file_name: str, kinds: Iterable[str]) -> int | None:
-    """The master pid in "raindrops-<kind>-<pid>-<digest>", or None for any other file."""
-    for kind in kinds:
-        prefix = f"{PREFIX}{kind}-"
-        if file_name.startswith(prefix):
-            owner = file_name[len(prefix) :].partition("-")[0]
-            return int(owner) if owner.isdigit() else None
-    return None
+def _master_gone(server: Server, host: _Host) -> bool:
+    """True when `server` is certainly not running: only decidable in our own PID namespace."""
+    if server.namespace != host.namespace:
+        return False
+    if not _pid_alive(server.pid):
+        return True
+    if not host.proc_is_ours or server.start_ticks == 0:
+        return False  # /proc cannot tell this pid's start time: assume it is the master
+    return _process.start_ticks(server.pid) != server.start_ticks  # a reused pid, or a zombie
+
+
+def _unlink_ours(path: str, owners: frozenset[int]) -> bool:
+    """Unlinks `path` if it is a regular file of `owners` (lstat: a link or directory is not)."""
+    try:
+        info = os.lstat(path)
+        if not stat.S_ISREG(info.st_mode) or info.st_uid not in owners:
+            return False
+        os.unlink(path)
+    except OSError:
+        return False
+    return True
+
+
+def _sweep(
+    select: Callable[[Server, _Host], bool], kinds: Iterable[str], owners: Iterable[int] = ()
+) -> list[str]:
+    """Unlinks per-master segments of `kinds` whose master `select` picks; never raises OSError.
+
+    Only regular files owned by this process's euid (or one of `owners`) go.
+
+    At most SHM_SCAN_MAX entries are looked at: a directory that others fill
+    leaves some segments for a later sweep rather than slowing a request.
+    """
+    wanted = frozenset(kinds)
+    host = _Host.now()
+    uids = frozenset((host.euid, *owners))
+    removed = []
+    try:
+        with os.scandir(SHM_DIR) as entries:
+            for entry in itertools.islice(entries, SHM_SCAN_MAX):
+                parsed = parse_segment_name(entry.name, host.pid_max)
+                if parsed is None or parsed[0] not in wanted or not select(parsed[1], host):
+                    continue
+                if _unlink_ours(entry.path, uids):
+                    removed.append("/" + entry.name)
+    except OSError:
+        pass  # no /dev/shm, or it went away while being read: nothing (more) to sweep
+    return removed
 
 
 def remove_stale_segments(kinds: Iterable[str] = KINDS) -> list[str]:
     """Unlinks the per-master segments of masters that are gone; returns their names.
 
-    Each server start makes a new name (the master's pid is in it), so without
-    this /dev/shm would collect one segment per restart.
+    Each server start makes a new name, so without this /dev/shm would
+    collect one segment per crash. Only segments of our PID namespace can be
+    judged (a pid means nothing in another one) and only our own files are
+    touched.
     """
-    kinds = tuple(kinds)
-    removed = []
-    for entry in list(os.scandir(SHM_DIR))[:_SHM_SCAN_MAX]:
-        owner = _owner(entry.name, kinds)
-        if owner is None or _pid_alive(owner):
-            continue
-        try:
-            os.unlink(entry.path)
-            removed.append("/" + entry.name)
-        except FileNotFoundError:
-            pass
-    return removed
+    return _sweep(_master_gone, kinds)
+
+
+def remove_server_segments(
+    server: Server | None = None, kinds: Iterable[str] = KINDS, owners: Iterable[int] = ()
+) -> list[str]:
+    """Unlinks every per-master segment of `server` (default: this process as the master).
+
+    For a master's clean exit, once its workers are gone; returns the names.
+    `owners` adds the uids its workers run as when they are not the master's
+    (gunicorn --user).
+    """
+    master = Server.this_process() if server is None else server
+    return _sweep(lambda found, _host: _same_master(found, master), kinds, owners)
+
+
+def _same_master(found: Server, master: Server) -> bool:
+    """A start time of 0 is a worker that could not read its master's (/proc mounted hidepid)."""
+    same_process = found.pid == master.pid and found.namespace == master.namespace
+    return same_process and found.start_ticks in (master.start_ticks, 0)
+
+
+def degraded_reason(error: BaseException) -> str:
+    """The endpoint's word for why a process counts alone (a Prometheus label value)."""
+    if isinstance(error, PermissionError):
+        return "segment_not_ours"
+    if isinstance(error, MemoryError) or (
+        isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.ENOMEM, errno.EFBIG)
+    ):
+        return "segment_no_space"
+    if isinstance(error, ValueError):
+        return "segment_invalid"
+    if isinstance(error, RuntimeError):
+        return "segment_full"
+    return "segment_error"
+
+
+DEGRADED_HEADER = "X-Raindrops-Degraded"
+"""The response header of every endpoint format that names why its numbers are partial."""
+
+
+class Notice(NamedTuple):
+    """What an endpoint says about degradation: reasons for its report, headers for its reply."""
+
+    reasons: tuple[str, ...]
+    headers: list[tuple[str, str]]
 
 
 class _Closable(Protocol):
@@ -83,6 +266,10 @@ class _Closable(Protocol):
 
 
 C = TypeVar("C", bound=_Closable)
+
+
+def _nothing(_: object) -> None:
+    return None
 
 
 class ServerWide(Generic[C]):
@@ -93,25 +280,76 @@ class ServerWide(Generic[C]):
     was inherited across fork, when the caller chose it, or when the server
     runs one process; else each worker that built its own closes it for the
     named segment of its master's workers (`kind` and `path` make the name).
+    `prepare` readies the chosen object for this process (claims a slot);
+    whatever fails on the way leaves this process counting into a private
+    object, with the reason in `degraded` (this process's own attribute: a
+    forked child keeps its own copy).
     """
 
     def __init__(
-        self, make: Callable[..., C], *, given: C | None, name: str | None, kind: str, path: str
+        self,
+        make: Callable[..., C],
+        *,
+        given: C | None,
+        name: str | None,
+        kind: str,
+        path: str,
+        prepare: Callable[[C], object] = _nothing,
     ) -> None:
-        self.current = given if given is not None else make(name=name)
         self._make = make
+        self._prepare = prepare
         self._explicit = given is not None or name is not None
         self._creator_pid = PROCESS.pid
         self._kind = kind
         self._path = path
         self._bound: PerProcess[C] = PerProcess()
+        self.degraded: str | None = None
+        if given is not None:
+            self.current = given
+        elif name is not None:
+            self.current = self._named_or_anonymous(_checked_name(name))
+        else:
+            self.current = make(name=None)
 
     def get(self, environ: Mapping[str, Any]) -> C:
         """This process's object; `environ` tells whether the server runs several processes."""
         bound = self._bound.current()
         return bound if bound is not None else self._bound.get(lambda: self._find(environ))
 
+    def notice(self) -> Notice:
+        """Why this process's numbers may not be the server's, for its endpoint (or nothing)."""
+        reason = self.degraded
+        if reason is None:
+            return Notice((), [])
+        return Notice((reason,), [(DEGRADED_HEADER, reason)])
+
+    def _named_or_anonymous(self, name: str) -> C:
+        """The caller's named segment; anonymous memory (shared with later forks) if it is unusable.
+
+        A worker that cannot start is a server that cannot start, so even a
+        name chosen by the user must not fail here when someone else owns it.
+        """
+        try:
+            return self._make(name=name)
+        except SEGMENT_ERRORS as error:
+            self._degrade(error, name)
+        return self._make(name=None)
+
     def _find(self, environ: Mapping[str, Any]) -> C:
+        found: C | None = None
+        try:
+            found = self._server_wide(environ)
+            self._prepare(found)
+        except SEGMENT_ERRORS as error:
+            if found is not None and found is not self.current:
+                found.close()
+            return self._private(error)
+        if found is not self.current:
+            self.current.close()
+            self.current = found
+        return found
+
+    def _server_wide(self, environ: Mapping[str, Any]) -> C:
         if (
             self._explicit
             or PROCESS.pid != self._creator_pid
@@ -119,10 +357,69 @@ class ServerWide(Generic[C]):
         ):
             return self.current
         remove_stale_segments()
-        shared = self._make(name=master_segment_name(self._kind, self._path))
-        self.current.close()
-        self.current = shared
-        return shared
+        return self._make(name=master_segment_name(self._kind, self._path))
+
+    def _private(self, error: BaseException) -> C:
+        """This process's own object after `error`: the one built here, or a new anonymous one."""
+        self._degrade(error, "the server-wide segment")
+        built_here = not self._explicit and PROCESS.pid == self._creator_pid
+        private = self.current if built_here else self._make(name=None)
+        self._prepare(private)
+        self.current = private
+        return private
+
+    def _degrade(self, error: BaseException, what: str) -> None:
+        self.degraded = degraded_reason(error)
+        _log.warning(
+            "raindrops: %s cannot be used (%s: %s); process %d counts in private memory (%s)",
+            what,
+            type(error).__name__,
+            error,
+            PROCESS.pid,
+            self.degraded,
+        )
 
 
-__all__ = ["KINDS", "SHM_DIR", "ServerWide", "master_segment_name", "remove_stale_segments"]
+def _chain_uwsgi_atexit() -> None:
+    """In a uWSGI master, removes this master's segments when it exits (uwsgi.atexit).
+
+    uWSGI calls uwsgi.atexit in every process; only the master's call removes
+    anything, after its workers are gone. Nothing happens outside uWSGI.
+    """
+    try:
+        import uwsgi  # type: ignore[import-not-found,import-untyped,unused-ignore]
+    except ImportError:
+        return
+    master_pid = os.getpid()
+    if getattr(uwsgi, "masterpid", lambda: 0)() != master_pid:
+        return
+    previous = getattr(uwsgi, "atexit", None)
+
+    def atexit() -> None:
+        try:
+            if callable(previous):
+                previous()
+        finally:
+            if os.getpid() == master_pid:
+                remove_server_segments()
+
+    uwsgi.atexit = atexit
+
+
+_chain_uwsgi_atexit()
+
+__all__ = [
+    "DEGRADED_HEADER",
+    "KINDS",
+    "Notice",
+    "SERVER_KEY_ENV",
+    "SHM_DIR",
+    "Server",
+    "ServerWide",
+    "degraded_reason",
+    "master_segment_name",
+    "parse_segment_name",
+    "remove_server_segments",
+    "remove_stale_segments",
+    "segment_name",
+]

@@ -147,25 +147,36 @@ FIELDS: tuple[str, ...] = tuple(
 """Every attribute of TCPInfo, in no particular order beyond: plain fields, then bit-fields."""
 
 
+_FD_MAX = 2**31 - 1
+"""The largest descriptor a C int holds: ctypes would silently truncate a larger one to 32 bits
+and read some other socket (2**32 + fd reads fd)."""
+
+
+def _checked_fd(fd: int, origin: str) -> int:
+    """Refuses, naming it, what the C int of the native call cannot carry unchanged."""
+    if isinstance(fd, bool):
+        raise ValueError(f"invalid file descriptor {fd!r}{origin}: a bool is not a descriptor")
+    number = operator.index(fd)
+    if not 0 <= number <= _FD_MAX:
+        why = "is the socket closed?" if number == -1 else f"outside 0..{_FD_MAX}"
+        raise ValueError(f"invalid file descriptor {number}{origin} ({why})")
+    return number
+
+
 def _fileno(sock_or_fd: object) -> int:
-    if isinstance(sock_or_fd, bool):
-        raise TypeError("TCPInfo needs a socket or a file descriptor, not bool")
     if isinstance(sock_or_fd, int):
-        fd = sock_or_fd
-    elif hasattr(sock_or_fd, "fileno"):
-        fd = sock_or_fd.fileno()
-        if not isinstance(fd, int):
-            raise TypeError(
-                f"fileno() of {type(sock_or_fd).__name__} returned {type(fd).__name__}, not int"
-            )
-    else:
+        return _checked_fd(sock_or_fd, "")
+    fileno = getattr(sock_or_fd, "fileno", None)
+    if fileno is None:
         raise TypeError(
             f"TCPInfo needs a socket or a file descriptor, not {type(sock_or_fd).__name__}"
         )
-    fd = operator.index(fd)
-    if fd < 0:
-        raise ValueError(f"invalid file descriptor {fd} (is the socket closed?)")
-    return fd
+    fd = fileno()
+    if not isinstance(fd, int):
+        raise TypeError(
+            f"fileno() of {type(sock_or_fd).__name__} returned {type(fd).__name__}, not int"
+        )
+    return _checked_fd(fd, f" from fileno() of {type(sock_or_fd).__name__}")
 
 
 class TCPInfo:
@@ -174,7 +185,8 @@ class TCPInfo:
     Every field of struct tcp_info is an attribute named without "tcpi_"
     (state, rtt, last_data_recv, snd_cwnd, bytes_acked, ...). A field the
     running kernel did not fill in is None. Raises OSError for a socket that
-    is not TCP, TypeError for an object that is neither a socket nor an int.
+    is not TCP, TypeError for an object that is neither a socket nor an int,
+    ValueError for a descriptor outside 0..2**31-1 (or a bool).
     """
 
     __slots__ = ("_values", "length")

@@ -173,8 +173,9 @@ BAD_INPUTS: list[tuple[str, Callable[[Raindrops], Any], type[BaseException], str
     ("float n 2.5", lambda rd: rd.incr(0, 2.5), TypeError, "float"),
     ("str n", lambda rd: rd.incr(0, "1"), TypeError, "str"),
     ("None n", lambda rd: rd.decr(0, None), TypeError, "NoneType"),
-    ("negative value", lambda rd: rd.__setitem__(0, -5), ValueError, "-5"),
-    ("value above MAX", lambda rd: rd.__setitem__(0, MAX + 1), ValueError, str(MAX + 1)),
+    ("negative value", lambda rd: rd.__setitem__(0, -5), ValueError, "counter value -5 is outside"),
+    ("minus one", lambda rd: rd.__setitem__(0, -1), ValueError, "counter value -1 is outside"),
+    ("value above MAX", lambda rd: rd.__setitem__(0, MAX + 1), ValueError, f"value {MAX + 1} is"),
     ("float value", lambda rd: rd.__setitem__(0, 1.5), TypeError, "float"),
     ("str value", lambda rd: rd.__setitem__(0, "7"), TypeError, "str"),
     ("None value", lambda rd: rd.__setitem__(0, None), TypeError, "NoneType"),
@@ -322,9 +323,11 @@ def test_struct_bad_increments() -> None:
             stats.incr_calling(-1)
         with pytest.raises(TypeError, match="float"):
             stats.decr_calling(0.5)
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match="counter value -1 is outside"):
             stats.calling = -1
         assert stats.calling == 0
+    with pytest.raises(ValueError, match="counter value -1 is outside"):
+        Stats(-1)
 
 
 @pytest.mark.parametrize(

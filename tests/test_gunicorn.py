@@ -21,12 +21,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from servers import Background, Gunicorn, gunicorn, run_threads, wait_for
+from servers import ROOT, Background, Gunicorn, gunicorn, run_threads, wait_for
+from test_server_segments import NOBODY, need_root, segment_bytes, squat
 
 from examples.demo import application
-from raindrops import Middleware
+from raindrops import Middleware, _process
+from raindrops.scoreboard import Scoreboard
+from raindrops.segments import SHM_DIR, Server, segment_name
+from testsupport import processes
 from testsupport.formats import parse_prometheus, parse_text
-from testsupport.gunicorn import request
+from testsupport.gunicorn import launch, request
+from testsupport.gunicorn import segment_name as unique_name
 from testsupport.processes import is_dead
 
 # name -> (gunicorn arguments, workers, requests one worker serves at once)
@@ -401,3 +406,156 @@ def test_every_server_is_stopped_and_its_segments_removed(tmp_path: Path) -> Non
         assert counter.exists()
     assert all(is_dead(worker) for worker in [pid, *workers])
     assert not segments[0].exists() and not counter.exists()
+
+
+# Issue 11: what other users put in /dev/shm, names unique per server, clean stops.
+
+
+def _pid_namespace() -> int:
+    return os.stat("/proc/self/ns/pid").st_ino
+
+
+def _workers_as_nobody() -> list[str]:
+    """gunicorn's --user/--group 65534; a skip where that user cannot read this Python's stdlib."""
+    need_root()
+    stdlib = Path(os.__file__).parent / "__future__.py"
+    setpriv = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
+    if processes.run([*setpriv, "test", "-r", str(stdlib)], timeout=30).returncode != 0:
+        pytest.skip(f"uid {NOBODY} cannot read this interpreter's standard library ({stdlib})")
+    return ["--user", str(NOBODY), "--group", str(NOBODY)]
+
+
+def _dead_pid() -> int:
+    child = os.fork()
+    if child == 0:
+        os._exit(0)
+    os.waitpid(child, 0)
+    return child
+
+
+@pytest.mark.parametrize("user", ["root", "nobody"], ids=["root-workers", "nobody-workers"])
+def test_hostile_names_in_dev_shm_never_fail_a_request(user: str, tmp_path: Path) -> None:
+    """Names anyone can create: each recycled worker sweeps them at its first request."""
+    need_root()
+    args = ["--max-requests", "4"] + (_workers_as_nobody() if user == "nobody" else [])
+    stale_looking = f"{_dead_pid()}-{_pid_namespace()}-1-0123456789ab"
+    ours = SHM_DIR / f"raindrops-mw-{_dead_pid()}-{_pid_namespace()}-1-0123456789ab"
+    planted: list[Path] = []
+    try:
+        planted.append(squat("raindrops-mw-99999999999999999999-x"))
+        planted.append(squat("raindrops-mw-\u00b2-x"))
+        planted.append(squat(f"raindrops-mw-{stale_looking}", directory=True))
+        planted.append(squat(f"raindrops-ldr-{stale_looking}"))
+        ours.write_bytes(b"")  # root's: another user's file for workers that run as nobody
+        with gunicorn(tmp_path, args, workers=2) as server:
+            statuses = [server.get(path).status for path in ["/", "/stream?chunks=2&delay=0"] * 15]
+            assert statuses == [200] * 30, server.log_text()
+            assert server.json()["degraded"] == []
+        assert all(path.lstat().st_uid == NOBODY for path in planted), "others' names stay"
+    finally:
+        ours.unlink(missing_ok=True)
+        for path in planted:
+            if path.is_dir():
+                path.rmdir()
+            else:
+                path.unlink(missing_ok=True)
+
+
+def _squatting(squatted: list[Path], data: bytes) -> Any:
+    """Builds the Gunicorn of a master that was just spawned, after squatting as another user the
+    name its workers will derive for the middleware (before any worker can have served)."""
+
+    def make(**fields: Any) -> Gunicorn:
+        process = fields["process"]
+        try:  # launch() stops the master only once this returned
+            start = _process.start_ticks(process.pid)
+            assert start is not None
+            master = Server(process.pid, _pid_namespace(), start)
+            squatted.append(squat(segment_name("mw", "/_raindrops", master, str(ROOT))[1:], data))
+        except BaseException:
+            processes.stop(process)
+            raise
+        return Gunicorn(**fields)
+
+    return make
+
+
+@pytest.mark.parametrize("hooks", [False, True], ids=["plain", "raindrops.gunicorn"])
+def test_a_squatted_segment_name_is_never_used(hooks: bool, tmp_path: Path) -> None:
+    """Another user creates the derived name first (mode 0666, a valid header to tempt workers).
+
+    Plain: every worker counts on its own, every request is answered, the
+    endpoint says degraded. With the hooks the name holds the master's secret
+    key, so the squatted name is not even the one the workers derive.
+    """
+    need_root()
+    data = segment_bytes(Scoreboard)
+    squatted: list[Path] = []
+    args = ["--workers", "2"] + (["-c", "python:raindrops.gunicorn"] if hooks else [])
+    log = tmp_path / "gunicorn.log"
+    try:
+        with launch(
+            _squatting(squatted, data), args, workers=2, log=log, counter=unique_name("test-demo")
+        ) as server:
+            assert [server.get("/").status for _ in range(20)] == [200] * 20
+            stats = server.json()
+            prometheus = server.stats("?format=prometheus")
+            text = server.stats()
+            parse_text(text.text)  # raindrops' lines, exactly
+            sample = 'raindrops_degraded{reason="segment_not_ours"}'
+            if hooks:
+                assert stats["degraded"] == []
+                server.wait_totals(20, 0)  # both workers count into one segment
+                assert sample not in prometheus.text
+                assert "x-raindrops-degraded" not in text.headers
+            else:
+                assert stats["degraded"] == ["segment_not_ours"]
+                assert parse_prometheus(prometheus.text)[sample] == 1
+                assert text.headers["x-raindrops-degraded"] == "segment_not_ours"
+                assert stats["workers"] == 1, "a worker sees its own private scoreboard"
+                assert 1 <= server.log_text().count("cannot be used") <= 2, "one line per worker"
+            assert [path.read_bytes() == data for path in squatted] == [True], "untouched"
+            info = squatted[0].stat()
+            assert (info.st_uid, info.st_mode & 0o777) == (NOBODY, 0o666)
+    finally:
+        for path in squatted:
+            path.unlink(missing_ok=True)
+
+
+def _stop(server: Gunicorn) -> None:
+    """SIGTERM to the master, as a service manager stops it; waits for its exit."""
+    server.process.send_signal(signal.SIGTERM)
+    assert server.process.wait(30) == 0, server.log_text()
+
+
+@pytest.mark.parametrize("variant", ["after-fork", "preload", "nobody-workers"])
+def test_a_clean_stop_removes_every_segment_of_the_server(variant: str, tmp_path: Path) -> None:
+    extra = _workers_as_nobody() if variant == "nobody-workers" else []
+    extra += ["--preload"] if variant == "preload" else []
+    args = ["-c", "python:raindrops.gunicorn", *extra]
+    with gunicorn(tmp_path, args, workers=2) as server:
+        hammer(server, 2, 5)
+        named = sorted(
+            path.name.split("-")[1] for path in SHM_DIR.glob(f"raindrops-*-{server.pid}-*")
+        )
+        assert named == ([] if "--preload" in extra else ["ldr", "mw"])
+        _stop(server)
+        assert list(SHM_DIR.glob(f"raindrops-*-{server.pid}-*")) == []
+        removed = f"raindrops: removed {len(named)} segment(s) of this server"
+        assert removed in server.log_text()
+
+
+def test_the_demo_configuration_leaves_nothing_after_a_clean_stop(tmp_path: Path) -> None:
+    """`make demo`'s configuration composes the hooks with its own; its /count starts from 1."""
+    args = ["--workers", "2", "--config", "python:examples.demo_config"]
+    with launch(Gunicorn, args, workers=2, log=tmp_path / "gunicorn.log") as server:
+        counter = SHM_DIR / f"raindrops-demo-count-{server.pid}"
+        try:
+            assert [server.get("/count").body for _ in range(3)] == [b"1\n", b"2\n", b"3\n"]
+            assert counter.exists()
+            assert len(list(SHM_DIR.glob(f"raindrops-*-{server.pid}-*"))) == 2
+            _stop(server)
+            assert not counter.exists()
+            assert list(SHM_DIR.glob(f"raindrops-*-{server.pid}-*")) == []
+        finally:
+            counter.unlink(missing_ok=True)

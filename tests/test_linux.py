@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import resource
+import shutil
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -15,6 +19,7 @@ import pytest
 
 from raindrops import linux
 from raindrops.linux import ListenStats
+from testsupport import processes
 
 V4 = socket.AF_INET
 V6 = socket.AF_INET6
@@ -351,3 +356,215 @@ def test_unix_abstract_socket(sockets: ExitStack) -> None:
     key = "@" + name[1:]
     assert linux.unix_listener_stats()[key] == (0, 1)
     assert linux.unix_listener_stats([key]) == {key: (0, 1)}
+
+
+# Every entry point that takes `listeners` reads them through linux.ListenerSet: one set of errors.
+
+
+def _wsgi_app(environ: object, start_response: object) -> list[bytes]:
+    return []
+
+
+def _middleware(listeners: object) -> object:
+    from raindrops import Middleware
+
+    return Middleware(_wsgi_app, listeners=listeners)  # type: ignore[arg-type]
+
+
+def _watcher(listeners: object) -> object:
+    from raindrops import Watcher
+
+    return Watcher(listeners)  # type: ignore[arg-type]
+
+
+ENTRY_POINTS = {"ListenerSet": linux.ListenerSet, "Middleware": _middleware, "Watcher": _watcher}
+
+
+@pytest.mark.parametrize("entry", ENTRY_POINTS)
+@pytest.mark.parametrize(
+    ("listeners", "named"),
+    [
+        ([5], "5"),
+        ([None], "None"),
+        (["127.0.0.1:80", ["127.0.0.1:81"]], "['127.0.0.1:81']"),
+        ([b"/run/app.sock"], "b'/run/app.sock'"),
+        (5, "int"),
+        ("1.2.3.4:80", "'1.2.3.4:80'"),
+        (b"/run/app.sock", "bytes"),
+    ],
+)
+def test_bad_listeners_are_type_errors_naming_the_item(
+    entry: str, listeners: object, named: str
+) -> None:
+    with pytest.raises(TypeError) as caught:
+        ENTRY_POINTS[entry](listeners)  # type: ignore[operator]
+    assert named in str(caught.value) and "listeners" in str(caught.value)
+
+
+def test_middleware_path_none_is_a_type_error() -> None:
+    from raindrops import Middleware
+
+    with pytest.raises(TypeError) as caught:
+        Middleware(_wsgi_app, path=None)  # type: ignore[arg-type]
+    assert "path" in str(caught.value) and "NoneType" in str(caught.value)
+
+
+# A listener at the same path in another mount namespace is another socket.
+
+SQUATTER = """
+import socket, sys
+server = socket.socket(socket.AF_UNIX)
+server.bind(sys.argv[1])
+server.listen(128)
+clients = [socket.socket(socket.AF_UNIX) for _ in range(55)]
+for client in clients:
+    client.connect(sys.argv[1])
+accepted = [server.accept()[0] for _ in range(5)]
+print("ready", flush=True)
+sys.stdin.read()
+"""
+
+
+@contextlib.contextmanager
+def squatter(directory: Path) -> Iterator[None]:
+    """Another mount namespace with a tmpfs over `directory`, where a process listens at
+    directory/app.sock with 5 accepted and 50 queued connections, until the block ends."""
+    if shutil.which("unshare") is None:
+        pytest.skip("unshare (util-linux) is not installed")
+    script = 'mount -t tmpfs raindrops-squat "$1" && exec "$2" -c "$3" "$1/app.sock"'
+    command = ["unshare", "--mount", "sh", "-c", script, "sh", str(directory)]
+    command += [sys.executable, SQUATTER]
+    with processes.running(
+        command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    ) as process:
+        assert process.stdout is not None and process.stderr is not None
+        if process.stdout.readline() != "ready\n":
+            process.wait(10)
+            reason = process.stderr.read().strip()
+            if process.returncode != 0 and ("ermission" in reason or "not permitted" in reason):
+                pytest.skip(f"no mount namespace here: {reason}")
+            raise AssertionError(f"the squatter did not start: {reason}")
+        yield
+
+
+def test_unix_listener_in_another_mount_namespace_is_not_ours(
+    sockets: ExitStack, tmp_path: Path
+) -> None:
+    directory = tmp_path / "run"
+    directory.mkdir()
+    path = str(directory / "app.sock")
+    with squatter(directory):
+        server = unix_listener(sockets, path)
+        for _ in range(3):
+            unix_connect(sockets, path)
+        accept(sockets, server)
+        assert linux.unix_listener_stats([path]) == {path: (1, 2)}
+        assert linux.unix_listener_stats()[path] == (1, 2)
+        assert linux.ListenerSet([path]).read() == {path: (1, 2)}
+        assert linux.ListenerSet(None).read()[path] == (1, 2)
+        server.close()
+        os.unlink(path)
+        assert linux.unix_listener_stats([path]) == {}, "no socket at that path for us"
+        assert path not in linux.unix_listener_stats()
+
+
+def test_mount_device_from_mountinfo_in_the_kernel_encoding() -> None:
+    mountinfo = (
+        b"22 1 254:0 / / rw,relatime shared:1 - ext4 /dev/vda rw\n"
+        b"65 43 0:39 / /tmp/with\\040space rw - overlay overlay rw,lowerdir=/l\n"
+        b"70 22 259:1048577 /sub /srv rw - btrfs /dev/x rw\n"
+        b"garbage\n"
+        b"71 22 x:1 / /bad rw - tmpfs t rw\n"
+        b"7 1 1:2 / /7 rw - tmpfs t rw"
+    )
+    assert linux.mount_device(mountinfo, 22) == 254 << 20 == linux.kernel_device(254, 0)
+    assert linux.mount_device(mountinfo, 65) == 39
+    assert linux.mount_device(mountinfo, 70) == 259 << 20 | 1048577
+    assert linux.mount_device(mountinfo, 7) == 1 << 20 | 2, "the last line, without its newline"
+    for missing in (2, 43, 71, 1):
+        assert linux.mount_device(mountinfo, missing) is None, missing
+    assert linux.mount_device(b"", 22) is None
+
+
+def test_fdinfo_mount_id() -> None:
+    assert linux.fdinfo_mount_id(b"pos:\t0\nflags:\t012100000\nmnt_id:\t65\nino:\t9\n") == 65
+    assert linux.fdinfo_mount_id(b"pos:\t0\nflags:\t0\n") is None
+    assert linux.fdinfo_mount_id(b"mnt_id:\tx\n") is None
+
+
+def test_the_socket_file_found_is_the_one_unix_diag_reports(
+    sockets: ExitStack, tmp_path: Path
+) -> None:
+    """Inode and device of the file at the path, as this process finds them (through its
+    mount's device, not stat's), are what unix_diag says the listener is bound to."""
+    path = os.fsencode(tmp_path / "s.sock")
+    unix_listener(sockets, path)
+    with linux.InetDiagSocket() as diag:
+        bound = [
+            (entry.vfs_inode, entry.vfs_device)
+            for entry in diag._unix_all_listeners()
+            if bytes(entry.name[: entry.name_len]) == path
+        ]
+    assert bound == [linux._SocketFiles().at(path)]
+    assert bound[0][0] == os.stat(path).st_ino & 0xFFFF_FFFF
+
+
+def test_unix_listeners_on_tmpfs_and_on_disk_are_found(sockets: ExitStack, tmp_path: Path) -> None:
+    """The socket file's device as this process computes it matches unix_diag's on both kinds of
+    file system (kernel encoding, not stat's)."""
+    shm = Path("/dev/shm") / f"raindrops-test-{os.getpid()}.sock"
+    paths = [str(tmp_path / "disk.sock"), str(shm)]
+    try:
+        for path in paths:
+            unix_listener(sockets, path)
+            unix_connect(sockets, path)
+        assert linux.unix_listener_stats(paths) == {path: (0, 1) for path in paths}
+        found = linux.unix_listener_stats()
+        assert {path: found.get(path) for path in paths} == {path: (0, 1) for path in paths}
+    finally:
+        shm.unlink(missing_ok=True)
+
+
+def test_a_path_that_is_not_that_socket_has_no_stats(sockets: ExitStack, tmp_path: Path) -> None:
+    path = tmp_path / "app.sock"
+    unix_listener(sockets, str(path))
+    unix_connect(sockets, str(path))
+    moved = tmp_path / "moved.sock"
+    path.rename(moved)
+    path.write_text("not a socket")
+    assert linux.unix_listener_stats([str(path)]) == {}, "a file, not the listener"
+    assert linux.unix_listener_stats([str(moved)]) == {}, "the listener is bound to app.sock"
+    assert str(path) not in linux.unix_listener_stats()
+
+
+OVERLAY_READER = """
+import os, socket, sys
+from raindrops import linux
+path = os.path.join(sys.argv[1], "app.sock")
+server = socket.socket(socket.AF_UNIX)
+server.bind(path)
+server.listen(8)
+client = socket.socket(socket.AF_UNIX)
+client.connect(path)
+print(linux.unix_listener_stats([path])[path], linux.unix_listener_stats()[path])
+"""
+
+
+def test_unix_listener_on_overlayfs_is_found(tmp_path: Path) -> None:
+    """overlayfs gives its files a device of its own in stat(); unix_diag's is the mount's."""
+    if shutil.which("unshare") is None:
+        pytest.skip("unshare (util-linux) is not installed")
+    for name in ("lower", "upper", "work", "merged"):
+        (tmp_path / name).mkdir()
+    options = f"lowerdir={tmp_path}/lower,upperdir={tmp_path}/upper,workdir={tmp_path}/work"
+    script = f'mount -t overlay overlay -o {options} "$1" && exec "$2" -c "$3" "$1"'
+    command = ["unshare", "--mount", "sh", "-c", script, "sh", str(tmp_path / "merged")]
+    result = processes.run([*command, sys.executable, OVERLAY_READER], timeout=60, text=True)
+    if result.returncode != 0 and "mount" in result.stderr:
+        pytest.skip(f"no overlay mount here: {result.stderr.strip()}")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split("ListenStats") == [
+        "",
+        "(active=0, queued=1) ",
+        "(active=0, queued=1)\n",
+    ]

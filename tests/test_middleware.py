@@ -19,7 +19,7 @@ import pytest
 
 from raindrops import Middleware
 from raindrops.scoreboard import Scoreboard
-from raindrops.segments import SHM_DIR, remove_stale_segments
+from raindrops.segments import SHM_DIR, Server, remove_stale_segments
 from raindrops.wsgi.middleware import NAME_PREFIX
 
 Environ = dict[str, Any]
@@ -317,8 +317,10 @@ def test_stale_segments_of_dead_masters_are_removed() -> None:
     if child == 0:
         os._exit(0)
     os.waitpid(child, 0)
-    stale = SHM_DIR / f"{NAME_PREFIX}{child}-abc"
-    live = SHM_DIR / f"{NAME_PREFIX}{os.getpid()}-abc"
+    me = Server.this_process()
+    stale = SHM_DIR / (me._replace(pid=child).prefix("mw") + "0123456789ab")
+    live = SHM_DIR / (me.prefix("mw") + "0123456789ab")
+    assert stale.name.startswith(NAME_PREFIX)
     stale.write_bytes(b"")
     live.write_bytes(b"")
     try:

@@ -88,3 +88,38 @@ def test_closed_and_bad_descriptors_are_refused() -> None:
 def test_bad_types_are_refused(value: object) -> None:
     with pytest.raises(TypeError):
         TCPInfo(value)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("offset", [2**32, 2**33, 2**64])
+def test_descriptor_beyond_c_int_is_refused_not_truncated(
+    connection: tuple[socket.socket, ...], offset: int
+) -> None:
+    """2**32 + fd used to reach the kernel as fd (ctypes truncates to 32 bits): a silent read of
+    another socket."""
+    _, client, _ = connection
+    bad = offset + client.fileno()
+    with pytest.raises(ValueError) as caught:
+        TCPInfo(bad)
+    assert str(bad) in str(caught.value)
+
+
+class _Fileno:
+    def __init__(self, fd: object) -> None:
+        self.fd = fd
+
+    def fileno(self) -> object:
+        return self.fd
+
+
+@pytest.mark.parametrize("bad", [-1, -(2**31), 2**31, 2**31 + 5, True, False])
+def test_out_of_range_descriptors_are_value_errors_naming_them(bad: int) -> None:
+    for given in (bad, _Fileno(bad)):
+        with pytest.raises(ValueError) as caught:
+            TCPInfo(given)
+        assert str(bad) in str(caught.value)
+
+
+def test_largest_descriptor_reaches_the_kernel() -> None:
+    with pytest.raises(OSError) as caught:
+        TCPInfo(2**31 - 1)
+    assert not isinstance(caught.value, ValueError)

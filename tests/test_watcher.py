@@ -3,6 +3,8 @@ listeners."""
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import json
 import os
 import re
@@ -312,6 +314,8 @@ def test_arguments_are_checked() -> None:
         Watcher(history=1)
     with pytest.raises(TypeError):
         Watcher("127.0.0.1:80")  # a str is a Sequence[str], but surely a mistake
+    with pytest.raises(TypeError, match="int 5"):
+        Watcher([5])  # type: ignore[list-item]
 
 
 # /tail over a real server.
@@ -439,3 +443,64 @@ def test_a_forked_child_samples_with_its_own_thread(watcher: Watcher, load: Load
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
     assert watcher._running() is parent
+
+
+# The Watcher's lifetime: a dropped Watcher ends its thread and closes its socket.
+
+
+def _sampler_threads() -> int:
+    return sum(thread.name == "raindrops-watcher" for thread in threading.enumerate())
+
+
+def _open_sockets() -> int:
+    count = 0
+    for name in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):  # the fd of listdir itself is gone by now
+            count += os.readlink(f"/proc/self/fd/{name}").startswith("socket:")
+    return count
+
+
+def test_dropped_watchers_end_their_threads_and_close_their_sockets(load: Load) -> None:
+    gc.collect()
+    threads, sockets = _sampler_threads(), _open_sockets()
+    for _ in range(50):
+        Watcher([load.address], delay=DELAY).start()
+    gc.collect()
+    wait_until(
+        lambda: (_sampler_threads(), _open_sockets()) == (threads, sockets),
+        timeout=5,
+        what=f"{threads} sampler threads and {sockets} sockets, as before",
+    )
+
+
+def test_a_watcher_in_a_cycle_is_collected_and_stopped(load: Load) -> None:
+    gc.collect()
+    threads = _sampler_threads()
+    app = Watcher([load.address], delay=DELAY)
+    app.start()
+    app.cycle = app  # type: ignore[attr-defined]
+    del app
+    gc.collect()
+    wait_until(lambda: _sampler_threads() == threads, timeout=5, what="the thread to end")
+
+
+EXIT_WITHOUT_CLOSE = """
+import atexit, sys, time
+atexit.register(time.sleep, 0.3)  # the application's own exit work, done after raindrops' part
+from raindrops import Watcher
+app = Watcher(sys.argv[1:], delay=0.001)
+app.start()
+deadline = time.monotonic() + 5
+while app.view(sys.argv[1], "active").snapshot.count < 20 and time.monotonic() < deadline:
+    time.sleep(0.001)
+print(app.stats()[sys.argv[1]])
+"""
+
+
+def test_exit_without_close_is_quiet(load: Load) -> None:
+    """At exit the sampler thread stops before its socket closes: no 'Bad file descriptor' from a
+    thread still sampling while the rest of the program exits."""
+    command = [sys.executable, "-c", EXIT_WITHOUT_CLOSE, load.address]
+    result = processes.run(command, timeout=30, text=True)
+    assert (result.returncode, result.stderr) == (0, "")
+    assert result.stdout == "ListenStats(active=2, queued=1)\n"

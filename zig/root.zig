@@ -41,26 +41,19 @@ export fn raindrops_named_unlink(name: [*:0]const u8) Status {
     return shm.unlinkNamed(name_slice);
 }
 
-/// Grows the backing file; maps a new view into `segment`. The caller keeps
-/// the old view mapped until close, since other threads may still use it.
-export fn raindrops_reserve(segment: *Segment, capacity: u64) Status {
-    if (segment.base == null) return invalid;
-    return shm.reserve(segment, capacity);
+/// Sets the shared size (with `grow_only`, only raises it), growing the file
+/// when needed; may map a new view into `segment`, and the caller keeps the
+/// old view mapped while other threads may still use it.
+export fn raindrops_resize(segment: *Segment, size: u64, grow_only: u32) Status {
+    if (segment.base == null or segment.fd < 0) return invalid;
+    return shm.resize(segment, size, grow_only != 0);
 }
 
-export fn raindrops_refresh(segment: *Segment) Status {
-    if (segment.base == null) return invalid;
-    return shm.refresh(segment);
-}
-
-export fn raindrops_size(segment: *const Segment) u64 {
-    if (segment.base == null) return 0;
-    return shm.sizeOf(segment);
-}
-
-export fn raindrops_set_size(segment: *Segment, size: u64) Status {
-    if (segment.base == null) return invalid;
-    return shm.setSize(segment, size);
+/// The shared size, checked against the view (mapping a larger one if another
+/// process grew the segment) and the file; or a negative status.
+export fn raindrops_sync(segment: *Segment) i64 {
+    if (segment.base == null or segment.fd < 0) return invalid;
+    return shm.sync(segment);
 }
 
 export fn raindrops_snapshot(segment: *const Segment, values: [*]u64, count: u64) Status {
@@ -78,13 +71,13 @@ export fn raindrops_unmap(base: ?[*]u8, bytes: u64) Status {
     return shm.unmap(base.?, bytes);
 }
 
+/// Closes the segment's file; its views stay mapped until raindrops_unmap.
 export fn raindrops_close(segment: *Segment) Status {
-    if (segment.base == null) return invalid;
-    return shm.close(segment);
+    return shm.closeFile(segment);
 }
 
 // The hot path: one counter pointer, prepared once by the caller from a
-// segment view that stays mapped until the segment is closed.
+// segment view that stays mapped while the caller's segment object lives.
 
 export fn raindrops_incr_one(counter: *u64) u64 {
     return counters.add(counter, 1);
@@ -196,7 +189,7 @@ export fn raindrops_tcp_info(fd: i32, buffer: ?[*]u8, capacity: u32, length: *u3
 // ---------------------------------------------------------------------------
 // Shared histograms and the middleware's per-request accounting. The Board
 // and Histogram descriptors are built once per process by the caller and point
-// into a mapped segment that stays mapped until it is closed.
+// into a segment view that stays mapped while the caller's segment object lives.
 
 const histogram = @import("histogram.zig");
 const scoreboard = @import("scoreboard.zig");

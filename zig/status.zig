@@ -15,10 +15,21 @@ pub const layout_mismatch: Status = -4002;
 pub const truncated: Status = -4003;
 /// The header holds impossible values (stride, capacity or size).
 pub const corrupt: Status = -4004;
+/// The file belongs to another user: they could poison or resize it at will.
+pub const foreign_owner: Status = -4005;
+/// Group or others may write the file: another user could poison it.
+pub const writable_by_others: Status = -4006;
 
 /// The validation codes in the order raindrops_status_code() reports them,
 /// which raindrops/_native.py checks against its own table at import.
-pub const validation_codes = [_]Status{ not_raindrops, layout_mismatch, truncated, corrupt };
+pub const validation_codes = [_]Status{
+    not_raindrops,
+    layout_mismatch,
+    truncated,
+    corrupt,
+    foreign_owner,
+    writable_by_others,
+};
 
 /// The kernel's MAX_ERRNO: no errno is larger; a larger magnitude is garbage.
 pub const errno_max: Status = 4095;
@@ -84,6 +95,8 @@ test "validationCode: the table in order, then 0" {
     try std.testing.expectEqual(layout_mismatch, validationCode(1));
     try std.testing.expectEqual(truncated, validationCode(2));
     try std.testing.expectEqual(corrupt, validationCode(3));
-    try std.testing.expectEqual(ok, validationCode(4));
+    try std.testing.expectEqual(foreign_owner, validationCode(4));
+    try std.testing.expectEqual(writable_by_others, validationCode(5));
+    try std.testing.expectEqual(ok, validationCode(6));
     try std.testing.expectEqual(ok, validationCode(std.math.maxInt(u32)));
 }

@@ -8,8 +8,10 @@ Endpoints (relative links, so the app can be mounted under a prefix):
   GET /tail/ADDR.txt?active_min=N&queued_min=M
                                  one line per sample passing the filters, until the client leaves
   POST /reset/ADDR               forget ADDR's statistics and peaks, 302 back
-ADDR is the listener's name as raindrops.linux prints it, URL-escaped
-("127.0.0.1%3A8080", "%2Ftmp%2Fapp.sock"). HEAD works wherever GET does.
+ADDR is the listener's name as raindrops.linux prints it, in its printable form
+(exposition.printable_name: a backslash doubled, spaces, controls and bytes
+that are not UTF-8 as \\xNN), URL-escaped ("127.0.0.1%3A8080",
+"%2Ftmp%2Fapp.sock"). HEAD works wherever GET does.
 
 Where this differs from raindrops' Watcher: an address the sampler has not
 seen is 404 (not an empty 200); reset also forgets the peaks; its redirect is
@@ -24,6 +26,7 @@ import json
 import select
 import socket
 import time
+import weakref
 import wsgiref.util
 from collections.abc import Iterator, Sequence
 from datetime import datetime, timezone
@@ -215,7 +218,7 @@ def _tail_lines(
             if stat is not None and stat.active >= active_min and stat.queued >= queued_min:
                 stamp = isodate(taken)
                 line = exposition.tail_line(stamp, address, stat.active, stat.queued, width)
-                yield line.encode("utf-8", "surrogateescape")
+                yield line.encode("utf-8")
     finally:
         with sampler.lock:
             sampler.streams -= 1
@@ -241,14 +244,19 @@ def _checked_history(history: int) -> int:
 
 def _watched(listeners: Sequence[str] | None) -> list[str] | None:
     """The listeners to watch, checked now rather than in the sampler thread (linux.ListenerSet
-    raises TypeError for a single str, ValueError for a bad address); None, the whole host, for
-    None or an empty list. Each sampler makes its own ListenerSet of them, so that the netlink
-    socket is its thread's to close."""
+    raises TypeError for anything but a list of str, ValueError for a bad address); None, the
+    whole host, for None or an empty list. Each sampler makes its own ListenerSet of them, so
+    that the netlink socket is its thread's to close."""
     if listeners is None:
         return None
-    names = listeners if isinstance(listeners, (str, bytes)) else list(listeners)
-    linux.ListenerSet(names)
-    return list(names) or None
+    return list(linux.ListenerSet(listeners).keys) or None
+
+
+def _abandon(sampler: PerProcess[_Sampler]) -> None:
+    """A dropped Watcher's finalizer: this process's sampler thread, if any, is told to end."""
+    running = sampler.current()
+    if running is not None:
+        running.abandon()
 
 
 class Watcher:
@@ -274,6 +282,10 @@ class Watcher:
         self._listeners = _watched(listeners)
         self.hostname = socket.gethostname()
         self._sampler: PerProcess[_Sampler] = PerProcess()
+        # A Watcher dropped without close() ends its thread, which closes its socket. The
+        # finalizer holds the sampler's holder, never the Watcher, and the thread holds only
+        # the sampler: nothing keeps a dropped Watcher alive.
+        weakref.finalize(self, _abandon, self._sampler)
 
     # The sampler.
 
@@ -309,7 +321,8 @@ class Watcher:
         return 0 if sampler is None else sampler.streams
 
     def stats(self) -> dict[str, ListenStats]:
-        """The latest sample: listener name -> ListenStats, sorted by name."""
+        """The latest sample: listener name (printable, as in every output) -> ListenStats,
+        sorted by name."""
         sampler = self._running()
         with sampler.lock:
             return dict(sampler.latest)

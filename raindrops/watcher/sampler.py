@@ -10,13 +10,15 @@ The thread is the only writer; request threads read under `lock`.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import threading
 import time
+import weakref
 from collections import deque
 from typing import NamedTuple
 
-from raindrops import linux
+from raindrops import exposition, linux
 from raindrops.histogram import HistogramSnapshot
 from raindrops.linux import ListenStats
 from raindrops.watcher.aggregate import Aggregate
@@ -24,6 +26,7 @@ from raindrops.watcher.aggregate import Aggregate
 KINDS = ("active", "queued")
 """The two numbers kept of every listener, in ListenStats order."""
 _JOIN_TIMEOUT = 5.0
+_EXIT_JOIN_TIMEOUT = 2.0
 
 LOG = logging.getLogger("raindrops.watcher")
 
@@ -93,11 +96,14 @@ class _Listener:
 
 def read_watched(listeners: linux.ListenerSet) -> dict[str, ListenStats]:
     """What the Watcher samples: every listener of the host as found, or the configured ones,
-    absent ones reading 0/0 so that their charts, pages and tails go on."""
+    absent ones reading 0/0 so that their charts, pages and tails go on. Keyed by printable
+    names (exposition.printable_name), which is how the Watcher names listeners everywhere: in
+    its JSON, its links (valid UTF-8, as the dashboard's encodeURIComponent needs), its pages
+    and its tail lines."""
     stats = listeners.read()
-    if listeners.everything:
-        return stats
-    return {key: stats.get(key, ListenStats(0, 0)) for key in listeners.keys}
+    if not listeners.everything:
+        stats = {key: stats.get(key, ListenStats(0, 0)) for key in listeners.keys}
+    return exposition.printed(stats)
 
 
 class _Sampler:
@@ -127,14 +133,19 @@ class _Sampler:
         """Takes the first sample now (so the first request has data) and starts the thread."""
         self.sample()
         self._thread = threading.Thread(target=self._run, name="raindrops-watcher", daemon=True)
+        _RUNNING.add(self)
         self._thread.start()
 
     def _run(self) -> None:
+        """The thread owns the netlink socket: it closes it when it ends, so no one closes it
+        under a sample in progress."""
         try:
             while not self._stop.wait(self.delay):
                 self.sample()
         finally:
             self._listeners.close()
+            with self.changed:
+                self.changed.notify_all()
 
     def _read(self) -> dict[str, ListenStats] | None:
         """A sample, or None after an error: logged once until it changes, and retried."""
@@ -192,9 +203,14 @@ class _Sampler:
     def stopped(self) -> bool:
         return self._stop.is_set()
 
+    def abandon(self) -> None:
+        """Tells the thread to end, without waiting or taking a lock: what a garbage collector's
+        finalizer may do, in whatever thread it runs and whatever locks that thread holds."""
+        self._stop.set()
+
     def stop(self) -> None:
         """Ends the thread (and with it the /tail streams); its socket closes as it ends."""
-        self._stop.set()
+        self.abandon()
         with self.changed:
             self.changed.notify_all()
         thread = self._thread
@@ -202,6 +218,26 @@ class _Sampler:
             thread.join(_JOIN_TIMEOUT)
         if thread is None:
             self._listeners.close()
+
+
+_RUNNING: weakref.WeakSet[_Sampler] = weakref.WeakSet()
+"""Samplers whose thread was started: a dropped one leaves as soon as its thread has ended."""
+
+
+def _stop_at_exit() -> None:
+    """Ends the sampler threads before the interpreter goes away: a daemon thread still sampling
+    while the rest of the program exits would log errors about its vanishing resources."""
+    samplers = list(_RUNNING)
+    for sampler in samplers:
+        sampler.abandon()
+    deadline = time.monotonic() + _EXIT_JOIN_TIMEOUT
+    for sampler in samplers:
+        thread = sampler._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(max(0.0, deadline - time.monotonic()))
+
+
+atexit.register(_stop_at_exit)
 
 
 __all__ = ["KINDS", "LOG", "Point", "View", "read_watched"]

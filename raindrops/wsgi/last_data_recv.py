@@ -26,7 +26,8 @@ With gunicorn, set TCP_DEFER_ACCEPT on the listeners in the config file:
 
 and wrap the application: `app = raindrops.LastDataRecv(app)`. The workers
 find the shared histogram as raindrops.Middleware's do, with or without
---preload.
+--preload, and like them count on their own (and say so on the endpoint)
+when it cannot be used.
 """
 
 from __future__ import annotations
@@ -147,10 +148,15 @@ class LastDataRecv:
             return refusal
         stats = self._histogram.get(environ)
         snapshot = stats.snapshot()
-        report = exposition.LastDataRecvReport(snapshot, stats.skipped)
+        degraded = self._histogram.notice()
+        report = exposition.LastDataRecvReport(snapshot, stats.skipped, degraded.reasons)
         headers = exposition.last_data_recv_headers(snapshot) if form == "text" else []
         return http.serve(
-            start_response, environ.get("REQUEST_METHOD", "GET"), form, report, headers
+            start_response,
+            environ.get("REQUEST_METHOD", "GET"),
+            form,
+            report,
+            headers + degraded.headers,
         )
 
 

@@ -5,8 +5,11 @@ memory that all workers of a preforking server find by themselves:
 - built before fork (gunicorn --preload), the anonymous segment made here is
   inherited by every worker;
 - built in each worker after fork (no preload), the workers of one master meet
-  in a named segment derived from the master's pid and the endpoint path;
+  in a named segment derived from the master and the endpoint path;
 - in a single-process server the segment is private to it.
+A worker that cannot use the server-wide segment (another user's, corrupt,
+no room in /dev/shm, every slot taken) serves on with a private scoreboard;
+its endpoint says so (raindrops.segments).
 """
 
 from __future__ import annotations
@@ -103,7 +106,7 @@ class Middleware:
         )
         name = name or os.environ.get("RAINDROPS_NAME") or None
         self._scoreboard = segments.ServerWide(
-            Scoreboard, given=stats, name=name, kind="mw", path=self.path
+            Scoreboard, given=stats, name=name, kind="mw", path=self.path, prepare=Scoreboard.board
         )
         self._board: PerProcess[scoreboard.Board] = PerProcess()
 
@@ -141,10 +144,12 @@ class Middleware:
         form, refusal = http.endpoint_request(environ, start_response, self._allow)
         if refusal is not None:
             return refusal
-        report = exposition.MiddlewareReport(
-            self._scoreboard.get(environ).totals(), self._listeners.read()
-        )
-        return http.serve(start_response, environ.get("REQUEST_METHOD", "GET"), form, report)
+        server_wide = self._scoreboard
+        totals = server_wide.get(environ).totals()
+        degraded = server_wide.notice()
+        report = exposition.MiddlewareReport(totals, self._listeners.read(), degraded.reasons)
+        method = environ.get("REQUEST_METHOD", "GET")
+        return http.serve(start_response, method, form, report, degraded.headers)
 
 
 __all__ = ["Middleware", "NAME_PREFIX"]
