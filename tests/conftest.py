@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from testsupport import processes, programs
+from testsupport import processes, programs, users
 from testsupport.gunicorn import SHM_DIR, segment_name
 
 LEFTOVERS: list[str] = []
@@ -33,6 +33,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """Every test ends what it starts; a process still running now is a bug in a test, and fails
     the run."""
     LEFTOVERS.extend(processes.end_leftovers())
+    users.cleanup()
     if LEFTOVERS:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
@@ -40,7 +41,9 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
     report = yield
-    if call.excinfo is not None and call.excinfo.errisinstance(programs.MissingProgram):
+    if call.excinfo is not None and call.excinfo.errisinstance(
+        (programs.MissingProgram, users.NotRoot)
+    ):
         report.outcome = "skipped"
         report.longrepr = (str(item.path), item.location[1] or 0, f"Skipped: {call.excinfo.value}")
     return report

@@ -20,10 +20,10 @@ from pathlib import Path
 import pytest
 
 from raindrops import Raindrops
-from testsupport import processes
+from testsupport import processes, users
 
 SHM_DIR = Path("/dev/shm")
-NOBODY = 65534
+NOBODY = users.NOBODY
 # Offsets of the Header fields in zig/shm.zig: magic u64, layout_version u32,
 # stride u32, capacity u64, size u64, creator_pid i32, reserved u32.
 CAPACITY_OFFSET = 16
@@ -43,13 +43,12 @@ def run_python(
 
 def as_nobody() -> list[str]:
     """The command prefix that runs a command as uid/gid 65534: another local user."""
-    if os.geteuid() != 0:
-        pytest.skip("switching to uid 65534 needs root (the tests run as root in CI)")
-    return ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
+    return users.prefix()
 
 
 def run_as_nobody(code: str, *arguments: str) -> subprocess.CompletedProcess[str]:
-    return processes.run([*as_nobody(), *python(code, *arguments)], timeout=60, text=True)
+    command = [*users.python(), "-c", textwrap.dedent(code), *arguments]
+    return processes.run(command, timeout=60, text=True)
 
 
 def steered(command: list[str]) -> contextlib.AbstractContextManager[subprocess.Popen[str]]:
@@ -174,7 +173,8 @@ def test_a_reader_holding_the_lock_delays_a_resize_by_seconds_at_most(
     path = SHM_DIR / name[1:]
     with Raindrops(3, name=name, mode=0o644) as rd:
         path.chmod(0o644)
-        with steered([*as_nobody(), *python(HOLD_THE_LOCK, str(path))]) as reader:
+        command = [*users.python(), "-c", textwrap.dedent(HOLD_THE_LOCK), str(path)]
+        with steered(command) as reader:
             assert read_line(reader) == "locked"
             started = time.monotonic()
             with pytest.raises(BlockingIOError, match=f"{name}.*held its lock"):

@@ -28,9 +28,9 @@ from raindrops import LastDataRecv, Middleware, _process, segments
 from raindrops.scoreboard import SLOTS_MAX, Scoreboard
 from raindrops.segments import SHM_DIR, Server, remove_stale_segments, segment_name
 from raindrops.wsgi.last_data_recv import PATH as LDR_PATH
-from testsupport import formats, processes
+from testsupport import formats, processes, users
 
-NOBODY = 65534
+NOBODY = users.NOBODY
 DIGEST = "0123456789ab"
 SLOT_FIELDS = 4  # raindrops.scoreboard: pid, start time, calling, writing
 
@@ -39,15 +39,12 @@ SLOT_FIELDS = 4  # raindrops.scoreboard: pid, start time, calling, writing
 
 
 def need_root() -> None:
-    if os.geteuid() != 0:
-        pytest.skip("acting as uid 65534 needs root (the tests run as root in CI)")
+    users.prefix()
 
 
 def as_nobody(command: list[str], data: bytes | None = None) -> subprocess.CompletedProcess[Any]:
     """Runs `command` as uid/gid 65534: another local user."""
-    need_root()
-    setpriv = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
-    return processes.run([*setpriv, *command], timeout=60, input=data)
+    return processes.run([*users.prefix(), *command], timeout=60, input=data)
 
 
 def python(code: str) -> list[str]:
@@ -158,7 +155,7 @@ def segment_bytes(make: Callable[..., Any]) -> bytes:
 
 def sweep_as_nobody() -> subprocess.CompletedProcess[Any]:
     code = "from raindrops.segments import remove_stale_segments; print(remove_stale_segments())"
-    return as_nobody(python(code))
+    return processes.run([*users.python(), "-c", code], timeout=60)
 
 
 HOSTILE_FILES = {
@@ -423,11 +420,12 @@ print(json.dumps([answers, stats["degraded"], stats["requests_total"]]))
 """A worker's first requests in a process of its own: [answers, JSON "degraded", requests]."""
 
 
-def run_worker(wrapper: list[str], before: str = "", **options: Any) -> Any:
-    """WORKER run under `wrapper` (setpriv, unshare), after the Python code `before`."""
-    done = processes.run([*wrapper, *python(before + WORKER)], timeout=60, text=True, **options)
+def run_worker(interpreter: list[str], before: str = "", **options: Any) -> Any:
+    """WORKER run by `interpreter` (under setpriv or unshare), after the Python code `before`."""
+    command = [*interpreter, "-c", textwrap.dedent(before + WORKER)]
+    done = processes.run(command, timeout=60, text=True, **options)
     if done.returncode != 0 and "Operation not permitted" in done.stderr:
-        pytest.skip(f"the kernel refuses {wrapper[0]} here: {done.stderr.strip()}")
+        pytest.skip(f"the kernel refuses {interpreter[0]} here: {done.stderr.strip()}")
     assert done.returncode == 0, (done.returncode, done.stderr)
     return json.loads(done.stdout)
 
@@ -437,9 +435,8 @@ def test_a_worker_running_as_another_user_than_the_squatter_counts_alone() -> No
     need_root()
     name = segment_name("mw", "/_raindrops", Server.this_process(), "/")  # the child's parent: us
     squatter = Scoreboard(name=name)
-    setpriv = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
     try:
-        assert run_worker(setpriv, cwd="/") == [["hello"] * 3, ["segment_not_ours"], 3]
+        assert run_worker(users.python(), cwd="/") == [["hello"] * 3, ["segment_not_ours"], 3]
         assert squatter.totals().requests == 0
     finally:
         squatter.close()
@@ -512,7 +509,7 @@ def test_a_full_dev_shm_leaves_the_worker_counting_alone(options: str) -> None:
     """A tiny tmpfs over /dev/shm in a private mount namespace: nothing else sees it."""
     mount = ["mount", "-t", "tmpfs", "-o", options, "tmpfs", "/dev/shm"]
     before = f"import subprocess\nsubprocess.run({mount!r}, check=True)\n"
-    result = run_worker(["unshare", "--mount"], before)
+    result = run_worker(["unshare", "--mount", sys.executable], before)
     assert result == [["hello"] * 3, ["segment_no_space"], 3]
 
 
