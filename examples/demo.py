@@ -4,7 +4,11 @@ Endpoints: / (hello), /slow?seconds=S (sleeps, at most 30 s), /stream?chunks=N&d
 (a streaming body), /fail (raises), /count (increments a counter shared by all
 workers and returns its new value), /_raindrops (the statistics),
 /_raindrops/last_data_recv (queue time, see examples.demo_config) and
-/watch/ (the Watcher's live dashboard of this host's listeners).
+/watch/ (the Watcher's live dashboard of this host's listeners; /watch redirects there).
+
+Every statistics endpoint answers loopback clients only. Behind a reverse proxy, list the
+proxies in RAINDROPS_DEMO_TRUSTED_PROXIES (comma-separated CIDRs, "unix" for a proxy on a
+unix socket): their requests are then judged by the client their X-Forwarded-For names.
 """
 
 from __future__ import annotations
@@ -20,6 +24,11 @@ from raindrops.wsgi.http import Environ, StartResponse
 SLOW_SECONDS_MAX = 30.0
 STREAM_CHUNKS_MAX = 10_000
 COUNT_SEGMENT = os.environ.get("RAINDROPS_DEMO_COUNTER", f"/raindrops-demo-count-{os.getuid()}")
+TRUSTED_PROXIES = [
+    proxy.strip()
+    for proxy in os.environ.get("RAINDROPS_DEMO_TRUSTED_PROXIES", "").split(",")
+    if proxy.strip()
+]
 _counter: Raindrops | None = None
 
 
@@ -71,17 +80,20 @@ def application(environ: Environ, start_response: StartResponse) -> list[bytes] 
 
 
 WATCH_PREFIX = "/watch"
-watcher = Watcher()
+watcher = Watcher(trusted_proxies=TRUSTED_PROXIES)
 
 
 def routes(environ: Environ, start_response: StartResponse) -> list[bytes] | Iterator[bytes]:
-    """Mounts the Watcher under /watch (its links are relative), the demo elsewhere."""
+    """Mounts the Watcher under /watch, the demo elsewhere. "/watch" is handed over as PATH_INFO
+    "", which the Watcher redirects to "/watch/": its links are relative to that."""
     path = environ.get("PATH_INFO", "/")
     if path == WATCH_PREFIX or path.startswith(WATCH_PREFIX + "/"):
         environ["SCRIPT_NAME"] = environ.get("SCRIPT_NAME", "") + WATCH_PREFIX
-        environ["PATH_INFO"] = path[len(WATCH_PREFIX) :] or "/"
+        environ["PATH_INFO"] = path[len(WATCH_PREFIX) :]
         return watcher(environ, start_response)  # type: ignore[no-any-return]
     return application(environ, start_response)
 
 
-app = Middleware(LastDataRecv(routes))
+app = Middleware(
+    LastDataRecv(routes, trusted_proxies=TRUSTED_PROXIES), trusted_proxies=TRUSTED_PROXIES
+)

@@ -142,6 +142,8 @@ def run_listeners(options: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 # `raindrops watch`: the Watcher on its own, for any server of the host.
 
 WATCH_BIND = "127.0.0.1:9000"
+WATCH_TAIL_STREAMS = 16
+"""A thread per connection: streams only cost threads, not the dashboard's responsiveness."""
 
 
 def _bind_address(text: str) -> tuple[str, int]:
@@ -190,11 +192,41 @@ def _add_watch(commands: argparse._SubParsersAction[_Parser]) -> None:
         metavar="N",
         help="samples the dashboard charts (default: 300)",
     )
+    watch.add_argument(
+        "--allow",
+        action="append",
+        metavar="CIDR",
+        help="client networks that may read the dashboard (repeatable; default: loopback only)",
+    )
+    watch.add_argument(
+        "--trusted-proxy",
+        action="append",
+        default=[],
+        metavar="CIDR",
+        help="proxies whose forwarding headers name the client (repeatable; 'unix' for a unix "
+        "socket peer)",
+    )
+    watch.add_argument(
+        "--tail-streams",
+        type=_count(0),
+        default=WATCH_TAIL_STREAMS,
+        metavar="N",
+        help=f"/tail streams served at once (default: {WATCH_TAIL_STREAMS}; one thread each)",
+    )
 
 
 def run_watch(options: argparse.Namespace, err: TextIO) -> int:
     """Serves until interrupted; the sampler thread and the server's threads are daemons."""
-    watcher = Watcher(options.addresses or None, delay=options.delay, history=options.history)
+    access = {"trusted_proxies": options.trusted_proxy}
+    if options.allow:
+        access["allow"] = options.allow
+    watcher = Watcher(
+        options.addresses or None,
+        delay=options.delay,
+        history=options.history,
+        tail_streams_max=options.tail_streams,
+        **access,
+    )
     host, port = options.bind
     server = make_server(host, port, watcher)
     watcher.start()

@@ -41,7 +41,7 @@ from raindrops.counters import _checked_name
 
 SHM_DIR = Path("/dev/shm")
 PREFIX = "raindrops-"
-KINDS = ("mw", "ldr")
+KINDS = ("mw", "ldr", "watch")
 """Kinds of per-master segments: the middleware's scoreboard, LastDataRecv's histogram."""
 SERVER_KEY_ENV = "RAINDROPS_SERVER_KEY"
 """A secret the master hands its workers (raindrops.gunicorn sets it): part of the name's digest,

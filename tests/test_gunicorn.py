@@ -15,10 +15,12 @@ import os
 import signal
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from io import BytesIO
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 from servers import ROOT, Background, Gunicorn, gunicorn, run_threads, wait_for
@@ -28,7 +30,7 @@ from examples.demo import application
 from raindrops import Middleware, _process
 from raindrops.scoreboard import Scoreboard
 from raindrops.segments import SHM_DIR, Server, segment_name
-from testsupport import processes
+from testsupport import processes, users
 from testsupport.formats import parse_prometheus, parse_text
 from testsupport.gunicorn import launch, request
 from testsupport.gunicorn import segment_name as unique_name
@@ -416,12 +418,15 @@ def _pid_namespace() -> int:
 
 
 def _workers_as_nobody() -> list[str]:
-    """gunicorn's --user/--group 65534; a skip where that user cannot read this Python's stdlib."""
-    need_root()
-    stdlib = Path(os.__file__).parent / "__future__.py"
-    setpriv = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
-    if processes.run([*setpriv, "test", "-r", str(stdlib)], timeout=30).returncode != 0:
-        pytest.skip(f"uid {NOBODY} cannot read this interpreter's standard library ({stdlib})")
+    """gunicorn's --user/--group 65534; a skip where that user cannot read this Python or project.
+
+    Workers import after switching uid, so the venv and the project must be
+    readable by others (a clone in a 0700 directory is not).
+    """
+    needed = [Path(os.__file__).parent / "__future__.py", ROOT / "raindrops" / "__init__.py"]
+    for path in needed:
+        if processes.run([*users.prefix(), "test", "-r", str(path)], timeout=30).returncode != 0:
+            pytest.skip(f"uid {NOBODY} cannot read {path}")
     return ["--user", str(NOBODY), "--group", str(NOBODY)]
 
 
@@ -559,3 +564,59 @@ def test_the_demo_configuration_leaves_nothing_after_a_clean_stop(tmp_path: Path
             assert list(SHM_DIR.glob(f"raindrops-*-{server.pid}-*")) == []
         finally:
             counter.unlink(missing_ok=True)
+
+
+# Issue 12: /tail streams of the Watcher (mounted at /watch by the demo) are bounded per worker.
+
+# name -> (gunicorn arguments, workers, /tail requests made, streams the workers may hold)
+TAIL_VARIANTS: dict[str, tuple[list[str], int, int, int]] = {
+    "sync": (["--worker-class", "sync"], 2, 4, 0),  # one thread per worker: no stream at all
+    "gthread": (["--worker-class", "gthread", "--threads", "4"], 2, 8, 2),  # one per worker
+}
+TAIL_STATUS_TIMEOUT = 10.0  # a stream's status line comes with its first line (one per second)
+APP_ANSWER_SECONDS = 2.0
+
+
+def _tail(port: int, address: str, opened: list[socket.socket]) -> tuple[int, str]:
+    """Asks for a /tail stream: its status code and head; its socket goes into `opened`.
+
+    A refused client closes its socket at once, as any client does after a response with
+    "Connection: close": gunicorn's gthread worker lingers on the main thread (accepting
+    nothing) for up to two seconds until the client has closed.
+    """
+    client = socket.create_connection(("127.0.0.1", port), timeout=TAIL_STATUS_TIMEOUT)
+    opened.append(client)
+    path = f"/watch/tail/{quote(address, safe='')}.txt"
+    head = f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
+    client.sendall(head.encode())
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = client.recv(4096)
+        assert chunk, data
+        data += chunk
+    text = data.partition(b"\r\n\r\n")[0].decode("latin-1")
+    code = int(text.split()[1])
+    if code != 200:
+        client.close()
+    return code, text.lower()
+
+
+@pytest.mark.parametrize("variant", list(TAIL_VARIANTS))
+def test_tail_streams_are_bounded_and_the_app_keeps_answering(variant: str, tmp_path: Path) -> None:
+    args, workers, tails, streams_max = TAIL_VARIANTS[variant]
+    with gunicorn(tmp_path, args, workers=workers) as server:
+        opened: list[socket.socket] = []
+        try:
+            answers = run_threads(tails, lambda _: _tail(server.port, server.address, opened), 60)
+            streaming = [code for code, _ in answers if code == 200]
+            refused = [head for code, head in answers if code == 503]
+            assert min(1, streams_max) <= len(streaming) <= streams_max, answers
+            assert len(streaming) + len(refused) == tails, answers
+            assert all("\r\nretry-after: " in head for head in refused), refused
+            for _ in range(10):  # the application answers at once while the streams run
+                started = time.monotonic()
+                assert server.get("/", timeout=APP_ANSWER_SECONDS).status == 200
+                assert time.monotonic() - started < APP_ANSWER_SECONDS
+        finally:
+            for client in opened:
+                client.close()

@@ -12,18 +12,20 @@ import signal
 import socket
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, unquote
+from urllib.parse import quote, unquote, urljoin, urlsplit
 
 import pytest
 from load import Load, raindrops_watch, wait_until
 
 from raindrops import ListenStats, Watcher, exposition
+from raindrops.watcher import pages
 from raindrops.watcher.aggregate import Aggregate
-from raindrops.watcher.sampler import _Listener
 from raindrops.watcher.server import WatchServer, make_server
+from raindrops.watcher.shared import Listener as _Listener
 from testsupport import processes
 
 DELAY = 0.02
@@ -43,6 +45,8 @@ STAT_HEADERS = [
     "Expires",
     "Content-Length",
 ]
+ORIGIN = "http://watch.test"
+"""The origin of the pages call() asks for: a reset must come from it."""
 HTTPDATE = re.compile(r"^[A-Z][a-z]{2}, \d\d [A-Z][a-z]{2} \d{4} \d\d:\d\d:\d\d GMT$")
 
 
@@ -107,7 +111,7 @@ def load() -> Iterator[Load]:
 
 @pytest.fixture
 def watcher(load: Load) -> Iterator[Watcher]:
-    with Watcher([load.address], delay=DELAY) as app:
+    with Watcher([load.address], delay=DELAY, tail_streams_max=4) as app:
         yield app
 
 
@@ -213,7 +217,7 @@ def load_stats(active: int) -> ListenStats:
 def test_reset_redirects_to_a_real_url_and_forgets_peaks(watcher: Watcher, load: Load) -> None:
     samples(watcher, load.address, 20)
     before = json.loads(call(watcher, f"/active/{escaped(load.address)}.json").body)
-    reply = call(watcher, f"/reset/{escaped(load.address)}", "POST")
+    reply = call(watcher, f"/reset/{escaped(load.address)}", "POST", HTTP_ORIGIN=ORIGIN)
     assert reply.code == 302
     assert reply.headers["Location"] == "http://watch.test/"
     assert reply.body == b"Redirecting to http://watch.test/"
@@ -223,16 +227,11 @@ def test_reset_redirects_to_a_real_url_and_forgets_peaks(watcher: Watcher, load:
     assert after["first_peak_at"] > before["first_peak_at"]  # peaks start again too
 
     back = f"http://watch.test/active/{escaped(load.address)}.html"
-    assert (
-        call(watcher, f"/reset/{escaped(load.address)}", "POST", HTTP_REFERER=back).headers[
-            "Location"
-        ]
-        == back
-    )
-    foreign = call(
-        watcher, f"/reset/{escaped(load.address)}", "POST", HTTP_REFERER="http://evil.test/"
-    )
-    assert foreign.headers["Location"] == "http://watch.test/"
+    reset = f"/reset/{escaped(load.address)}"
+    assert call(watcher, reset, "POST", HTTP_REFERER=back).headers["Location"] == back
+    assert call(watcher, reset, "POST", HTTP_ORIGIN=ORIGIN, HTTP_REFERER=back).headers[
+        "Location"
+    ] == (back)
     mounted = call(watcher, "", SCRIPT_NAME="/watch")
     assert (mounted.code, mounted.headers["Location"]) == (302, "http://watch.test/watch/")
 
@@ -250,7 +249,7 @@ def test_not_found_and_method_not_allowed(watcher: Watcher, load: Load) -> None:
     for path in unknown:
         reply = call(watcher, path)
         assert (reply.code, reply.body) == (404, b"Not Found"), path
-    assert call(watcher, "/reset/127.0.0.1:1", "POST").code == 404
+    assert call(watcher, "/reset/127.0.0.1:1", "POST", HTTP_ORIGIN=ORIGIN).code == 404
     put = call(watcher, "/", "PUT")
     assert (put.code, put.headers["Allow"], put.body) == (405, "GET, HEAD", b"Method Not Allowed")
     assert call(watcher, f"/reset/{addr}").headers["Allow"] == "POST"
@@ -263,7 +262,7 @@ def test_requests_for_unknown_addresses_create_no_state(watcher: Watcher, load: 
     sampler = watcher._running()
     for port in range(1, 200):
         call(watcher, f"/queued/10.0.0.1%3A{port}.txt")
-        call(watcher, f"/reset/10.0.0.1%3A{port}", "POST")
+        call(watcher, f"/reset/10.0.0.1%3A{port}", "POST", HTTP_ORIGIN=ORIGIN)
     assert list(sampler.listeners) == [load.address]
 
 
@@ -389,9 +388,8 @@ def test_tail_ends_when_the_client_leaves(
 
     remaining = open_tail(server.server_port, load.address, "queued_min=1000")
     wait_until(lambda: watcher.streams == 1, what="a stream")
-    sampler = watcher._running()
     watcher.close()  # closing the Watcher ends the streams still open
-    wait_until(lambda: sampler.streams == 0, timeout=3, what="the stream to end on close()")
+    wait_until(lambda: watcher.streams == 0, timeout=3, what="the stream to end on close()")
     remaining.settimeout(5)
     assert remaining.recv(4096).startswith(
         b"HTTP/1.0 200"
@@ -504,3 +502,186 @@ def test_exit_without_close_is_quiet(load: Load) -> None:
     result = processes.run(command, timeout=30, text=True)
     assert (result.returncode, result.stderr) == (0, "")
     assert result.stdout == "ListenStats(active=2, queued=1)\n"
+
+
+# Bounded /tail streams: a stream holds a server thread, so a process serves only a few.
+
+
+class Opened:
+    """A response whose body is not read yet: a /tail stream stays open until close()."""
+
+    def __init__(self, app: Watcher, path: str, method: str = "GET", **extra: Any) -> None:
+        environ: dict[str, Any] = {
+            "REQUEST_METHOD": method,
+            "PATH_INFO": unquote(path, "iso-8859-1"),
+            "QUERY_STRING": "",
+            "SCRIPT_NAME": "",
+            "SERVER_NAME": "watch.test",
+            "SERVER_PORT": "80",
+            "wsgi.url_scheme": "http",
+            "wsgi.multithread": True,
+        }
+        environ.update(extra)
+        seen: dict[str, Any] = {}
+
+        def start_response(status: str, headers: list[tuple[str, str]], exc: object = None) -> Any:
+            seen.update(status=status, headers=dict(headers))
+            return lambda data: None
+
+        self.body = app(environ, start_response)
+        self.code = int(seen["status"].split()[0])
+        self.headers: dict[str, str] = seen["headers"]
+
+    def close(self) -> None:
+        getattr(self.body, "close", lambda: None)()
+
+
+def test_tail_streams_are_bounded_per_process(load: Load) -> None:
+    with Watcher([load.address], delay=DELAY) as app:
+        tail = f"/tail/{escaped(load.address)}.txt"
+        first = Opened(app, tail)
+        assert (first.code, app.streams) == (200, 1), "one stream per process with threads"
+        second = Opened(app, tail)
+        assert second.code == 503 and 1 <= int(second.headers["Retry-After"]) <= 300
+        assert b"1 /tail stream" in b"".join(second.body)
+        assert Opened(app, tail, "HEAD").code == 503
+        assert next(iter(first.body)).startswith(b"20")  # the first stream still streams
+        first.close()
+        assert app.streams == 0
+        third = Opened(app, tail)
+        assert third.code == 200
+        third.close()
+
+        # One thread per worker (gunicorn's sync workers): a stream would hold the whole worker.
+        single = Opened(app, tail, **{"wsgi.multithread": False})
+        assert single.code == 503 and b"tail_streams_max" in b"".join(single.body)
+        assert Opened(app, tail, "HEAD", **{"wsgi.multithread": False}).code == 503
+        assert app.streams == 0
+
+    with Watcher([load.address], delay=DELAY, tail_streams_max=2) as app:
+        opened = [Opened(app, tail, **{"wsgi.multithread": False}) for _ in range(3)]
+        assert [reply.code for reply in opened] == [200, 200, 503]
+        for reply in opened:
+            reply.close()
+        assert app.streams == 0
+
+
+def test_a_tail_ends_after_its_maximum_duration(load: Load) -> None:
+    with Watcher([load.address], delay=DELAY, tail_seconds_max=0.3) as app:
+        started = time.monotonic()
+        reply = Opened(app, f"/tail/{escaped(load.address)}.txt")
+        lines = list(reply.body)  # ends by itself
+        elapsed = time.monotonic() - started
+        reply.close()
+        assert 0.3 <= elapsed < 3 and len(lines) >= 3, (elapsed, lines)
+        assert app.streams == 0
+
+
+def test_tail_settings_are_checked() -> None:
+    for streams in (-1, 1_000_000, 1.5, True, "2"):
+        with pytest.raises((ValueError, TypeError), match="tail_streams_max"):
+            Watcher(tail_streams_max=streams)  # type: ignore[arg-type]
+    for seconds in (0, -1, float("nan"), float("inf"), True, "5", 1e9):
+        with pytest.raises(ValueError, match="tail_seconds_max"):
+            Watcher(tail_seconds_max=seconds)  # type: ignore[arg-type]
+
+
+# The mount point without its slash, and links that resolve under any mount prefix.
+
+
+def test_the_mount_point_without_its_slash_redirects(watcher: Watcher) -> None:
+    for prefix in ("/watch", "/a/b%20c/watch"):
+        mounted = call(watcher, "", SCRIPT_NAME=unquote(prefix))
+        assert (mounted.code, mounted.headers["Location"]) == (302, f"{ORIGIN}{prefix}/")
+    query = call(watcher, "", SCRIPT_NAME="/watch", QUERY_STRING="a=1")
+    assert query.headers["Location"] == f"{ORIGIN}/watch/?a=1"
+    # A dispatcher that hands "/watch" over as "/": the raw request path tells.
+    for raw in ("RAW_URI", "REQUEST_URI"):
+        dispatched = call(
+            watcher, "/", SCRIPT_NAME="/watch", QUERY_STRING="a=1", **{raw: "/watch?a=1"}
+        )
+        assert (dispatched.code, dispatched.headers["Location"]) == (302, f"{ORIGIN}/watch/?a=1")
+        assert call(watcher, "/", SCRIPT_NAME="/watch", **{raw: "/watch/"}).code == 200
+        assert call(watcher, "/", SCRIPT_NAME="/watch", **{raw: "/watch/?a=/"}).code == 200
+
+
+def test_the_demo_redirects_its_mount_point(load: Load) -> None:
+    from examples import demo
+
+    seen: list[Any] = []
+    environ = {
+        "REQUEST_METHOD": "GET",
+        "PATH_INFO": "/watch",
+        "QUERY_STRING": "",
+        "SCRIPT_NAME": "",
+        "HTTP_HOST": "demo.test",
+        "SERVER_NAME": "demo.test",
+        "SERVER_PORT": "80",
+        "REMOTE_ADDR": "127.0.0.1",
+        "wsgi.url_scheme": "http",
+    }
+    demo.routes(environ, lambda status, headers, exc_info=None: seen.append((status, headers)))
+    assert seen[0][0].startswith("302") and ("Location", "http://demo.test/watch/") in seen[0][1]
+
+
+LINK = re.compile(r"""(?:href|action)=['"]([^'"]*)['"]""")
+SCRIPT_LINKS = (
+    "tail/{link}.txt",
+    "active/{link}.html",
+    "queued/{link}.html",
+    "series.json?since=0",
+)
+"""The URLs the dashboard's script makes: each literal before the name is checked in SCRIPT."""
+
+
+def _follow(app: Watcher, prefix: str, page: str, link: str, address: str) -> None:
+    """Resolves `link` as a browser would on `page`; the Watcher must serve what it names."""
+    url = urljoin(page, link.replace("&amp;", "&").replace("{link}", escaped(address)))
+    target = urlsplit(url)
+    assert target.netloc == "watch.test" and target.path.startswith(prefix + "/"), (page, url)
+    path = target.path[len(prefix) :]
+    if path.startswith("/reset/"):
+        reply = call(app, path, "POST", SCRIPT_NAME=prefix, HTTP_ORIGIN=ORIGIN, HTTP_REFERER=page)
+        assert (reply.code, reply.headers["Location"]) == (302, page), (page, url)
+        return
+    method = "HEAD" if path.startswith("/tail/") else "GET"  # HEAD: a tail does not end
+    reply = call(app, path, method, SCRIPT_NAME=prefix, QUERY_STRING=target.query)
+    assert reply.code == 200, (page, link, url, reply.code)
+
+
+def test_every_link_resolves_under_any_mount_prefix(watcher: Watcher, load: Load) -> None:
+    samples(watcher, load.address, 1)
+    for literal in ('"tail/"', '"active/"', '"queued/"', '"series.json?since="'):
+        assert literal in pages.SCRIPT, literal
+    for prefix in ("", "/watch", "/a/b/watch"):
+        index_url = f"{ORIGIN}{prefix}/"
+        index = call(watcher, "/", SCRIPT_NAME=prefix).body.decode()
+        links = LINK.findall(index)
+        assert len(links) == 8, links  # a row of the table and its template: 3 links, a form
+        for link in [*links, *SCRIPT_LINKS]:
+            _follow(watcher, prefix, index_url, link, load.address)
+        for kind in ("active", "queued"):
+            page_url = f"{index_url}{kind}/{escaped(load.address)}.html"
+            page = call(watcher, f"/{kind}/{escaped(load.address)}.html", SCRIPT_NAME=prefix)
+            page_links = LINK.findall(page.body.decode())
+            assert page_links == ["../", f"../reset/{escaped(load.address)}"], page_links
+            for link in page_links:
+                _follow(watcher, prefix, page_url, link, load.address)
+
+
+def test_no_request_header_reaches_a_header_line_unchecked(watcher: Watcher, load: Load) -> None:
+    """A Host or Referer with CR/LF (a server that passes them on) must not split Location."""
+    for host in ("watch.test\r\nSet-Cookie: a=b", "watch.test/x", "watch test", "w\x00"):
+        for path, method in (("", "GET"), ("/", "GET"), ("/series.json", "GET")):
+            reply = call(watcher, path, method, HTTP_HOST=host, SCRIPT_NAME="/watch")
+            assert (reply.code, "Location" in reply.headers) == (400, False), (host, path)
+    reset = f"/reset/{escaped(load.address)}"
+    for referer in (
+        "http://watch.test/\r\nSet-Cookie: a=b",
+        "http://watch.test/a b",
+        "http://watch.test/\x7f",
+    ):
+        reply = call(watcher, reset, "POST", HTTP_ORIGIN=ORIGIN, HTTP_REFERER=referer)
+        assert (reply.code, reply.headers["Location"]) == (302, f"{ORIGIN}/"), referer
+    for headers in call(watcher, "", SCRIPT_NAME="/w", QUERY_STRING="a=\r\nb").header_list:
+        assert all(32 <= ord(char) < 127 for char in headers[1]), headers

@@ -1,14 +1,19 @@
 """raindrops.Watcher: listener statistics over time, as a WSGI application.
 
-A sampler thread (one per process, started by the first request, with its own
-netlink socket) reads `active` and `queued` of every watched listener each
-`delay` seconds and keeps their statistics; the dashboard charts the last
-`history` samples. Its layers, one file each:
+Each `delay` seconds one process reads `active` and `queued` of every watched
+listener and keeps their statistics in shared memory, with the last
+`history` samples that the dashboard charts. Every worker of a server answers
+from that memory, so all of them show the same series, peaks and reset times;
+the kernel is read once per interval for the whole server. Its layers, one
+file each:
 
 - app.py: the Watcher itself, its routes and endpoints;
-- sampler.py: the sampler thread and the statistics it keeps per listener;
+- sampler.py: each process's sampler thread, which samples while its process
+  holds the lease and otherwise waits to take it over;
+- shared.py: the shared memory: the lease, the sequence lock, the listener
+  table, the statistics and the rings of samples;
 - aggregate.py: count, min, max, mean, standard deviation and log2 buckets of
-  one number, as the sampler keeps them;
+  one number, as shared.py keeps them;
 - pages.py: the HTML pages, with static/dashboard.js and static/dashboard.css
   inlined under a Content-Security-Policy;
 - server.py: the threaded wsgiref server of `raindrops watch` (not imported

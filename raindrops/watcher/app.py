@@ -7,7 +7,13 @@ Endpoints (relative links, so the app can be mounted under a prefix):
                                  histogram with raindrops' X-* headers
   GET /tail/ADDR.txt?active_min=N&queued_min=M
                                  one line per sample passing the filters, until the client leaves
-  POST /reset/ADDR               forget ADDR's statistics and peaks, 302 back
+                                 or tail_seconds_max; 503 beyond tail_streams_max per process
+  POST /reset/ADDR               forget ADDR's statistics and peaks, 302 back; only from a page of
+                                 the same origin (Origin, else Referer), else 403
+  (the mount point without its slash)
+                                 302 to it with the slash, so that relative links resolve
+Every route answers only the clients its AccessRule allows (raindrops.wsgi.http: `allow`,
+`trusted_proxies`), as every raindrops endpoint does.
 ADDR is the listener's name as raindrops.linux prints it, in its printable form
 (exposition.printable_name: a backslash doubled, spaces, controls and bytes
 that are not UTF-8 as \\xNN), URL-escaped ("127.0.0.1%3A8080",
@@ -23,30 +29,38 @@ sample; sampler errors are logged and retried instead of killing the thread.
 from __future__ import annotations
 
 import json
+import math
 import select
 import socket
+import threading
 import time
 import weakref
 import wsgiref.util
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterable, Iterator, Sequence
 from datetime import datetime, timezone
 from email.utils import formatdate
 from typing import Any, NamedTuple
 from urllib.parse import parse_qs, urlsplit
 
-from raindrops import exposition, linux
+from raindrops import exposition, linux, segments
 from raindrops._process import PerProcess
 from raindrops.linux import ListenStats
-from raindrops.watcher import pages
+from raindrops.watcher import pages, shared
 from raindrops.watcher.sampler import KINDS, View, _Sampler
 from raindrops.wsgi import http
-from raindrops.wsgi.http import Environ, StartResponse
+from raindrops.wsgi.http import DEFAULT_ALLOW, Environ, StartResponse
 
 DELAY = 1.0
 DELAY_MIN = 0.001
 DELAY_MAX = 3600.0
 HISTORY = 300
 HISTORY_MAX = 100_000
+TAIL_SECONDS_MAX = 300.0
+"""How long a /tail stream runs at most by default: then it ends, and the client asks again."""
+TAIL_SECONDS_LIMIT = 86_400.0
+TAIL_STREAMS_THREADED = 1
+"""/tail streams per process by default when the server runs threads: the others serve the app."""
+TAIL_STREAMS_LIMIT = 1024
 _CLIENT_CHECK = 0.25  # seconds between checks that a /tail client is still there
 _RESET_WAIT_MAX = 10.0
 _TAIL_ADDRESS_WIDTH_MAX = 35
@@ -54,6 +68,18 @@ _STAT_TYPES = {"txt": "text/plain", "html": "text/html", "json": "application/js
 _GET = ("GET", "HEAD")
 _POST = ("POST",)
 _NEVER = "Thu, 01 Jan 1970 00:00:00 GMT"
+_TAIL_HEADERS = (
+    ("Content-Type", "text/plain"),
+    ("Cache-Control", "no-transform"),
+    ("Expires", _NEVER),
+    ("X-Accel-Buffering", "no"),
+)
+_CROSS_SITE = (
+    b"403 Forbidden: a reset must come from a page of this server "
+    b"(an Origin or Referer header of the same scheme, host and port)\n"
+)
+_RAW_URI_KEYS = ("RAW_URI", "REQUEST_URI")
+"""environ keys where servers keep the request line's target (gunicorn, uWSGI)."""
 
 
 def httpdate(when: float) -> str:
@@ -116,18 +142,31 @@ def _application_url(environ: Environ) -> str:
     return url if url.endswith("/") else url + "/"
 
 
+def _slash_url(environ: Environ) -> str:
+    """The mount point with its slash, and the query: where the dashboard's relative links work."""
+    query = environ.get("QUERY_STRING", "")
+    return _application_url(environ) + (f"?{query}" if query and http.header_safe(query) else "")
+
+
+def _missing_slash(environ: Environ) -> bool:
+    """Whether the URL asked for lacks the slash after the mount point although PATH_INFO is "/":
+    a dispatcher that hands "/watch" over as "/" would make every relative link resolve one
+    level up. The request line's target tells, where the server keeps it."""
+    for key in _RAW_URI_KEYS:
+        raw = environ.get(key)
+        if isinstance(raw, str) and raw:
+            path = raw.partition("?")[0].partition("#")[0]
+            if "://" in path:  # the absolute form a proxy may send
+                path = urlsplit(path).path or "/"
+            return not path.endswith("/")
+    return False
+
+
 def _back(environ: Environ) -> str:
-    """Where a reset returns: the page it came from when that is this server, else the
-    dashboard."""
+    """Where a reset returns: the page it came from when that is a page of this origin that
+    can go into a header line as it is, else the dashboard."""
     referer: str = environ.get("HTTP_REFERER", "")
-    host = environ.get("HTTP_HOST") or (
-        f"{environ.get('SERVER_NAME', '')}:{environ.get('SERVER_PORT', '')}"
-    )
-    try:
-        parts = urlsplit(referer)
-    except ValueError:
-        return _application_url(environ)
-    if parts.scheme in ("http", "https") and parts.netloc == host:
+    if http.header_safe(referer) and http.url_origin(referer) == http.own_origin(environ):
         return referer
     return _application_url(environ)
 
@@ -194,46 +233,119 @@ def _client_gone(sock: Any) -> bool:
 
 
 def _tail_lines(
-    sampler: _Sampler, address: str, active_min: int, queued_min: int, client: Any
-) -> Iterator[bytes]:
+    sampler: _Sampler,
+    address: str,
+    active_min: int,
+    queued_min: int,
+    client: Any,
+    end_monotonic: float,
+) -> Generator[bytes, None, None]:
     """raindrops' tail lines, one per new sample that passes the filters.
 
     Ends when the client is gone (seen on its socket when the server exposes
-    it, else when writing fails and the server closes this generator), or
-    when the Watcher is closed.
+    it, else when writing fails and the server closes this generator), at
+    `end_monotonic`, or when the Watcher is closed.
     """
     width = min(len(address), _TAIL_ADDRESS_WIDTH_MAX)
-    with sampler.lock:
-        sampler.streams += 1
-        seen = sampler.sequence
-    try:
-        while not sampler.stopped:
-            fresh = sampler.wait_next(seen, min(sampler.delay, _CLIENT_CHECK))
-            if client is not None and _client_gone(client):
-                return
-            if not fresh:
-                continue
-            with sampler.lock:
-                seen, taken, stat = sampler.sequence, sampler.taken, sampler.latest.get(address)
-            if stat is not None and stat.active >= active_min and stat.queued >= queued_min:
-                stamp = isodate(taken)
-                line = exposition.tail_line(stamp, address, stat.active, stat.queued, width)
-                yield line.encode("utf-8")
-    finally:
-        with sampler.lock:
-            sampler.streams -= 1
+    seen = sampler.state().sequence
+    while not sampler.stopped:
+        left = end_monotonic - time.monotonic()
+        if left <= 0:
+            return
+        fresh = sampler.wait_next(seen, min(sampler.delay, _CLIENT_CHECK, left))
+        if client is not None and _client_gone(client):
+            return
+        if not fresh:
+            continue
+        state = sampler.state()
+        seen, taken, stat = state.sequence, state.taken, state.latest.get(address)
+        if stat is not None and stat.active >= active_min and stat.queued >= queued_min:
+            stamp = isodate(taken)
+            line = exposition.tail_line(stamp, address, stat.active, stat.queued, width)
+            yield line.encode("utf-8")
+
+
+class _TailSlots:
+    """This process's /tail streams, each by the monotonic time it must end at the latest.
+
+    A stream holds a server thread for as long as it runs: bounding them per
+    process leaves the other threads to the application.
+    """
+
+    __slots__ = ("_lock", "_ends")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._ends: list[float] = []
+
+    def __len__(self) -> int:
+        return len(self._ends)
+
+    def take(self, limit: int, seconds: float) -> float | None:
+        """A new stream's end, or None when `limit` streams run already."""
+        with self._lock:
+            if len(self._ends) >= limit:
+                return None
+            end = time.monotonic() + seconds
+            self._ends.append(end)
+            return end
+
+    def give(self, end: float) -> None:
+        with self._lock:
+            self._ends.remove(end)
+
+    def retry_after(self, seconds: float) -> int:
+        """Whole seconds until the first stream ends at the latest (`seconds` when none runs)."""
+        with self._lock:
+            first = min(self._ends, default=time.monotonic() + seconds)
+        return max(1, math.ceil(first - time.monotonic()))
+
+
+class _TailBody:
+    """A /tail response body: its lines, holding a stream slot until the server's close()."""
+
+    __slots__ = ("_lines", "_slots", "_once")
+
+    def __init__(self, lines: Generator[bytes, None, None], slots: _TailSlots, end: float) -> None:
+        self._lines = lines
+        self._slots = slots
+        self._once = [end]  # list.pop() is atomic: a second close() finds it empty
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self._lines
+
+    def close(self) -> None:
+        try:
+            end = self._once.pop()
+        except IndexError:
+            return
+        try:
+            self._lines.close()
+        finally:
+            self._slots.give(end)
 
 
 # The application.
 
 
-def _checked_delay(delay: float) -> float:
-    number = isinstance(delay, (int, float)) and not isinstance(delay, bool)
-    if not number or not DELAY_MIN <= delay <= DELAY_MAX:
+def _checked_seconds(name: str, value: float, minimum: float, maximum: float) -> float:
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not number or not minimum <= value <= maximum:
         raise ValueError(
-            f"delay must be a number of seconds in [{DELAY_MIN}, {DELAY_MAX}], not {delay!r}"
+            f"{name} must be a number of seconds in [{minimum}, {maximum}], not {value!r}"
         )
-    return float(delay)
+    return float(value)
+
+
+def _checked_streams(streams: int | None) -> int | None:
+    """None leaves the bound to the server's threading (Watcher._tail_limit)."""
+    if streams is None:
+        return None
+    if isinstance(streams, bool) or not isinstance(streams, int):
+        raise ValueError(f"tail_streams_max must be None or an int, not {streams!r}")
+    if not 0 <= streams <= TAIL_STREAMS_LIMIT:
+        raise ValueError(f"tail_streams_max must be in [0, {TAIL_STREAMS_LIMIT}], not {streams}")
+    return streams
 
 
 def _checked_history(history: int) -> int:
@@ -252,6 +364,13 @@ def _watched(listeners: Sequence[str] | None) -> list[str] | None:
     return list(linux.ListenerSet(listeners).keys) or None
 
 
+def _segment_path(listeners: Sequence[str] | None, delay: float, history: int) -> str:
+    """What names a Watcher's segment among those of its server (the `path` of
+    segments.ServerWide): two Watchers watching the same way share it, two others do not."""
+    watched = "\0".join(listeners) if listeners is not None else "*"
+    return f"/watch\0{watched}\0{delay!r}\0{history}"
+
+
 def _abandon(sampler: PerProcess[_Sampler]) -> None:
     """A dropped Watcher's finalizer: this process's sampler thread, if any, is told to end."""
     running = sampler.current()
@@ -266,8 +385,20 @@ class Watcher:
     host, as they come and go; a list of addresses ("127.0.0.1:8080",
     "[::]:443", "/run/app.sock") watches those, reading 0 while one is
     absent. `delay` is the sampling interval in seconds, `history` how many
-    samples the dashboard shows. Serve it from a multi-threaded server:
-    /tail streams hold their thread.
+    samples the dashboard shows. `allow` and `trusted_proxies` say who may
+    use it, as for every raindrops endpoint (loopback by default).
+
+    A /tail stream holds its server thread: each process runs at most
+    `tail_streams_max` of them (503 with Retry-After beyond), by default none
+    when the server runs one thread per worker (wsgi.multithread false: the
+    stream would hold the whole worker) and TAIL_STREAMS_THREADED otherwise,
+    and each ends after `tail_seconds_max`.
+
+    Every worker of a server answers the same samples, peaks and resets: they
+    live in shared memory found as the middleware's is (raindrops.segments:
+    inherited when the Watcher is built before fork, named after the master
+    otherwise), and one process at a time samples the kernel, holding a lease
+    that another worker takes over when it dies (raindrops.watcher.shared).
     """
 
     def __init__(
@@ -276,10 +407,27 @@ class Watcher:
         *,
         delay: float = DELAY,
         history: int = HISTORY,
+        allow: Iterable[str] = DEFAULT_ALLOW,
+        trusted_proxies: Iterable[str] = (),
+        tail_streams_max: int | None = None,
+        tail_seconds_max: float = TAIL_SECONDS_MAX,
     ) -> None:
-        self.delay = _checked_delay(delay)
+        self.delay = _checked_seconds("delay", delay, DELAY_MIN, DELAY_MAX)
         self.history = _checked_history(history)
+        self._access = http.AccessRule(allow, trusted_proxies)
+        self.tail_streams_max = _checked_streams(tail_streams_max)
+        self.tail_seconds_max = _checked_seconds(
+            "tail_seconds_max", tail_seconds_max, DELAY_MIN, TAIL_SECONDS_LIMIT
+        )
+        self._tails: PerProcess[_TailSlots] = PerProcess()
         self._listeners = _watched(listeners)
+        self._boards = segments.ServerWide(
+            shared.board_maker(shared.Layout.of(self._listeners, self.history)),
+            given=None,
+            name=None,
+            kind=shared.KIND,
+            path=_segment_path(self._listeners, self.delay, self.history),
+        )
         self.hostname = socket.gethostname()
         self._sampler: PerProcess[_Sampler] = PerProcess()
         # A Watcher dropped without close() ends its thread, which closes its socket. The
@@ -289,12 +437,16 @@ class Watcher:
 
     # The sampler.
 
-    def _running(self) -> _Sampler:
-        """This process's sampler, started on first use (and again in a forked child)."""
-        return self._sampler.get(self._start_sampler)
+    def _running(self, environ: Environ | None = None) -> _Sampler:
+        """This process's sampler, started on first use (and again in a forked child), on the
+        segment this process shares with its server's other workers (`environ` of a request
+        tells whether there are several; without one, the Watcher's own segment)."""
+        return self._sampler.get(lambda: self._start_sampler(environ or {}))
 
-    def _start_sampler(self) -> _Sampler:
-        sampler = _Sampler(linux.ListenerSet(self._listeners), self.delay, self.history)
+    def _start_sampler(self, environ: Environ) -> _Sampler:
+        board = self._boards.get(environ)
+        listeners = linux.ListenerSet(self._listeners)
+        sampler = _Sampler(board, listeners, self.delay, self.history)
         sampler.start()
         return sampler
 
@@ -316,39 +468,40 @@ class Watcher:
 
     @property
     def streams(self) -> int:
-        """How many /tail responses are streaming now."""
-        sampler = self._sampler.current()
-        return 0 if sampler is None else sampler.streams
+        """How many /tail responses this process is streaming now."""
+        slots = self._tails.current()
+        return 0 if slots is None else len(slots)
 
     def stats(self) -> dict[str, ListenStats]:
         """The latest sample: listener name (printable, as in every output) -> ListenStats,
         sorted by name."""
-        sampler = self._running()
-        with sampler.lock:
-            return dict(sampler.latest)
+        return dict(self._running().state().latest)
 
     def view(self, address: str, kind: str) -> View | None:
         """Statistics of `kind` ("active" or "queued") of a listener, None if never sampled."""
         if kind not in KINDS:
             raise ValueError(f"kind must be 'active' or 'queued', not {kind!r}")
-        sampler = self._running()
-        with sampler.lock:
-            listener = sampler.listeners.get(address)
-            return None if listener is None else listener.view(kind)
+        return self._running().view(address, kind)
 
     # WSGI.
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Any:
         method = environ.get("REQUEST_METHOD", "GET")
+        if not self._access.allows(environ):
+            return http.forbidden(start_response, method)
+        if not http.valid_host(environ.get("HTTP_HOST", "")):
+            return http.plain(start_response, method, "400 Bad Request")  # it makes our URLs
         route = _route(_path_info(environ))
         if route is None:
             return http.plain(start_response, method, "404 Not Found")
         if method not in route.methods:
             allow = ", ".join(route.methods)
             return http.plain(start_response, method, "405 Method Not Allowed", [("Allow", allow)])
-        if route.name == "slash":
-            return _redirect(start_response, method, _application_url(environ))
-        sampler = self._running()
+        if route.name == "slash" or (route.name == "index" and _missing_slash(environ)):
+            return _redirect(start_response, method, _slash_url(environ))
+        if route.name == "reset" and not http.same_origin(environ):
+            return http.reply(start_response, method, "403 Forbidden", "text/plain", _CROSS_SITE)
+        sampler = self._running(environ)
         if route.name == "index":
             return self._index(sampler, start_response, method)
         if route.name == "series":
@@ -360,17 +513,23 @@ class Watcher:
         return self._stats(sampler, route, start_response, method)
 
     def _expires(self, sampler: _Sampler) -> str:
-        return httpdate(sampler.taken + self.delay)
+        return httpdate(sampler.state().taken + self.delay)
+
+    def _degraded(self) -> list[tuple[str, str]]:
+        """X-Raindrops-Degraded when this process could not use its server's segment: its
+        answers are its own samples, not the server's."""
+        return self._boards.notice().headers
 
     def _index(self, sampler: _Sampler, start_response: StartResponse, method: str) -> list[bytes]:
-        with sampler.lock:
-            latest, taken = dict(sampler.latest), sampler.taken
+        state = sampler.state()
+        latest, taken = state.latest, state.taken
         page = pages.index_page(self.hostname, isodate(taken), sampler.window, latest)
         headers = [
             ("Last-Modified", httpdate(taken)),
             ("Expires", self._expires(sampler)),
             ("Content-Security-Policy", pages.CONTENT_SECURITY_POLICY),
             ("X-Content-Type-Options", "nosniff"),
+            *self._degraded(),
         ]
         body = page.encode("utf-8", "xmlcharrefreplace")
         return http.reply(
@@ -384,31 +543,30 @@ class Watcher:
             since = float(parse_qs(environ.get("QUERY_STRING", "")).get("since", ["0"])[-1])
         except ValueError:
             return http.plain(start_response, method, "400 Bad Request")
-        with sampler.lock:
-            points = [point for point in sampler.points if point[0] > since]
-            current = {address: stat._asdict() for address, stat in sampler.latest.items()}
-            taken = sampler.taken if sampler.points else 0.0
+        state = sampler.state()
+        current = {address: stat._asdict() for address, stat in state.latest.items()}
         body = {
             "host": self.hostname,
             "delay": self.delay,
             "window": sampler.window,
-            "updated": taken,
+            "updated": state.taken if state.points else 0.0,
             "listeners": current,
-            "points": points,
+            "points": sampler.points(state, since),
+            "sampler": state.sampler,
+            "left_out": state.left_out,
+            "degraded": list(self._boards.notice().reasons),
         }
         data = json.dumps(body, separators=(",", ":")).encode()
-        extra = [("Cache-Control", "no-store")]
+        extra = [("Cache-Control", "no-store"), *self._degraded()]
         return http.reply(start_response, method, "200 OK", "application/json", data, extra)
 
     def _stats(
         self, sampler: _Sampler, route: _Route, start_response: StartResponse, method: str
     ) -> list[bytes]:
-        with sampler.lock:
-            listener = sampler.listeners.get(route.address)
-            view = None if listener is None else listener.view(route.kind)
+        view = sampler.view(route.address, route.kind)
         if view is None:
             return http.plain(start_response, method, "404 Not Found")
-        headers = _view_headers(view)
+        headers = _view_headers(view) + self._degraded()
         if route.extension == "json":
             body = json.dumps(_view_json(route.address, route.kind, view)).encode() + b"\n"
         elif route.extension == "html":
@@ -432,14 +590,12 @@ class Watcher:
         start_response: StartResponse,
         method: str,
     ) -> list[bytes]:
-        with sampler.lock:
-            listener = sampler.listeners.get(address)
-            if listener is None:
-                return http.plain(start_response, method, "404 Not Found")
-            listener.reset(time.time())
-            sequence = sampler.sequence
-        # Like raindrops: answer after the next sample, so the page it returns to is not empty.
-        sampler.wait_next(sequence, min(2 * self.delay + 0.5, _RESET_WAIT_MAX))
+        ticket = sampler.ask_reset(address)
+        if ticket is None:
+            return http.plain(start_response, method, "404 Not Found")
+        # The sampling process (maybe another worker) applies it with its next sample. Like
+        # raindrops: answer after that sample, so the page it returns to is not empty.
+        sampler.wait_reset(ticket, min(2 * self.delay + 0.5, _RESET_WAIT_MAX))
         return _redirect(start_response, method, _back(environ))
 
     def _tail(
@@ -450,9 +606,7 @@ class Watcher:
         start_response: StartResponse,
         method: str,
     ) -> Any:
-        with sampler.lock:
-            known = address in sampler.listeners
-        if not known:
+        if address not in sampler.state().slots:
             return http.plain(start_response, method, "404 Not Found")
         query = parse_qs(environ.get("QUERY_STRING", ""))
         try:
@@ -460,19 +614,52 @@ class Watcher:
             queued_min = _non_negative(query, "queued_min")
         except ValueError:
             return http.plain(start_response, method, "400 Bad Request")
-        start_response(
-            "200 OK",
-            [
-                ("Content-Type", "text/plain"),
-                ("Cache-Control", "no-transform"),
-                ("Expires", _NEVER),
-                ("X-Accel-Buffering", "no"),
-            ],
-        )
+        limit = self._tail_limit(environ)
+        slots = self._tails.get(_TailSlots)
         if method == "HEAD":
+            if len(slots) >= limit:
+                return self._tails_busy(slots, limit, start_response, method)
+            start_response("200 OK", list(_TAIL_HEADERS))
             return []
+        end = slots.take(limit, self.tail_seconds_max)
+        if end is None:
+            return self._tails_busy(slots, limit, start_response, method)
+        try:
+            start_response("200 OK", list(_TAIL_HEADERS))
+        except BaseException:
+            slots.give(end)
+            raise
         client = http.client_socket(environ)
-        return _tail_lines(sampler, address, active_min, queued_min, client)
+        lines = _tail_lines(sampler, address, active_min, queued_min, client, end)
+        return _TailBody(lines, slots, end)
+
+    def _tail_limit(self, environ: Environ) -> int:
+        """How many /tail streams this process may run: tail_streams_max when given, else none
+        where the server runs one thread per worker (a stream would hold the whole worker)."""
+        if self.tail_streams_max is not None:
+            return self.tail_streams_max
+        return TAIL_STREAMS_THREADED if environ.get("wsgi.multithread", True) else 0
+
+    def _tails_busy(
+        self, slots: _TailSlots, limit: int, start_response: StartResponse, method: str
+    ) -> list[bytes]:
+        """503: this process streams all the /tail responses it may; says when to ask again."""
+        if limit == 0:
+            reason = (
+                "this server runs one thread per worker (wsgi.multithread is false), so a /tail "
+                "stream would hold a whole worker; Watcher(tail_streams_max=N) allows N"
+            )
+        else:
+            plural = "" if limit == 1 else "s"
+            reason = (
+                f"at most {limit} /tail stream{plural} per process run at once, so that the "
+                "other threads serve the application; see Watcher(tail_streams_max=N)"
+            )
+        body = f"503 Service Unavailable: {reason}\n".encode()
+        retry = [("Retry-After", str(slots.retry_after(self.tail_seconds_max)))]
+        return http.reply(
+            start_response, method, "503 Service Unavailable", "text/plain", body, retry
+        )
 
 
 __all__ = ["DELAY", "HISTORY", "View", "Watcher"]

@@ -1,97 +1,44 @@
-"""The sampler thread, and the statistics it keeps per listener.
+"""The sampler thread of each process, and what the endpoints read through it.
 
-One thread per process (the Watcher holds it as a PerProcess value) reads
-`active` and `queued` of the watched listeners each `delay` seconds through
-its own linux.ListenerSet, and keeps, per listener and since its last reset:
-an Aggregate of each number, when its peak was first and last reached, and
-the current values; the last `history` samples feed the dashboard's charts.
-The thread is the only writer; request threads read under `lock`.
+Every process that serves the Watcher runs one light thread (the Watcher
+holds it as a PerProcess value). Each interval the thread of the process
+holding the board's lease (raindrops.watcher.shared) reads `active` and
+`queued` of the watched listeners through its own linux.ListenerSet and
+writes the sample into the board; the threads of the other processes only
+look at the lease (twice per interval), and take it over when its holder is
+gone (SIGKILL included: within two intervals) or stuck. So the kernel is read once per
+interval for the whole server, and every worker answers from the same
+samples. A process that loses the lease closes its netlink socket and waits.
+
+Request threads read the board's state (cached per process until the next
+sample) and wait for new samples by polling the board's sequence, woken at
+once in the sampling process.
 """
 
 from __future__ import annotations
 
 import atexit
+import contextlib
 import logging
 import threading
 import time
 import weakref
-from collections import deque
-from typing import NamedTuple
+from collections.abc import Callable
 
-from raindrops import exposition, linux
-from raindrops.histogram import HistogramSnapshot
+from raindrops import exposition, linux, segments
 from raindrops.linux import ListenStats
-from raindrops.watcher.aggregate import Aggregate
+from raindrops.watcher import shared
+from raindrops.watcher.shared import EMPTY, KINDS, Board, Point, Slot, State, View
 
-KINDS = ("active", "queued")
-"""The two numbers kept of every listener, in ListenStats order."""
+STALE_INTERVALS = 3
+STALE_GRACE_S = 1.0
+"""A holder alive but silent for STALE_INTERVALS intervals plus this long is stuck: replaced."""
+_POLL_MAX_S = 0.05
 _JOIN_TIMEOUT = 5.0
 _EXIT_JOIN_TIMEOUT = 2.0
+_BOARD_ERRORS = (*segments.SEGMENT_ERRORS, IndexError)
 
 LOG = logging.getLogger("raindrops.watcher")
-
-Point = tuple[float, dict[str, tuple[int, int]]]
-"""One sample for the charts: (time, {listener: (active, queued)})."""
-
-
-class _Peak:
-    """When the maximum since the last reset was first reached, and last reached again."""
-
-    __slots__ = ("first", "last")
-
-    def __init__(self) -> None:
-        self.first: float | None = None
-        self.last: float | None = None
-
-    def update(self, value: int, previous_max: int | None, now: float) -> None:
-        """0 is never a peak: an idle listener has none."""
-        if value <= 0 or (previous_max is not None and value < previous_max):
-            return
-        if previous_max is None or value > previous_max:
-            self.first = now
-        self.last = now
-
-
-class View(NamedTuple):
-    """One number (active or queued) of one listener, as the endpoints report it."""
-
-    snapshot: HistogramSnapshot
-    current: int
-    first_peak: float | None
-    last_peak: float | None
-    last_reset: float
-
-
-class _Listener:
-    """Everything kept about one listener since its last reset."""
-
-    __slots__ = ("aggregates", "peaks", "reset_at", "current", "seen_at")
-
-    def __init__(self, now: float) -> None:
-        self.aggregates = {kind: Aggregate() for kind in KINDS}
-        self.peaks = {kind: _Peak() for kind in KINDS}
-        self.reset_at = now
-        self.current = ListenStats(0, 0)
-        self.seen_at = now
-
-    def add(self, stats: ListenStats, now: float) -> None:
-        for kind, value in zip(KINDS, stats, strict=True):
-            self.peaks[kind].update(value, self.aggregates[kind].max, now)
-            self.aggregates[kind].add(value)
-        self.current = stats
-        self.seen_at = now
-
-    def reset(self, now: float) -> None:
-        for kind in KINDS:
-            self.aggregates[kind].reset()
-            self.peaks[kind] = _Peak()
-        self.reset_at = now
-
-    def view(self, kind: str) -> View:
-        peak = self.peaks[kind]
-        current: int = getattr(self.current, kind)
-        snapshot = self.aggregates[kind].snapshot()
-        return View(snapshot, current, peak.first, peak.last, self.reset_at)
 
 
 def read_watched(listeners: linux.ListenerSet) -> dict[str, ListenStats]:
@@ -107,45 +54,140 @@ def read_watched(listeners: linux.ListenerSet) -> dict[str, ListenStats]:
 
 
 class _Sampler:
-    """One process's sampler thread, its netlink socket (in `listeners`), and its statistics.
+    """One process's sampler thread, its netlink socket (in `listeners`, used only while this
+    process holds the lease), and its reads of the board.
 
-    The thread is the only writer; request threads read under `lock` and wait
-    on `changed` for the next sample.
+    `changed` wakes this process's waiters when its thread wrote a sample.
     """
 
-    def __init__(self, listeners: linux.ListenerSet, delay: float, history: int) -> None:
+    def __init__(
+        self, board: Board, listeners: linux.ListenerSet, delay: float, history: int
+    ) -> None:
+        self.board = board
         self._listeners = listeners
         self.delay = delay
         self.window = delay * history
-        self.lock = threading.Lock()
-        self.changed = threading.Condition(self.lock)
-        self.listeners: dict[str, _Listener] = {}
-        self.points: deque[Point] = deque(maxlen=history)
-        self.latest: dict[str, ListenStats] = {}
-        self.taken = time.time()
-        self.sequence = 0
-        self.streams = 0
+        self.changed = threading.Condition(threading.Lock())
+        self._token = shared.own_token()
+        self._holding = False
+        self._slots: dict[str, int] | None = None  # the listener table, loaded when sampling
+        self._seen = (0, 0)  # (holder, heartbeat) at the last look
+        self._seen_at = time.monotonic()
+        self._stuck = 0
+        self._stale_s = STALE_INTERVALS * delay + STALE_GRACE_S
+        self._poll_s = min(max(delay / 4, 0.001), _POLL_MAX_S)
+        self._state = EMPTY
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._last_error = ""
+        self._left_out_logged = 0
 
     def start(self) -> None:
-        """Takes the first sample now (so the first request has data) and starts the thread."""
-        self.sample()
+        """Looks at the lease now (and samples now if it is free, so the first request of a
+        server has data), then starts the thread."""
+        self._tick()
         self._thread = threading.Thread(target=self._run, name="raindrops-watcher", daemon=True)
         _RUNNING.add(self)
         self._thread.start()
 
     def _run(self) -> None:
-        """The thread owns the netlink socket: it closes it when it ends, so no one closes it
-        under a sample in progress."""
+        """The thread owns the netlink socket and the lease: it gives both up when it ends.
+
+        The holder samples once per interval; the others look at the lease twice per interval,
+        so that a dead holder's silence is seen within one interval of its last heartbeat."""
         try:
-            while not self._stop.wait(self.delay):
-                self.sample()
+            while not self._stop.wait(self.delay if self._holding else self.delay / 2):
+                self._tick()
         finally:
+            self._resign()
             self._listeners.close()
             with self.changed:
                 self.changed.notify_all()
+
+    def _tick(self) -> None:
+        """Samples if this process holds the lease or may take it; errors are logged and the
+        next interval tries again."""
+        try:
+            if self._lease():
+                self.board.beat()
+                self.sample()
+        except _BOARD_ERRORS as error:
+            self._slots = None  # a sample may have stopped half-way: reload the table
+            self._log_error("use the Watcher's shared memory", error)
+
+    # The lease.
+
+    def _lease(self) -> bool:
+        """Whether this process samples this interval: it holds the lease or just took it."""
+        board, token = self.board, self._token
+        holder, beat = board.lease()
+        if holder == token:
+            if not self._holding:
+                if not self._first_here():
+                    return False  # another Watcher of this process samples into this segment
+                self._took()
+            return True
+        if self._holding:
+            self._lost()
+        if holder != 0 and not self._abandoned(holder, beat):
+            return False
+        if not board.take(holder, token):
+            return False
+        self._first_here()
+        self._took()
+        return True
+
+    def _first_here(self) -> bool:
+        """Whether this sampler is the one of its process that samples into its named segment
+        (registering it if so). Two Watchers watching the same way in one worker meet in one
+        segment and share the process's lease token: only one of them may sample."""
+        name = self.board.name
+        if name is None:
+            return True  # an anonymous segment is one Watcher's own
+        other = _SAMPLING_HERE.get(name)
+        if (
+            other is not None
+            and other is not self
+            and other._token == self._token  # not one inherited from a parent
+            and other._holding
+            and not other.stopped
+        ):
+            return False
+        _SAMPLING_HERE[name] = self
+        return True
+
+    def _abandoned(self, holder: int, beat: int) -> bool:
+        """The holder's heartbeat did not move since the last look, and it is gone or has been
+        silent for too long."""
+        now = time.monotonic()
+        if (holder, beat) != self._seen:
+            self._seen, self._seen_at = (holder, beat), now
+            return False
+        return shared.holder_gone(holder) or now - self._seen_at > self._stale_s
+
+    def _took(self) -> None:
+        self._holding = True
+        self._slots = None
+        LOG.debug("raindrops.Watcher: process %d samples", shared.token_pid(self._token))
+
+    def _lost(self) -> None:
+        """Another process took the lease (this one was stuck): stop sampling, free the socket."""
+        self._holding = False
+        self._slots = None
+        self._listeners.reset()
+        LOG.warning(
+            "raindrops.Watcher: process %d stopped sampling: another took over",
+            shared.token_pid(self._token),
+        )
+
+    def _resign(self) -> None:
+        """Hands the lease back at once, so that another process samples from its next tick."""
+        if self._holding:
+            self._holding = False
+            with contextlib.suppress(*_BOARD_ERRORS):  # a closed board: nobody samples into it
+                self.board.release(self._token)
+
+    # Sampling.
 
     def _read(self) -> dict[str, ListenStats] | None:
         """A sample, or None after an error: logged once until it changes, and retried."""
@@ -153,51 +195,111 @@ class _Sampler:
             stats = read_watched(self._listeners)
         except (OSError, ValueError) as error:
             self._listeners.reset()  # a fresh socket next time, in case this one is broken
-            message = f"{type(error).__name__}: {error}"
-            if message != self._last_error:
-                LOG.error("raindrops.Watcher could not read listener stats: %s", message)
-            self._last_error = message
+            self._log_error("read listener stats", error)
             return None
         self._last_error = ""
         return stats
 
+    def _log_error(self, what: str, error: BaseException) -> None:
+        message = f"{type(error).__name__}: {error}"
+        if message != self._last_error:
+            LOG.error("raindrops.Watcher could not %s: %s", what, message)
+        self._last_error = message
+
     def sample(self) -> None:
+        """Reads the kernel and writes the sample, if this process still holds the lease."""
         stats = self._read()
         if stats is None:
             return
-        now = time.time()
-        with self.lock:
-            self._record(stats, now)
-            self.taken = now
-            self.sequence += 1
+        board = self.board
+        if not board.holds(self._token):
+            self._lost()  # taken over while this process was reading the kernel
+            return
+        if self._slots is None:
+            self._slots = board.writer_slots()  # read before writing: the lock would hold it up
+        slots = self._slots
+        writing = board.begin_write(self._stuck)
+        if writing is None:
+            self._stuck = board.sequence()  # the same odd number next interval: a dead writer's
+            return
+        self._stuck = 0
+        try:
+            left_out = board.record(stats, time.time(), slots)
+        finally:
+            board.end_write(writing)
+        self._log_left_out(left_out)
+        with self.changed:
             self.changed.notify_all()
 
-    def _record(self, stats: dict[str, ListenStats], now: float) -> None:
-        """Adds a sample to every listener's statistics and to the charts' points (under lock)."""
-        for address, stat in stats.items():
-            listener = self.listeners.get(address)
-            if listener is None:
-                listener = self.listeners[address] = _Listener(now)
-            listener.add(stat, now)
-        self._forget_gone(stats, now)
-        values = {address: (stat.active, stat.queued) for address, stat in stats.items()}
-        self.points.append((now, values))
-        self.latest = dict(sorted(stats.items()))
+    def _log_left_out(self, left_out: list[str]) -> None:
+        if len(left_out) > self._left_out_logged:
+            LOG.warning(
+                "raindrops.Watcher keeps %d listeners at most; %d left out, such as %s",
+                self.board.layout.slots,
+                len(left_out),
+                left_out[0],
+            )
+        self._left_out_logged = max(self._left_out_logged, len(left_out))
 
-    def _forget_gone(self, stats: dict[str, ListenStats], now: float) -> None:
-        """Drops listeners gone for longer than the chart shows: a host where servers come and go
-        on new ports would otherwise grow this dict forever."""
-        for address, listener in list(self.listeners.items()):
-            if address not in stats and now - listener.seen_at > self.window:
-                del self.listeners[address]
+    # Reading, for request threads.
+
+    def state(self) -> State:
+        """The latest sample's state, read again only when a sample was written since."""
+        state = self.board.state(self._state)
+        self._state = state
+        return state
+
+    @property
+    def listeners(self) -> dict[str, Slot]:
+        """Every listener kept, by name."""
+        return self.state().slots
+
+    def points(self, state: State, since: float) -> list[Point]:
+        try:
+            return self.board.points(state, since)
+        except IndexError:
+            return []
+
+    def view(self, address: str, kind: str) -> View | None:
+        return self.board.view(self.state(), address, kind)
+
+    def ask_reset(self, address: str) -> tuple[Slot, int] | None:
+        """Asks the sampling process to reset `address`; None for a listener not kept."""
+        slot = self.state().slots.get(address)
+        if slot is None:
+            return None
+        return slot, self.board.ask_reset(slot)
+
+    def wait_reset(self, ticket: tuple[Slot, int], timeout: float) -> bool:
+        """Waits until the reset was applied (with the sample that follows it)."""
+        slot, number = ticket
+        return self._wait(lambda: self.board.reset_done(slot, number), timeout)
+
+    @property
+    def sequence(self) -> int:
+        return self.board.sequence()
 
     def wait_next(self, sequence: int, timeout: float) -> bool:
         """Waits until a sample newer than `sequence` exists or the sampler stops;
         False on timeout."""
+
+        def newer() -> bool:
+            current = self.board.sequence()
+            return current % 2 == 0 and current != sequence
+
+        return self._wait(newer, timeout)
+
+    def _wait(self, done: Callable[[], bool], timeout: float) -> bool:
+        """Polls `done` (this process's samples wake it at once; other processes' are seen
+        within a poll interval) until it holds, the sampler stops, or `timeout` passes."""
+        deadline = time.monotonic() + timeout
         with self.changed:
-            return self.changed.wait_for(
-                lambda: self.sequence != sequence or self._stop.is_set(), timeout
-            )
+            while not (self._stop.is_set() or done()):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self.changed.wait(min(remaining, self._poll_s))
+        return True
 
     @property
     def stopped(self) -> bool:
@@ -209,7 +311,8 @@ class _Sampler:
         self._stop.set()
 
     def stop(self) -> None:
-        """Ends the thread (and with it the /tail streams); its socket closes as it ends."""
+        """Ends the thread (and with it the /tail streams); its socket closes and its lease is
+        handed back as it ends."""
         self.abandon()
         with self.changed:
             self.changed.notify_all()
@@ -217,16 +320,21 @@ class _Sampler:
         if thread is not None and thread is not threading.current_thread():
             thread.join(_JOIN_TIMEOUT)
         if thread is None:
+            self._resign()
             self._listeners.close()
 
 
 _RUNNING: weakref.WeakSet[_Sampler] = weakref.WeakSet()
 """Samplers whose thread was started: a dropped one leaves as soon as its thread has ended."""
+_SAMPLING_HERE: weakref.WeakValueDictionary[str, _Sampler] = weakref.WeakValueDictionary()
+"""Per named segment, the sampler of this process that holds (or last held) its lease."""
 
 
 def _stop_at_exit() -> None:
     """Ends the sampler threads before the interpreter goes away: a daemon thread still sampling
-    while the rest of the program exits would log errors about its vanishing resources."""
+    while the rest of the program exits would log errors about its vanishing resources. Each
+    hands its lease back as it ends, so a worker's clean exit leaves sampling to the others at
+    their next interval."""
     samplers = list(_RUNNING)
     for sampler in samplers:
         sampler.abandon()

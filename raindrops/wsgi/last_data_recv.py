@@ -103,7 +103,8 @@ class LastDataRecvStats:
 class LastDataRecv:
     """WSGI middleware: each request's TCP_INFO last_data_recv, in a histogram all workers share.
 
-    GET `path` (loopback clients by default, see `allow`) answers like
+    GET `path` (loopback clients by default, see `allow` and `trusted_proxies`, the same
+    rule as raindrops.Middleware's) answers like
     raindrops' LastDataRecv: `X-Count`, and past one sample `X-Min`, `X-Max`,
     `X-Mean`, `X-Std-Dev` (whole ms), `X-Outliers-Low` (samples of 0 ms) and
     `X-Outliers-High`, with the text histogram as the body;
@@ -119,9 +120,10 @@ class LastDataRecv:
         stats: LastDataRecvStats | None = None,
         name: str | None = None,
         allow: Iterable[str] = DEFAULT_ALLOW,
+        trusted_proxies: Iterable[str] = (),
     ) -> None:
         self.app = app
-        self.path, self._allow = http.endpoint_settings(path, allow)
+        self.path, self._access = http.endpoint_settings(path, allow, trusted_proxies)
         self._histogram = segments.ServerWide(
             LastDataRecvStats, given=stats, name=name, kind="ldr", path=self.path
         )
@@ -143,7 +145,7 @@ class LastDataRecv:
         return self.app(environ, start_response)
 
     def _endpoint(self, environ: Environ, start_response: StartResponse) -> list[bytes]:
-        form, refusal = http.endpoint_request(environ, start_response, self._allow)
+        form, refusal = http.endpoint_request(environ, start_response, self._access)
         if refusal is not None:
             return refusal
         stats = self._histogram.get(environ)

@@ -83,7 +83,8 @@ class Middleware:
     (`?format=prometheus`, or an Accept header asking for it) or JSON
     (`?format=json`). `listeners=None` reports the listening sockets of the
     process (inherited from the master); a list overrides, `[]` disables.
-    `allow` lists the client networks that may read the endpoint.
+    `allow` lists the client networks that may read the endpoint, `trusted_proxies` the
+    proxies whose forwarding headers name the client (http.AccessRule).
     """
 
     def __init__(
@@ -95,9 +96,10 @@ class Middleware:
         *,
         name: str | None = None,
         allow: Iterable[str] = DEFAULT_ALLOW,
+        trusted_proxies: Iterable[str] = (),
     ) -> None:
         self.app = app
-        self.path, self._allow = http.endpoint_settings(path, allow)
+        self.path, self._access = http.endpoint_settings(path, allow, trusted_proxies)
         # Bad addresses fail now, not on every scrape.
         self._listeners = (
             linux.ListenerSet.of_this_process()
@@ -141,7 +143,7 @@ class Middleware:
         return _Body(result, board, started_ns, getattr(result, "close", None))
 
     def _endpoint(self, environ: Environ, start_response: StartResponse) -> list[bytes]:
-        form, refusal = http.endpoint_request(environ, start_response, self._allow)
+        form, refusal = http.endpoint_request(environ, start_response, self._access)
         if refusal is not None:
             return refusal
         server_wide = self._scoreboard
