@@ -4,6 +4,7 @@ Lock-free counters in shared memory, each on its own cache line, shared by
 every worker process of a server such as gunicorn or uWSGI.
 """
 
+from raindrops.asgi.middleware import Middleware as ASGIMiddleware
 from raindrops.counters import MAX, PAGE_SIZE, SIZE, Raindrops, Struct, StructBase
 from raindrops.linux import ListenStats
 from raindrops.scoreboard import Scoreboard
@@ -15,6 +16,7 @@ from raindrops.wsgi.middleware import Middleware
 __version__ = "0.1.0"
 
 __all__ = [
+    "ASGIMiddleware",
     "MAX",
     "PAGE_SIZE",
     "SIZE",

@@ -144,9 +144,34 @@ _EVERY: weakref.WeakSet[PerProcess[Any]] = weakref.WeakSet()
 
 
 def _after_fork_in_child() -> None:
+    """What every forked child does first, whichever way it was forked (os.fork or C)."""
     PROCESS.refresh()
     for holder in list(_EVERY):
         holder._lock = threading.Lock()
 
 
+def _chain_uwsgi_post_fork() -> None:
+    """Runs the child's fork logic in uWSGI's workers too, before any post-fork hook already set.
+
+    uWSGI forks its workers in C (unless --lazy-apps), so os.register_at_fork
+    never runs there; it calls uwsgi.post_fork_hook in each worker instead,
+    also in the master-less first worker, which did not fork: that one keeps
+    its locks. Outside uWSGI the import fails once, at import of raindrops.
+    """
+    try:
+        import uwsgi  # type: ignore[import-not-found,import-untyped,unused-ignore]
+    except ImportError:
+        return
+    previous = getattr(uwsgi, "post_fork_hook", None)
+
+    def post_fork_hook() -> None:
+        if os.getpid() != PROCESS.pid:
+            _after_fork_in_child()
+        if callable(previous):
+            previous()
+
+    uwsgi.post_fork_hook = post_fork_hook
+
+
 os.register_at_fork(after_in_child=_after_fork_in_child)
+_chain_uwsgi_post_fork()

@@ -193,7 +193,7 @@ def middleware_text(totals: Totals, listeners: Mapping[str, ListenStats]) -> str
     return f"calling: {totals.calling}\nwriting: {totals.writing}\n" + listeners_text(listeners)
 
 
-def _scalar(metric: Metric, value: float, openmetrics: bool) -> str:
+def scalar(metric: Metric, value: float, openmetrics: bool) -> str:
     """One sample; a counter's sample ends in _total, and so does its family but in OpenMetrics."""
     sample = f"{metric.name}_total" if metric.kind == "counter" else metric.name
     return _header(metric.name if openmetrics else sample, metric) + f"{sample} {value}\n"
@@ -223,12 +223,12 @@ def middleware_prometheus(
 ) -> str:
     """The Prometheus text exposition format, or OpenMetrics' families (render() adds its # EOF)."""
     parts = [
-        _scalar(CALLING, totals.calling, openmetrics),
-        _scalar(WRITING, totals.writing, openmetrics),
-        _scalar(WORKERS, totals.workers, openmetrics),
-        _scalar(REQUESTS, totals.requests, openmetrics),
-        _scalar(ERRORS, totals.errors, openmetrics),
-        _scalar(BUSY, totals.busy_seconds, openmetrics),
+        scalar(CALLING, totals.calling, openmetrics),
+        scalar(WRITING, totals.writing, openmetrics),
+        scalar(WORKERS, totals.workers, openmetrics),
+        scalar(REQUESTS, totals.requests, openmetrics),
+        scalar(ERRORS, totals.errors, openmetrics),
+        scalar(BUSY, totals.busy_seconds, openmetrics),
         histogram_prometheus(DURATION, totals.durations_us, _seconds),
     ]
     if listeners:
@@ -316,7 +316,7 @@ class LastDataRecvReport(NamedTuple):
     def prometheus(self, openmetrics: bool) -> str:
         """The histogram in seconds (bounds are whole milliseconds), and the skipped requests."""
         histogram = histogram_prometheus(LAST_DATA_RECV, self.snapshot, _milliseconds_in_seconds)
-        skipped = _scalar(LAST_DATA_RECV_SKIPPED, self.skipped, openmetrics)
+        skipped = scalar(LAST_DATA_RECV_SKIPPED, self.skipped, openmetrics)
         return histogram + skipped + degraded_prometheus(self.degraded)
 
     def json(self) -> dict[str, object]:

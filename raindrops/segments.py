@@ -31,6 +31,7 @@ import logging
 import os
 import re
 import stat
+import sys
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, Generic, NamedTuple, Protocol, TypeVar
@@ -104,7 +105,24 @@ def segment_name(kind: str, path: str, server: Server, cwd: str, key: str = "") 
 def master_segment_name(kind: str, path: str) -> str:
     """The segment the workers of this process's master share for `kind` mounted at `path`."""
     key = os.environ.get(SERVER_KEY_ENV, "")
-    return segment_name(kind, path, Server.parent(), os.getcwd(), key)
+    server = Server.this_process() if _uwsgi_without_master() else Server.parent()
+    return segment_name(kind, path, server, os.getcwd(), key)
+
+
+def _uwsgi_without_master() -> bool:
+    """uWSGI without --master: its first worker is the process the others fork from.
+
+    That worker keeps what it built before forking the others (memory they
+    share) rather than naming a segment they would not see.
+    """
+    uwsgi = sys.modules.get("uwsgi")
+    return uwsgi is not None and uwsgi.masterpid() == 0 and uwsgi.worker_id() == 1
+
+
+def _uwsgi_worker_id() -> int | None:
+    """uWSGI's number of this worker (0 before it forks its workers); None outside uWSGI."""
+    uwsgi = sys.modules.get("uwsgi")
+    return None if uwsgi is None else int(uwsgi.worker_id())
 
 
 def parse_segment_name(file_name: str, pid_max: int = PID_MAX_LIMIT) -> tuple[str, Server] | None:
@@ -300,6 +318,7 @@ class ServerWide(Generic[C]):
         self._prepare = prepare
         self._explicit = given is not None or name is not None
         self._creator_pid = PROCESS.pid
+        self._before_uwsgi_workers = _uwsgi_worker_id() == 0
         self._kind = kind
         self._path = path
         self._bound: PerProcess[C] = PerProcess()
@@ -353,6 +372,7 @@ class ServerWide(Generic[C]):
         if (
             self._explicit
             or PROCESS.pid != self._creator_pid
+            or (self._before_uwsgi_workers and _uwsgi_without_master())
             or not environ.get("wsgi.multiprocess")
         ):
             return self.current

@@ -607,6 +607,13 @@ def test_tail_streams_are_bounded_and_the_app_keeps_answering(variant: str, tmp_
     with gunicorn(tmp_path, args, workers=workers) as server:
         opened: list[socket.socket] = []
         try:
+            # The server-wide sampler has seen the listener (a fresh server may not have yet).
+            wait_for(
+                lambda: server.get("/watch/series.json").json()["listeners"],
+                lambda listeners: server.address in listeners,
+                10,
+                "the Watcher's first sample of the listener",
+            )
             answers = run_threads(tails, lambda _: _tail(server.port, server.address, opened), 60)
             streaming = [code for code, _ in answers if code == 200]
             refused = [head for code, head in answers if code == 503]

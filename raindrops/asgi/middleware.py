@@ -1,0 +1,264 @@
+"""ASGI 3 middleware: requests in flight across every worker, and an endpoint to read them.
+
+The counters are raindrops.wsgi.middleware's scoreboard, found the same way
+(raindrops.segments.ServerWide). ASGI has no `wsgi.multiprocess`, so a worker
+shares the scoreboard of its master's workers when it can tell that it is one:
+it was started by multiprocessing (uvicorn --workers and hypercorn --workers
+spawn their workers, which inherit no memory and have the supervisor as
+parent), or it runs inside gunicorn (uvicorn_worker.UvicornWorker). Anything
+else (a single uvicorn or hypercorn process) keeps its private scoreboard.
+Open websockets are counted by a second scoreboard, shared the same way.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import sys
+import time
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping, Sequence
+from typing import Any, NamedTuple
+
+from raindrops import exposition, linux, scoreboard, segments
+from raindrops._process import PROCESS, PerProcess
+from raindrops.scoreboard import Scoreboard
+from raindrops.wsgi import http
+from raindrops.wsgi.http import DEFAULT_ALLOW
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[..., Awaitable[None]]
+"""Any ASGI 3 application: frameworks type scopes differently (dicts, TypedDicts, mappings)."""
+
+_enter = scoreboard.enter
+_respond = scoreboard.respond
+_leave = scoreboard.leave
+_fail = scoreboard.fail
+_clock_ns = time.perf_counter_ns
+_CALLING, _WRITING, _DONE = 0, 1, 2
+WEBSOCKETS_PATH_SUFFIX = " websockets"
+"""Appended to the endpoint path to name the websockets' scoreboard apart from the requests'."""
+WEBSOCKETS = exposition.Metric(
+    "raindrops_websockets", "gauge", "Websocket connections open now, across all workers."
+)
+
+
+class _Request:
+    """One request's place on the board; as the app's `send`, it sees the response go out.
+
+    `calling` lasts until http.response.start, `writing` until the last body
+    message is sent. end() runs in a finally after the app: whatever is still
+    open (an exception, a cancelled task, a client gone) is closed exactly once.
+    """
+
+    __slots__ = ("_board", "_send", "_state", "_started_ns")
+
+    def __init__(self, board: scoreboard.Board, send: Send) -> None:
+        self._board = board
+        self._send = send
+        self._state = _CALLING
+        self._started_ns = _clock_ns()
+
+    def __call__(self, message: Message) -> Awaitable[None]:
+        """Returns the server's own awaitable, wrapped only for the last body message, which
+        ends `writing` once the server has taken it."""
+        state = self._state
+        if state == _WRITING:
+            if message.get("more_body", False):
+                return self._send(message)
+            return self._last(message)
+        if state == _CALLING and message["type"] == "http.response.start":
+            self._state = _WRITING
+            _respond(self._board)
+        return self._send(message)
+
+    async def _last(self, message: Message) -> None:
+        await self._send(message)
+        if self._state == _WRITING:
+            self._state = _DONE
+            _leave(self._board, (_clock_ns() - self._started_ns) // 1000)
+
+    def end(self) -> None:
+        state = self._state
+        self._state = _DONE
+        if state == _CALLING:
+            _fail(self._board, (_clock_ns() - self._started_ns) // 1000)
+        elif state == _WRITING:
+            _leave(self._board, (_clock_ns() - self._started_ns) // 1000)
+
+
+def worker_of_a_server() -> bool:
+    """Whether this process is one of several workers of a server, as far as it can tell.
+
+    multiprocessing children are the workers of uvicorn --workers and hypercorn
+    --workers (spawned, so the middleware is built in each); gunicorn's
+    arbiter module is loaded in every gunicorn worker.
+    """
+    return multiprocessing.parent_process() is not None or "gunicorn.arbiter" in sys.modules
+
+
+def environ_of(scope: Scope) -> dict[str, Any]:
+    """The WSGI environ keys raindrops.wsgi.http reads, from an ASGI scope.
+
+    Repeated headers are joined with commas as WSGI servers join them, so that a
+    second forwarding header cannot hide from the access rule.
+    """
+    client = scope.get("client")
+    environ: dict[str, Any] = {
+        "REQUEST_METHOD": scope.get("method", "GET"),
+        "QUERY_STRING": scope.get("query_string", b"").decode("latin-1"),
+        "REMOTE_ADDR": str(client[0]) if client else "",
+    }
+    for name, value in scope.get("headers", ()):
+        key = "HTTP_" + name.decode("latin-1").upper().replace("-", "_")
+        text = value.decode("latin-1")
+        environ[key] = f"{environ[key]},{text}" if key in environ else text
+    return environ
+
+
+class _Answer:
+    """The start_response that raindrops.wsgi.http answers through, kept for ASGI messages."""
+
+    __slots__ = ("status", "headers")
+
+    def __init__(self) -> None:
+        self.status = 500
+        self.headers: list[tuple[bytes, bytes]] = []
+
+    def __call__(self, status: str, headers: Sequence[tuple[str, str]]) -> None:
+        self.status = int(status.partition(" ")[0])
+        self.headers = [(name.lower().encode(), value.encode()) for name, value in headers]
+
+    async def send(self, send: Send, body: list[bytes]) -> None:
+        await send({"type": "http.response.start", "status": self.status, "headers": self.headers})
+        await send({"type": "http.response.body", "body": b"".join(body)})
+
+
+class Report(NamedTuple):
+    """The middleware's report plus the open websockets (Prometheus and JSON; the text format
+    stays raindrops' own, byte for byte)."""
+
+    requests: exposition.MiddlewareReport
+    websockets: int
+
+    def text(self) -> str:
+        return self.requests.text()
+
+    def prometheus(self, openmetrics: bool) -> str:
+        gauge = exposition.scalar(WEBSOCKETS, self.websockets, openmetrics)
+        return self.requests.prometheus(openmetrics) + gauge
+
+    def json(self) -> dict[str, object]:
+        return {**self.requests.json(), "websockets": self.websockets}
+
+
+class Middleware:
+    """Counts `calling` (inside the application) and `writing` (while the response is sent).
+
+    The same endpoint, formats and keywords as raindrops.Middleware (WSGI):
+    GET or HEAD `path` answers in raindrops' text, Prometheus, OpenMetrics or
+    JSON format to the clients `allow` and `trusted_proxies` admit; Prometheus
+    and JSON also give the open websockets. Lifespan scopes pass through
+    untouched; websockets pass through too, counted by a second scoreboard
+    (its `calling` is the open connections: a killed worker's drop out as its
+    requests do) shared the same way as the first.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        path: str = "/_raindrops",
+        listeners: Sequence[str] | None = None,
+        stats: Scoreboard | None = None,
+        *,
+        name: str | None = None,
+        allow: Iterable[str] = DEFAULT_ALLOW,
+        trusted_proxies: Iterable[str] = (),
+    ) -> None:
+        self.app = app
+        self.path, self._access = http.endpoint_settings(path, allow, trusted_proxies)
+        self._listeners = (
+            linux.ListenerSet.of_this_process()
+            if listeners is None
+            else linux.ListenerSet(listeners)
+        )
+        name = name or os.environ.get("RAINDROPS_NAME") or None
+        self._scoreboard = segments.ServerWide(
+            Scoreboard, given=stats, name=name, kind="mw", path=self.path, prepare=Scoreboard.board
+        )
+        self._board: PerProcess[scoreboard.Board] = PerProcess()
+        self._websockets = segments.ServerWide(
+            Scoreboard,
+            given=None,
+            name=None,
+            kind="mw",
+            path=self.path + WEBSOCKETS_PATH_SUFFIX,
+            prepare=Scoreboard.board,
+        )
+        self._websocket_board: PerProcess[scoreboard.Board] = PerProcess()
+
+    @property
+    def stats(self) -> Scoreboard:
+        return self._scoreboard.current
+
+    def _server_wide(self, found: segments.ServerWide[Scoreboard]) -> Scoreboard:
+        return found.get({"wsgi.multiprocess": worker_of_a_server()})
+
+    def _bind(self) -> scoreboard.Board:
+        """This process's board in the scoreboard it shares with its server's other workers."""
+        return self._board.get(lambda: self._server_wide(self._scoreboard).board())
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind != "http":
+            if kind == "websocket":
+                await self._websocket(scope, receive, send)
+            else:
+                await self.app(scope, receive, send)
+            return
+        if scope["path"] == self.path:
+            await self._endpoint(scope, send)
+            return
+        bound = self._board
+        board = bound.value if bound.pid == PROCESS.pid else None
+        if board is None:
+            board = self._bind()
+        request = _Request(board, send)
+        _enter(board)
+        try:
+            await self.app(scope, receive, request)
+        finally:
+            request.end()
+
+    async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """One open connection for as long as the app runs it, however that ends."""
+        board = self._websocket_board.get(lambda: self._server_wide(self._websockets).board())
+        started_ns = _clock_ns()
+        _enter(board)
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            _respond(board)
+            _leave(board, (_clock_ns() - started_ns) // 1000)
+
+    async def _endpoint(self, scope: Scope, send: Send) -> None:
+        environ = environ_of(scope)
+        answer = _Answer()
+        form, refusal = http.endpoint_request(environ, answer, self._access)
+        if refusal is not None:
+            await answer.send(send, refusal)
+            return
+        totals = self._server_wide(self._scoreboard).totals()
+        websockets = self._server_wide(self._websockets).totals()
+        notices = (self._scoreboard.notice(), self._websockets.notice())
+        reasons = tuple(dict.fromkeys(notices[0].reasons + notices[1].reasons))
+        headers = notices[0].headers or notices[1].headers
+        requests = exposition.MiddlewareReport(totals, self._listeners.read(), reasons)
+        report = Report(requests, websockets.calling + websockets.writing)
+        body = http.serve(answer, environ["REQUEST_METHOD"], form, report, headers)
+        await answer.send(send, body)
+
+
+__all__ = ["WEBSOCKETS", "Middleware", "Report", "environ_of", "worker_of_a_server"]
