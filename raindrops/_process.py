@@ -85,6 +85,17 @@ def parent_start_ticks() -> int | None:
     return _ticks(_stat_fields(int(fields[_STAT_PPID])))
 
 
+def pid_alive(pid: int) -> bool:
+    """Whether a process has `pid` now (in this PID namespace); another user's counts as alive."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # EPERM: someone else's live process
+    return True
+
+
 def pid_namespace() -> int:
     """The inode of this process's PID namespace; 0 without /proc."""
     try:

@@ -665,6 +665,11 @@ class ListenerSet:
         found.own = True
         return found
 
+    @classmethod
+    def own_or(cls, listeners: Iterable[str] | None) -> ListenerSet:
+        """A middleware's choice: `listeners`, or with None the process's own (inherited) ones."""
+        return cls.of_this_process() if listeners is None else cls(listeners)
+
     def read(self) -> dict[str, ListenStats]:
         """Statistics of the listeners that exist now; requested ones without one are left out."""
         if self.own:

@@ -11,10 +11,11 @@ histogram are shared counters that survive worker restarts.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import NamedTuple
+import os
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
 
-from raindrops import _native
+from raindrops import _native, segments
 from raindrops._process import PROCESS, PerProcess, start_ticks
 from raindrops.counters import Raindrops
 from raindrops.histogram import HistogramSnapshot, SharedHistogram
@@ -147,3 +148,33 @@ class Scoreboard:
 
     def close(self) -> None:
         self.counters.close()
+
+
+class ServerBoard:
+    """A server's scoreboard, found as segments.ServerWide finds it, and this process's board in
+    it: what a middleware (WSGI or ASGI) counts requests with.
+
+    `board` is public so that a per-request path can read `board.value` when `board.pid` is
+    this process's, without a call.
+    """
+
+    def __init__(
+        self, path: str, *, given: Scoreboard | None = None, name: str | None = None
+    ) -> None:
+        self.found = segments.ServerWide(
+            Scoreboard, given=given, name=name, kind="mw", path=path, prepare=Scoreboard.board
+        )
+        self.board: PerProcess[Board] = PerProcess()
+
+    @classmethod
+    def configured(cls, path: str, given: Scoreboard | None, name: str | None) -> ServerBoard:
+        """The middleware's own: `name`, else RAINDROPS_NAME, else found by itself."""
+        return cls(path, given=given, name=name or os.environ.get("RAINDROPS_NAME") or None)
+
+    def scoreboard(self, server: Mapping[str, Any]) -> Scoreboard:
+        """This process's scoreboard; `server` says whether it runs several processes."""
+        return self.found.get(server)
+
+    def bind(self, server: Mapping[str, Any]) -> Board:
+        """This process's board, claimed on its first request."""
+        return self.board.get(lambda: self.found.get(server).board())

@@ -163,21 +163,11 @@ def _pid_max() -> int:
     return min(int(text), PID_MAX_LIMIT) if text.isdigit() else PID_MAX_LIMIT
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        return True  # EPERM: someone else's live process
-    return True
-
-
 def _master_gone(server: Server, host: _Host) -> bool:
     """True when `server` is certainly not running: only decidable in our own PID namespace."""
     if server.namespace != host.namespace:
         return False
-    if not _pid_alive(server.pid):
+    if not _process.pid_alive(server.pid):
         return True
     if not host.proc_is_ours or server.start_ticks == 0:
         return False  # /proc cannot tell this pid's start time: assume it is the master

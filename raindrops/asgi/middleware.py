@@ -13,14 +13,13 @@ Open websockets are counted by a second scoreboard, shared the same way.
 from __future__ import annotations
 
 import multiprocessing
-import os
 import sys
 import time
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping, Sequence
 from typing import Any, NamedTuple
 
-from raindrops import exposition, linux, scoreboard, segments
-from raindrops._process import PROCESS, PerProcess
+from raindrops import exposition, linux, scoreboard
+from raindrops._process import PROCESS
 from raindrops.scoreboard import Scoreboard
 from raindrops.wsgi import http
 from raindrops.wsgi.http import DEFAULT_ALLOW
@@ -179,36 +178,20 @@ class Middleware:
     ) -> None:
         self.app = app
         self.path, self._access = http.endpoint_settings(path, allow, trusted_proxies)
-        self._listeners = (
-            linux.ListenerSet.of_this_process()
-            if listeners is None
-            else linux.ListenerSet(listeners)
-        )
-        name = name or os.environ.get("RAINDROPS_NAME") or None
-        self._scoreboard = segments.ServerWide(
-            Scoreboard, given=stats, name=name, kind="mw", path=self.path, prepare=Scoreboard.board
-        )
-        self._board: PerProcess[scoreboard.Board] = PerProcess()
-        self._websockets = segments.ServerWide(
-            Scoreboard,
-            given=None,
-            name=None,
-            kind="mw",
-            path=self.path + WEBSOCKETS_PATH_SUFFIX,
-            prepare=Scoreboard.board,
-        )
-        self._websocket_board: PerProcess[scoreboard.Board] = PerProcess()
+        self._listeners = linux.ListenerSet.own_or(listeners)  # bad addresses fail now
+        self._counts = scoreboard.ServerBoard.configured(self.path, stats, name)
+        self._board = self._counts.board  # read by the per-request path without a call
+        # Open websockets: a second scoreboard, found the same way (never named by the user).
+        self._websockets = scoreboard.ServerBoard(self.path + WEBSOCKETS_PATH_SUFFIX)
 
     @property
     def stats(self) -> Scoreboard:
-        return self._scoreboard.current
+        return self._counts.found.current
 
-    def _server_wide(self, found: segments.ServerWide[Scoreboard]) -> Scoreboard:
-        return found.get({"wsgi.multiprocess": worker_of_a_server()})
-
-    def _bind(self) -> scoreboard.Board:
-        """This process's board in the scoreboard it shares with its server's other workers."""
-        return self._board.get(lambda: self._server_wide(self._scoreboard).board())
+    @staticmethod
+    def _server() -> dict[str, bool]:
+        """What ServerWide asks of a WSGI environ: does this process serve with siblings?"""
+        return {"wsgi.multiprocess": worker_of_a_server()}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -224,7 +207,7 @@ class Middleware:
         bound = self._board
         board = bound.value if bound.pid == PROCESS.pid else None
         if board is None:
-            board = self._bind()
+            board = self._counts.bind(self._server())
         request = _Request(board, send)
         _enter(board)
         try:
@@ -234,7 +217,7 @@ class Middleware:
 
     async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
         """One open connection for as long as the app runs it, however that ends."""
-        board = self._websocket_board.get(lambda: self._server_wide(self._websockets).board())
+        board = self._websockets.bind(self._server())
         started_ns = _clock_ns()
         _enter(board)
         try:
@@ -250,9 +233,9 @@ class Middleware:
         if refusal is not None:
             await answer.send(send, refusal)
             return
-        totals = self._server_wide(self._scoreboard).totals()
-        websockets = self._server_wide(self._websockets).totals()
-        notices = (self._scoreboard.notice(), self._websockets.notice())
+        totals = self._counts.scoreboard(self._server()).totals()
+        websockets = self._websockets.scoreboard(self._server()).totals()
+        notices = (self._counts.found.notice(), self._websockets.found.notice())
         reasons = tuple(dict.fromkeys(notices[0].reasons + notices[1].reasons))
         headers = notices[0].headers or notices[1].headers
         requests = exposition.MiddlewareReport(totals, self._listeners.read(), reasons)

@@ -48,7 +48,6 @@ an empty view.
 from __future__ import annotations
 
 import hashlib
-import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import NamedTuple, TypeVar
@@ -261,13 +260,7 @@ def holder_gone(token: int) -> bool:
     if start and _process.proc_is_ours():
         now = _process.start_ticks(pid)
         return now is None or now & _START_MASK != start
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except OSError:
-        return False  # EPERM: another user's live process
-    return False
+    return not _process.pid_alive(pid)
 
 
 # What readers get.

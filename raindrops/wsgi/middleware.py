@@ -14,13 +14,12 @@ its endpoint says so (raindrops.segments).
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 from raindrops import exposition, linux, scoreboard, segments
-from raindrops._process import PROCESS, PerProcess
+from raindrops._process import PROCESS
 from raindrops.scoreboard import Scoreboard
 from raindrops.wsgi import http
 from raindrops.wsgi.http import DEFAULT_ALLOW, Environ, StartResponse, WSGIApp
@@ -100,25 +99,17 @@ class Middleware:
     ) -> None:
         self.app = app
         self.path, self._access = http.endpoint_settings(path, allow, trusted_proxies)
-        # Bad addresses fail now, not on every scrape.
-        self._listeners = (
-            linux.ListenerSet.of_this_process()
-            if listeners is None
-            else linux.ListenerSet(listeners)
-        )
-        name = name or os.environ.get("RAINDROPS_NAME") or None
-        self._scoreboard = segments.ServerWide(
-            Scoreboard, given=stats, name=name, kind="mw", path=self.path, prepare=Scoreboard.board
-        )
-        self._board: PerProcess[scoreboard.Board] = PerProcess()
+        self._listeners = linux.ListenerSet.own_or(listeners)  # bad addresses fail now
+        self._counts = scoreboard.ServerBoard.configured(self.path, stats, name)
+        self._board = self._counts.board  # read by the per-request path without a call
 
     @property
     def stats(self) -> Scoreboard:
-        return self._scoreboard.current
+        return self._counts.found.current
 
     def _bind(self, environ: Environ) -> scoreboard.Board:
         """This process's board in the scoreboard it shares with its server's other workers."""
-        return self._board.get(lambda: self._scoreboard.get(environ).board())
+        return self._counts.bind(environ)
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         if environ.get("PATH_INFO") == self.path:
@@ -146,9 +137,8 @@ class Middleware:
         form, refusal = http.endpoint_request(environ, start_response, self._access)
         if refusal is not None:
             return refusal
-        server_wide = self._scoreboard
-        totals = server_wide.get(environ).totals()
-        degraded = server_wide.notice()
+        totals = self._counts.scoreboard(environ).totals()
+        degraded = self._counts.found.notice()
         report = exposition.MiddlewareReport(totals, self._listeners.read(), degraded.reasons)
         method = environ.get("REQUEST_METHOD", "GET")
         return http.serve(start_response, method, form, report, degraded.headers)
