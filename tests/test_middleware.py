@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 
-from raindrops import Middleware
-from raindrops.scoreboard import Scoreboard
+from raindrops import Middleware, _process
+from raindrops.scoreboard import CLAIMING, SLOT_FIELDS, Scoreboard, slot_owner
 from raindrops.segments import SHM_DIR, Server, remove_stale_segments
 from raindrops.wsgi.middleware import NAME_PREFIX
 
@@ -295,6 +295,89 @@ def test_a_killed_worker_stops_counting_at_once() -> None:
     totals = board.totals()
     assert (totals.calling, totals.workers) == (0, 0)
     board.close()
+
+
+def _claim_together(board: Scoreboard, workers: int) -> list[int]:
+    """Forks `workers` processes that claim their slots at the same moment, enter once each and
+    wait; returns their pids once all have entered."""
+    go_reader, go_writer = os.pipe()
+    ready_reader, ready_writer = os.pipe()
+    pids = []
+    for _ in range(workers):
+        pid = os.fork()
+        if pid == 0:
+            from raindrops import _native
+
+            os.read(go_reader, 1)
+            _native.board_enter(board.board())
+            os.write(ready_writer, b"x")
+            signal.pause()
+            os._exit(0)
+        pids.append(pid)
+    os.write(go_writer, b"x" * workers)
+    for _ in range(workers):
+        os.read(ready_reader, 1)
+    for descriptor in (go_reader, go_writer, ready_reader, ready_writer):
+        os.close(descriptor)
+    return pids
+
+
+@pytest.mark.parametrize("round_number", range(12))
+def test_workers_claiming_at_once_each_get_their_own_slot(round_number: int) -> None:
+    """Slot ownership is one compare-and-swap of pid and start time: with a separate start field
+    two claimers could share a slot, and a killed one's request would stay counted."""
+    board = Scoreboard()
+    workers = 16
+    pids = _claim_together(board, workers)
+    try:
+        totals = board.totals()
+        assert (totals.calling, totals.workers) == (workers, workers)
+        victim = pids.pop()
+        os.kill(victim, signal.SIGKILL)
+        os.waitpid(victim, 0)
+        totals = board.totals()
+        assert (totals.calling, totals.workers) == (workers - 1, workers - 1)
+    finally:
+        for pid in pids:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+    assert board.totals().workers == 0
+    board.close()
+
+
+def test_a_slot_being_claimed_is_skipped_by_readers_and_taken_only_from_the_dead() -> None:
+    """A claimer stopped between taking a slot and zeroing it: while it lives, readers skip its
+    slot and other claimers leave it alone; once it is dead, the slot is taken over."""
+    board = Scoreboard()
+    claimer = os.fork()
+    if claimer == 0:
+        signal.pause()
+        os._exit(0)
+    try:
+        start = _process.start_ticks(claimer)
+        assert start is not None
+        board.counters[0] = slot_owner(claimer, start) | CLAIMING
+        board.counters[1] = 5  # the previous owner's calling, not yet zeroed
+        board.board()
+        assert board.counters[0] == slot_owner(claimer, start) | CLAIMING
+        assert board.counters[SLOT_FIELDS] == slot_owner(os.getpid(), _own_start())
+        assert (board.totals().calling, board.totals().workers) == (0, 1)
+    finally:
+        os.kill(claimer, signal.SIGKILL)
+        os.waitpid(claimer, 0)
+    pid = os.fork()
+    if pid == 0:
+        board.board()
+        taken = board.counters[0] == slot_owner(os.getpid(), _own_start())
+        os._exit(0 if taken and board.counters[1] == 0 else 1)
+    assert os.waitpid(pid, 0)[1] == 0, "the dead claimer's slot goes to the next claimer"
+    board.close()
+
+
+def _own_start() -> int:
+    start = _process.start_ticks(os.getpid())
+    assert start is not None
+    return start
 
 
 def test_a_dead_workers_slot_is_reused_and_zeroed() -> None:

@@ -25,14 +25,13 @@ from typing import Any
 import pytest
 
 from raindrops import LastDataRecv, Middleware, _process, segments
-from raindrops.scoreboard import SLOTS_MAX, Scoreboard
+from raindrops.scoreboard import SLOT_FIELDS, SLOTS_MAX, Scoreboard, slot_owner
 from raindrops.segments import SHM_DIR, Server, remove_stale_segments, segment_name
 from raindrops.wsgi.last_data_recv import PATH as LDR_PATH
 from testsupport import formats, processes, users
 
 NOBODY = users.NOBODY
 DIGEST = "0123456789ab"
-SLOT_FIELDS = 4  # raindrops.scoreboard: pid, start time, calling, writing
 
 
 # Helpers: another user, dead pids, names, requests.
@@ -488,9 +487,8 @@ def test_a_scoreboard_with_every_slot_held_leaves_the_worker_counting_alone() ->
     init_start = _process.start_ticks(1)
     if init_start is None:
         pytest.skip("pid 1 is not visible in /proc here")
-    for slot in range(SLOTS_MAX):  # every slot (pid, start, calling, writing) held by pid 1
-        board.counters[slot * SLOT_FIELDS] = 1
-        board.counters[slot * SLOT_FIELDS + 1] = init_start
+    for slot in range(SLOTS_MAX):  # every slot (owner, calling, writing) held by pid 1
+        board.counters[slot * SLOT_FIELDS] = slot_owner(1, init_start)
     app = Middleware(hello, listeners=[], stats=board)
     assert call(app, "/")[2] == b"hello"
     assert degraded(app, "/_raindrops")[0] == ["segment_full"]
