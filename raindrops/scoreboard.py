@@ -1,12 +1,9 @@
 """The middleware's shared counters: per-process slots plus server-wide totals.
 
-Each worker process claims a slot (its owner word: pid and start time in one
-64-bit counter; then its own `calling` and `writing`) with a compare-and-swap
-on the owner word, lock-free: two workers claiming at once never share a slot.
-Readers add up the slots of live processes only, so a worker killed in the
-middle of a request stops counting at once (raindrops' `calling` stays raised
-forever). A slot whose process is gone is taken over by the next claimer, who
-zeroes it first. Totals (requests, errors, busy time) and the request-duration
+Each worker process claims a slot (raindrops.slots) for its own `calling` and
+`writing`; readers add up the slots of live processes only, so a worker killed
+in the middle of a request stops counting at once (raindrops' `calling` stays
+raised forever). Totals (requests, errors, busy time) and the request-duration
 histogram are shared counters that survive worker restarts.
 """
 
@@ -20,37 +17,18 @@ from raindrops import _native, segments
 from raindrops._process import PROCESS, PerProcess, start_ticks
 from raindrops.counters import Raindrops
 from raindrops.histogram import HistogramSnapshot, SharedHistogram
+from raindrops.slots import ProcessSlots
 
 SLOTS_MAX = 256
 DURATION_BUCKETS = 32  # microseconds: the last finite bound is 2**31 us, about 36 minutes
-_SLOT_OWNER, _SLOT_CALLING, _SLOT_WRITING = 0, 1, 2
+_SLOT_CALLING, _SLOT_WRITING = 1, 2  # after the owner word
 SLOT_FIELDS = 3
-# The owner word: pid in the low bits (Linux pids are below 2**22), start ticks above them,
-# and the top bit while the claimer zeroes the slot (readers skip it, claimers judge its pid).
-_PID_BITS = 22
-_START_TICKS_MAX = (1 << (63 - _PID_BITS)) - 1  # 697 years of 100 Hz ticks
-CLAIMING = 1 << 63
 # Slots come first: a snapshot reads in index order, gauges before totals
 # (the native side moves totals before gauges), so no read undercounts.
 _FIRST_SLOT = 0
 _REQUESTS = SLOTS_MAX * SLOT_FIELDS
 _ERRORS, _BUSY_US, _HISTOGRAM = _REQUESTS + 1, _REQUESTS + 2, _REQUESTS + 3
 COUNTERS = _HISTOGRAM + SharedHistogram.slots(DURATION_BUCKETS)
-
-
-def slot_owner(pid: int, start: int) -> int:
-    """The owner word of a slot held by process `pid` that started at `start` ticks."""
-    if not 0 < pid < 1 << _PID_BITS:
-        raise ValueError(f"pid {pid} is outside 1..{(1 << _PID_BITS) - 1}")
-    if not 0 <= start <= _START_TICKS_MAX:
-        raise ValueError(f"start ticks {start} is outside 0..{_START_TICKS_MAX}")
-    return start << _PID_BITS | pid
-
-
-def _owner_alive(owner: int) -> bool:
-    """Whether the process an owner word names (claiming or not) still runs."""
-    owner &= ~CLAIMING
-    return start_ticks(owner & ((1 << _PID_BITS) - 1)) == owner >> _PID_BITS
 
 
 # What a request does to the board, given by this module so that servers never call native code.
@@ -99,6 +77,7 @@ class Scoreboard:
     def __init__(self, *, name: str | None = None, mode: int = 0o600) -> None:
         self.counters = Raindrops(COUNTERS, name=name, mode=mode)
         self.durations_us = SharedHistogram(self.counters, _HISTOGRAM, DURATION_BUCKETS)
+        self.slots = ProcessSlots(self.counters, _FIRST_SLOT, SLOTS_MAX, SLOT_FIELDS)
         self._board: PerProcess[tuple[_native.Board, Board]] = PerProcess()
 
     @property
@@ -112,9 +91,8 @@ class Scoreboard:
     def _claim(self) -> tuple[_native.Board, Board]:
         pid = PROCESS.pid
         start = start_ticks(pid) or 0
-        slot = self._claim_slot(pid, start)
+        base = self.slots.claim(pid, start)
         counters = self.counters
-        base = _FIRST_SLOT + slot * SLOT_FIELDS
         board = _native.Board(
             calling=counters.address(base + _SLOT_CALLING),
             writing=counters.address(base + _SLOT_WRITING),
@@ -125,36 +103,10 @@ class Scoreboard:
         )
         return board, _native.descriptor_pointer(board)  # the pointer is valid while `board` lives
 
-    def _claim_slot(self, pid: int, start: int) -> int:
-        counters = self.counters
-        mine = slot_owner(pid, start)
-        for slot in range(SLOTS_MAX):
-            base = _FIRST_SLOT + slot * SLOT_FIELDS
-            owner_pointer = _native.CounterPointer(counters.address(base + _SLOT_OWNER))
-            owner = _native.compare_swap(owner_pointer, 0, mine | CLAIMING)
-            if owner == mine:
-                return slot  # already ours: another scoreboard object of this process
-            if owner != 0:
-                if _owner_alive(owner):
-                    continue  # a live worker's slot, or one a live worker is claiming
-                if _native.compare_swap(owner_pointer, owner, mine | CLAIMING) != owner:
-                    continue  # another claimer took this dead slot first
-            counters[base + _SLOT_CALLING] = 0
-            counters[base + _SLOT_WRITING] = 0
-            counters[base + _SLOT_OWNER] = mine
-            return slot
-        raise RuntimeError(
-            f"all {SLOTS_MAX} worker slots of the scoreboard are held by live processes"
-        )
-
     def totals(self) -> Totals:
         values = self.counters.to_list()
         calling = writing = workers = 0
-        for slot in range(SLOTS_MAX):
-            base = _FIRST_SLOT + slot * SLOT_FIELDS
-            owner = values[base + _SLOT_OWNER]
-            if owner == 0 or owner & CLAIMING or not _owner_alive(owner):
-                continue
+        for base in self.slots.live(values):
             workers += 1
             calling += values[base + _SLOT_CALLING]
             writing += values[base + _SLOT_WRITING]

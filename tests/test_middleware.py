@@ -18,8 +18,9 @@ from typing import Any
 import pytest
 
 from raindrops import Middleware, _process
-from raindrops.scoreboard import CLAIMING, SLOT_FIELDS, Scoreboard, slot_owner
+from raindrops.scoreboard import SLOT_FIELDS, Scoreboard
 from raindrops.segments import SHM_DIR, Server, remove_stale_segments
+from raindrops.slots import CLAIMING, slot_owner
 from raindrops.wsgi.middleware import NAME_PREFIX
 
 Environ = dict[str, Any]

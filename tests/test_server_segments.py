@@ -25,8 +25,9 @@ from typing import Any
 import pytest
 
 from raindrops import LastDataRecv, Middleware, _process, segments
-from raindrops.scoreboard import SLOT_FIELDS, SLOTS_MAX, Scoreboard, slot_owner
+from raindrops.scoreboard import SLOT_FIELDS, SLOTS_MAX, Scoreboard
 from raindrops.segments import SHM_DIR, Server, remove_stale_segments, segment_name
+from raindrops.slots import slot_owner
 from raindrops.wsgi.last_data_recv import PATH as LDR_PATH
 from testsupport import formats, processes, users
 
