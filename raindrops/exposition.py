@@ -179,7 +179,13 @@ ERRORS = Metric(
 BUSY = Metric(
     "raindrops_busy_seconds",
     "counter",
-    "Time spent serving requests; its rate divided by workers is utilization.",
+    "Time spent serving requests; its rate divided by raindrops_capacity is utilization.",
+)
+CAPACITY = Metric(
+    "raindrops_capacity",
+    "gauge",
+    "Requests the live workers can hold at once (threads or connections); utilization is "
+    "rate(busy_seconds) over it.",
 )
 DURATION = Metric(
     "raindrops_request_duration_seconds",
@@ -229,6 +235,7 @@ def middleware_prometheus(
         scalar(REQUESTS, totals.requests, openmetrics),
         scalar(ERRORS, totals.errors, openmetrics),
         scalar(BUSY, totals.busy_seconds, openmetrics),
+        *([] if totals.capacity is None else [scalar(CAPACITY, totals.capacity, openmetrics)]),
         histogram_prometheus(DURATION, totals.durations_us, _seconds),
     ]
     if listeners:
@@ -257,6 +264,7 @@ def middleware_json(totals: Totals, listeners: Mapping[str, ListenStats]) -> dic
         "calling": totals.calling,
         "writing": totals.writing,
         "workers": totals.workers,
+        "capacity": totals.capacity,
         "requests_total": totals.requests,
         "request_errors_total": totals.errors,
         "busy_seconds_total": totals.busy_seconds,

@@ -21,8 +21,8 @@ from raindrops.slots import ProcessSlots
 
 SLOTS_MAX = 256
 DURATION_BUCKETS = 32  # microseconds: the last finite bound is 2**31 us, about 36 minutes
-_SLOT_CALLING, _SLOT_WRITING = 1, 2  # after the owner word
-SLOT_FIELDS = 3
+_SLOT_CALLING, _SLOT_WRITING, _SLOT_CAPACITY = 1, 2, 3  # after the owner word
+SLOT_FIELDS = 4
 # Slots come first: a snapshot reads in index order, gauges before totals
 # (the native side moves totals before gauges), so no read undercounts.
 _FIRST_SLOT = 0
@@ -69,6 +69,8 @@ class Totals(NamedTuple):
     errors: int
     busy_seconds: float
     durations_us: HistogramSnapshot
+    capacity: int | None = None
+    """Requests the live workers can hold at once (raindrops.capacity); None if one is unknown."""
 
 
 class Scoreboard:
@@ -78,7 +80,7 @@ class Scoreboard:
         self.counters = Raindrops(COUNTERS, name=name, mode=mode)
         self.durations_us = SharedHistogram(self.counters, _HISTOGRAM, DURATION_BUCKETS)
         self.slots = ProcessSlots(self.counters, _FIRST_SLOT, SLOTS_MAX, SLOT_FIELDS)
-        self._board: PerProcess[tuple[_native.Board, Board]] = PerProcess()
+        self._board: PerProcess[tuple[_native.Board, Board, int]] = PerProcess()
 
     @property
     def name(self) -> str | None:
@@ -88,7 +90,14 @@ class Scoreboard:
         """This process's board for enter/respond/leave/fail; claims a slot first after a fork."""
         return self._board.get(self._claim)[1]
 
-    def _claim(self) -> tuple[_native.Board, Board]:
+    def declare_capacity(self, requests: int) -> None:
+        """Records how many requests this process can hold at once (0: unknown) in its slot."""
+        if not isinstance(requests, int) or requests < 0:
+            raise ValueError(f"capacity must be an int >= 0, not {requests!r}")
+        base = self._board.get(self._claim)[2]
+        self.counters[base + _SLOT_CAPACITY] = requests
+
+    def _claim(self) -> tuple[_native.Board, Board, int]:
         pid = PROCESS.pid
         start = start_ticks(pid) or 0
         base = self.slots.claim(pid, start)
@@ -101,15 +110,19 @@ class Scoreboard:
             busy_us=counters.address(_BUSY_US),
             durations_us=self.durations_us.descriptor,
         )
-        return board, _native.descriptor_pointer(board)  # the pointer is valid while `board` lives
+        # the pointer is valid while `board` lives
+        return board, _native.descriptor_pointer(board), base
 
     def totals(self) -> Totals:
         values = self.counters.to_list()
-        calling = writing = workers = 0
+        calling = writing = workers = capacity = 0
+        capacity_known = True
         for base in self.slots.live(values):
             workers += 1
             calling += values[base + _SLOT_CALLING]
             writing += values[base + _SLOT_WRITING]
+            capacity += values[base + _SLOT_CAPACITY]
+            capacity_known = capacity_known and values[base + _SLOT_CAPACITY] > 0
         return Totals(
             calling=calling,
             writing=writing,
@@ -118,6 +131,7 @@ class Scoreboard:
             errors=values[_ERRORS],
             busy_seconds=values[_BUSY_US] / 1e6,
             durations_us=self.durations_us.snapshot(values),
+            capacity=capacity if capacity_known and workers else None,
         )
 
     def close(self) -> None:
@@ -149,6 +163,12 @@ class ServerBoard:
         """This process's scoreboard; `server` says whether it runs several processes."""
         return self.found.get(server)
 
-    def bind(self, server: Mapping[str, Any]) -> Board:
-        """This process's board, claimed on its first request."""
-        return self.board.get(lambda: self.found.get(server).board())
+    def bind(self, server: Mapping[str, Any], capacity: Callable[[], int]) -> Board:
+        """This process's board, claimed on its first request with this worker's capacity."""
+        return self.board.get(lambda: self._claim(server, capacity))
+
+    def _claim(self, server: Mapping[str, Any], capacity: Callable[[], int]) -> Board:
+        scoreboard = self.found.get(server)
+        board = scoreboard.board()
+        scoreboard.declare_capacity(capacity())
+        return board

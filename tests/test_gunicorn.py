@@ -27,7 +27,7 @@ from servers import ROOT, Background, Gunicorn, gunicorn, run_threads, wait_for
 from test_server_segments import NOBODY, need_root, segment_bytes, squat
 
 from examples.demo import application
-from raindrops import Middleware, _process
+from raindrops import Middleware, _process, linux
 from raindrops.scoreboard import Scoreboard
 from raindrops.segments import SHM_DIR, Server, segment_name
 from testsupport import processes, users
@@ -149,6 +149,22 @@ def test_json_counts_workers_and_finds_the_gunicorn_listener(server: Gunicorn) -
         and lines[3] == f"{server.address} queued: 0"
     )
     assert len(lines) == 4
+
+
+def test_capacity_is_what_every_live_worker_can_hold(server: Gunicorn) -> None:
+    """Sync workers hold one request each, gthread workers their threads: the JSON `capacity`
+    and the raindrops_capacity gauge are their sum over live workers, the denominator of
+    utilization."""
+    _, workers, per_worker = VARIANTS[server.label]
+
+    def after_some_requests() -> dict[str, Any]:
+        hammer(server, 2, 4)
+        return server.json()
+
+    stats = wait_for(after_some_requests, lambda s: s["workers"] == workers, 30, "every worker")
+    assert stats["capacity"] == workers * per_worker
+    prometheus = parse_prometheus(server.stats("?format=prometheus").text)
+    assert prometheus["raindrops_capacity"] == workers * per_worker
 
 
 def test_sigkill_of_a_busy_worker_heals_within_one_read(server: Gunicorn) -> None:
@@ -380,6 +396,29 @@ def test_make_demo_style_start_gives_the_same_numbers_with_and_without_preload(
     }
     assert results[False] == expected
     assert results[True] == expected
+
+
+@pytest.mark.parametrize(("worker_class", "where"), [("sync", "kernel"), ("gthread", "worker")])
+def test_where_requests_wait_for_a_busy_worker(
+    worker_class: str, where: str, tmp_path: Path
+) -> None:
+    """One worker of 2 threads (gthread) or 1 (sync), 5 slow requests: a sync worker accepts only
+    when free, so 4 wait in the kernel's queue (`queued`); gthread accepts them all into its own
+    queue, so `queued` stays 0 while `active` counts the waiting connections (README)."""
+    args = ["--worker-class", worker_class, "--threads", "2" if worker_class == "gthread" else "1"]
+    with gunicorn(tmp_path, args, workers=1) as server:
+        settle(server)
+        requests = Background()
+        for _ in range(5):
+            requests.start(server.port, "/slow?seconds=1")
+
+        def read() -> tuple[int, int]:
+            return tuple(linux.tcp_listener_stats([server.address])[server.address])  # type: ignore[return-value]
+
+        served_at_once = 1 if worker_class == "sync" else 2
+        expected = (served_at_once, 5 - served_at_once) if where == "kernel" else (5, 0)
+        wait_for(read, lambda seen: seen == expected, 10, f"(active, queued) == {expected}")
+        assert all(response.status == 200 for response in requests.join())
 
 
 def test_ipv4_and_ipv6_loopback_listeners(tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import threading
@@ -245,6 +246,50 @@ def test_bad_construction() -> None:
         Middleware(hello, listeners=["nope"])
     with pytest.raises(ValueError):
         Middleware(hello, allow=["not a network"])
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, True, "4", 0.0])
+def test_worker_capacity_must_be_a_positive_int(bad: object) -> None:
+    from raindrops import ASGIMiddleware
+
+    for middleware in (Middleware, ASGIMiddleware):
+        with pytest.raises(ValueError, match=re.escape(repr(bad))):
+            middleware(hello, worker_capacity=bad, listeners=[])
+
+
+def test_capacity_is_given_or_unknown_outside_a_server_that_tells_it() -> None:
+    """Called directly (no gunicorn worker, no uWSGI), capacity is unknown: JSON null and no
+    raindrops_capacity sample; a given worker_capacity is reported as the sum over workers."""
+    unknown = Middleware(hello, listeners=[])
+    get(unknown, "/")
+    assert counts(unknown)["capacity"] is None
+    assert b"\nraindrops_capacity " not in get(unknown, QUERY_STRING="format=prometheus")[1]
+    given = Middleware(hello, listeners=[], worker_capacity=6)
+    assert counts(given)["capacity"] is None, "no worker has served a request yet"
+    get(given, "/")
+    assert counts(given)["capacity"] == 6
+    assert b"\nraindrops_capacity 6\n" in get(given, QUERY_STRING="format=prometheus")[1]
+
+
+def test_capacity_sums_live_workers_and_is_unknown_if_one_is() -> None:
+    board = Scoreboard()
+    board.declare_capacity(4)
+    assert board.totals().capacity == 4
+    pid = os.fork()
+    if pid == 0:
+        board.declare_capacity(8)
+        os._exit(0 if board.totals().capacity == 12 else 1)
+    assert os.waitpid(pid, 0)[1] == 0
+    assert board.totals().capacity == 4, "the dead worker's capacity is gone"
+    pid = os.fork()
+    if pid == 0:
+        board.board()  # claimed, capacity never told
+        os._exit(0 if board.totals().capacity is None else 1)
+    assert os.waitpid(pid, 0)[1] == 0
+    for bad in (-1, 1.5, "2"):
+        with pytest.raises(ValueError, match=re.escape(repr(bad))):
+            board.declare_capacity(bad)  # type: ignore[arg-type]
+    board.close()
 
 
 def test_wsgiref_single_process_server() -> None:

@@ -18,6 +18,7 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from servers import ROOT, Background, Gunicorn, wait_for
@@ -122,6 +123,20 @@ def test_in_flight_requests_count_across_workers(server: UWsgi) -> None:
     after = server.wait_totals(before["requests_total"] + slow, before["request_errors_total"])
     assert len(set(owners.values())) <= after["workers"] <= workers
     assert set(server.worker_pids()) >= set(owners.values())
+
+
+def test_capacity_is_the_cores_of_every_live_worker(server: UWsgi) -> None:
+    """uWSGI tells each worker its cores (threads): capacity is their sum over live workers."""
+    args, workers, _ = MODES[server.label]
+    threads = int(args[args.index("--threads") + 1]) if "--threads" in args else 1
+
+    def after_some_requests() -> dict[str, Any]:
+        for _ in range(8):
+            assert server.get("/").status == 200
+        return server.json()
+
+    stats = wait_for(after_some_requests, lambda s: s["workers"] == workers, 30, "every worker")
+    assert stats["capacity"] == workers * threads
 
 
 def test_a_killed_worker_leaves_calling_exact(server: UWsgi) -> None:

@@ -18,7 +18,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping, Sequence
 from typing import Any, NamedTuple
 
-from raindrops import exposition, linux, scoreboard
+from raindrops import capacity, exposition, linux, scoreboard
 from raindrops._process import PROCESS
 from raindrops.scoreboard import Scoreboard
 from raindrops.wsgi import http
@@ -86,6 +86,10 @@ class _Request:
             _fail(self._board, (_clock_ns() - self._started_ns) // 1000)
         elif state == _WRITING:
             _leave(self._board, (_clock_ns() - self._started_ns) // 1000)
+
+
+def _unknown_capacity() -> int:
+    return capacity.UNKNOWN
 
 
 def worker_of_a_server() -> bool:
@@ -162,7 +166,9 @@ class Middleware:
     and JSON also give the open websockets. Lifespan scopes pass through
     untouched; websockets pass through too, counted by a second scoreboard
     (its `calling` is the open connections: a killed worker's drop out as its
-    requests do) shared the same way as the first.
+    requests do) shared the same way as the first. `worker_capacity` is how many
+    requests one worker holds at once (uvicorn's --limit-concurrency, say): ASGI
+    servers do not tell it, except uWSGI's.
     """
 
     def __init__(
@@ -175,8 +181,13 @@ class Middleware:
         name: str | None = None,
         allow: Iterable[str] = DEFAULT_ALLOW,
         trusted_proxies: Iterable[str] = (),
+        worker_capacity: int | None = None,
     ) -> None:
         self.app = app
+        given = capacity.checked(worker_capacity)
+        self._capacity: Callable[[], int] = (
+            (lambda: given) if given else (lambda: capacity.of_this_worker(None))
+        )
         self.path, self._access = http.endpoint_settings(path, allow, trusted_proxies)
         self._listeners = linux.ListenerSet.own_or(listeners)  # bad addresses fail now
         self._counts = scoreboard.ServerBoard.configured(self.path, stats, name)
@@ -207,7 +218,7 @@ class Middleware:
         bound = self._board
         board = bound.value if bound.pid == PROCESS.pid else None
         if board is None:
-            board = self._counts.bind(self._server())
+            board = self._counts.bind(self._server(), self._capacity)
         request = _Request(board, send)
         _enter(board)
         try:
@@ -217,7 +228,7 @@ class Middleware:
 
     async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
         """One open connection for as long as the app runs it, however that ends."""
-        board = self._websockets.bind(self._server())
+        board = self._websockets.bind(self._server(), _unknown_capacity)
         started_ns = _clock_ns()
         _enter(board)
         try:

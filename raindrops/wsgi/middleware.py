@@ -14,11 +14,12 @@ its endpoint says so (raindrops.segments).
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
-from raindrops import exposition, linux, scoreboard, segments
+from raindrops import capacity, exposition, linux, scoreboard, segments
 from raindrops._process import PROCESS
 from raindrops.scoreboard import Scoreboard
 from raindrops.wsgi import http
@@ -84,6 +85,8 @@ class Middleware:
     process (inherited from the master); a list overrides, `[]` disables.
     `allow` lists the client networks that may read the endpoint, `trusted_proxies` the
     proxies whose forwarding headers name the client (http.AccessRule).
+    `worker_capacity` is how many requests one worker holds at once, where the
+    server does not tell it (raindrops.capacity finds it for gunicorn and uWSGI).
     """
 
     def __init__(
@@ -96,8 +99,10 @@ class Middleware:
         name: str | None = None,
         allow: Iterable[str] = DEFAULT_ALLOW,
         trusted_proxies: Iterable[str] = (),
+        worker_capacity: int | None = None,
     ) -> None:
         self.app = app
+        self._worker_capacity = capacity.checked(worker_capacity)
         self.path, self._access = http.endpoint_settings(path, allow, trusted_proxies)
         self._listeners = linux.ListenerSet.own_or(listeners)  # bad addresses fail now
         self._counts = scoreboard.ServerBoard.configured(self.path, stats, name)
@@ -109,7 +114,11 @@ class Middleware:
 
     def _bind(self, environ: Environ) -> scoreboard.Board:
         """This process's board in the scoreboard it shares with its server's other workers."""
-        return self._counts.bind(environ)
+        server_frame = sys._getframe(2)  # whoever called __call__: the server's worker
+        given = self._worker_capacity
+        return self._counts.bind(
+            environ, lambda: given if given else capacity.of_this_worker(server_frame)
+        )
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         if environ.get("PATH_INFO") == self.path:
