@@ -60,6 +60,7 @@ bench: build
 	$(PY) benchmarks/bench_counters.py
 	$(PY) benchmarks/bench_listeners.py
 	$(PY) benchmarks/bench_middleware.py
+	$(PY) benchmarks/bench_asgi.py
 
 # Real gunicorn (sync and gthread) under locust; report in loadtests/results/. DURATION=S per variant.
 loadtest: build

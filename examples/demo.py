@@ -74,6 +74,8 @@ def application(environ: Environ, start_response: StartResponse) -> list[bytes] 
         return _stream(chunks, _number(environ, "delay", 0.1, SLOW_SECONDS_MAX))
     if path == "/fail":
         raise RuntimeError("this endpoint always fails")
+    if path == "/unavailable":
+        return _text(start_response, "503 Service Unavailable", "try again later\n")
     if path == "/count":
         return _text(start_response, "200 OK", f"{_count()}\n")
     return _text(start_response, "404 Not Found", "not found\n")

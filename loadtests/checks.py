@@ -5,15 +5,15 @@ locustfile: a complete response with the expected status and body is a
 success (a 500 from /fail too: the application served it, and raised), and
 every failure says its kind. A "transport" failure got no complete response:
 the connection was refused, reset, or cut mid-body by the SIGKILL. The
-middleware counts a request when it ends (the body's close(), or the
-application raising), which gunicorn does only after the whole response was
-written, so:
+middleware counts a request when its response starts (the application
+returned with start_response called, or raised), so:
 
 - requests_total == successes of every locust request name except
   /_raindrops (the endpoint does not count itself), because a request either
-  completes (counted on both sides) or dies with the killed worker before
-  its close() (counted on neither: the kill only hits workers whose request
-  threads are all asleep inside the application, see server.kill_if_sleeping);
+  completes (counted on both sides) or dies with the killed worker inside the
+  application, before its response started (counted on neither: the kill only
+  hits workers whose request threads are all asleep inside the application,
+  see server.kill_if_sleeping);
 - request_errors_total == successes of /fail;
 - the /count counter == successes of /count, and the values /count returned
   are all distinct and within 1..counter: a permutation of 1..N, so no

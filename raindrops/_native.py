@@ -464,16 +464,34 @@ class Board(ctypes.Structure):
     _fields_ = [
         ("calling", ctypes.c_void_p),
         ("writing", ctypes.c_void_p),
+        ("errors", ctypes.c_void_p),
+        ("exceptions", ctypes.c_void_p),
+        ("busy_us", ctypes.c_void_p),
+    ]
+
+
+class Series(ctypes.Structure):
+    """One (method, status code) of the middleware's shared table; mirrors zig/scoreboard.zig."""
+
+    _fields_ = [
         ("requests", ctypes.c_void_p),
         ("errors", ctypes.c_void_p),
-        ("busy_us", ctypes.c_void_p),
-        ("durations_us", Histogram),
+        ("sum_us", ctypes.c_void_p),
+        ("first_bucket", ctypes.c_void_p),
+        ("stride", ctypes.c_uint64),
+        ("bounds_us", ctypes.c_void_p),
+        ("bounds", ctypes.c_uint64),
     ]
 
 
 _board_bytes = _declare(_lib, "board_bytes", _c.c_uint32, [])
+_series_bytes = _declare(_lib, "series_bytes", _c.c_uint32, [])
 _histogram_bytes = _declare(_lib, "histogram_bytes", _c.c_uint32, [])
-if _board_bytes() != ctypes.sizeof(Board) or _histogram_bytes() != ctypes.sizeof(Histogram):
+if (_board_bytes(), _series_bytes(), _histogram_bytes()) != (
+    ctypes.sizeof(Board),
+    ctypes.sizeof(Series),
+    ctypes.sizeof(Histogram),
+):
     raise ImportError(
         f"raindrops: {LIBRARY_PATH} does not match this package (Board layout differs)"
     )
@@ -481,16 +499,27 @@ if _board_bytes() != ctypes.sizeof(Board) or _histogram_bytes() != ctypes.sizeof
 compare_swap = _declare(_fast, "compare_swap", _c.c_uint64, [_c.c_void_p, _c.c_uint64, _c.c_uint64])
 _histogram_observe = _declare(_fast, "histogram_observe", _c.c_int32, [_c.c_void_p, _c.c_uint64])
 _board_valid = _declare(_fast, "board_valid", _c.c_uint32, [_c.POINTER(Board)])
-# Called with a prepared pointer to a validated Board: see board_pointer().
+_series_valid = _declare(_fast, "series_valid", _c.c_uint32, [_c.POINTER(Series)])
+# Called with prepared pointers to a validated Board and Series: see descriptor_pointer().
 board_enter = _declare(_fast, "board_enter", None, None)
 board_respond = _declare(_fast, "board_respond", None, None)
-board_leave_long = _declare(_fast, "board_leave", None, [_c.c_void_p, _c.c_uint64])
-board_fail_long = _declare(_fast, "board_fail", None, [_c.c_void_p, _c.c_uint64])
-# The same two without argtypes, for durations up to SMALL_INT_MAX (see incr_small).
-board_leave = _fast["raindrops_board_leave"]
-board_leave.restype = None
-board_fail = _fast["raindrops_board_fail"]
-board_fail.restype = None
+board_respond_counted = _declare(_fast, "board_respond_counted", None, None)
+_DURATION_ARGUMENTS: list[object] = [_c.c_void_p, _c.c_void_p, _c.c_uint64]
+board_leave_long = _declare(_fast, "board_leave", None, _DURATION_ARGUMENTS)
+board_leave_counting_long = _declare(_fast, "board_leave_counting", None, _DURATION_ARGUMENTS)
+board_fail_long = _declare(_fast, "board_fail", None, _DURATION_ARGUMENTS)
+
+
+def _without_argtypes(name: str) -> Any:
+    """The same function for durations up to SMALL_INT_MAX (see incr_small)."""
+    function = _fast[f"raindrops_{name}"]
+    function.restype = None
+    return function
+
+
+board_leave = _without_argtypes("board_leave")
+board_leave_counting = _without_argtypes("board_leave_counting")
+board_fail = _without_argtypes("board_fail")
 
 
 def histogram_observe(histogram_pointer: CounterPointer, value: int) -> None:
@@ -498,7 +527,57 @@ def histogram_observe(histogram_pointer: CounterPointer, value: int) -> None:
 
 
 def descriptor_pointer(descriptor: ctypes.Structure) -> CounterPointer:
-    """A prepared pointer to a Histogram or Board; the caller keeps `descriptor` alive."""
+    """A prepared pointer to a Histogram, Board or Series; the caller keeps `descriptor` alive."""
     if isinstance(descriptor, Board) and not _board_valid(ctypes.byref(descriptor)):
         raise ValueError("incomplete middleware board")
+    if isinstance(descriptor, Series) and not _series_valid(ctypes.byref(descriptor)):
+        raise ValueError("incomplete middleware series (bounds must ascend, 1 to 32 of them)")
+    return ctypes.c_void_p(ctypes.addressof(descriptor))
+
+
+# ---------------------------------------------------------------------------
+# raindrops.metrics (zig/float.zig): f64 value words and histograms with explicit
+# upper bounds. As on the counters' hot path, the calls taking only a prepared
+# pointer leave argtypes unset; the others convert their float argument.
+
+
+class Buckets(ctypes.Structure):
+    """Where one label set of a metrics Histogram lives; mirrors `Buckets` in zig/float.zig."""
+
+    _fields_ = [
+        ("first", ctypes.c_void_p),
+        ("stride", ctypes.c_uint64),
+        ("buckets", ctypes.c_uint64),
+        ("bounds", ctypes.c_void_p),
+        ("sum", ctypes.c_void_p),
+    ]
+
+
+_buckets_bytes = _declare(_lib, "buckets_bytes", _c.c_uint32, [])
+if _buckets_bytes() != ctypes.sizeof(Buckets):
+    raise ImportError(
+        f"raindrops: {LIBRARY_PATH} does not match this package (Buckets layout differs)"
+    )
+BUCKETS_MAX: int = _declare(_lib, "buckets_max", _c.c_uint64, [])()
+_buckets_valid = _declare(_fast, "buckets_valid", _c.c_uint32, [_c.POINTER(Buckets)])
+_FLOAT_ARGUMENTS: list[object] = [_c.c_void_p, _c.c_double]
+float_add_one = _declare(_fast, "float_add_one", None, None)
+float_sub_one = _declare(_fast, "float_sub_one", None, None)
+float_add = _declare(_fast, "float_add", None, _FLOAT_ARGUMENTS)
+float_store = _declare(_fast, "float_store", None, _FLOAT_ARGUMENTS)
+float_load = _declare(_fast, "float_load", _c.c_double, [_c.c_void_p])
+float_fold_max = _declare(_fast, "float_fold_max", None, _FLOAT_ARGUMENTS)
+float_fold_min = _declare(_fast, "float_fold_min", None, _FLOAT_ARGUMENTS)
+float_ordered_key = _declare(_fast, "float_ordered_key", _c.c_uint64, [_c.c_double])
+# Called with a prepared pointer to a validated Buckets: see buckets_pointer().
+buckets_observe = _declare(_fast, "buckets_observe", None, _FLOAT_ARGUMENTS)
+
+
+def buckets_pointer(descriptor: Buckets) -> CounterPointer:
+    """A prepared pointer to a validated Buckets; the caller keeps `descriptor` (and the bounds
+    and counters it points to) alive."""
+    if not _buckets_valid(ctypes.byref(descriptor)):
+        raise ValueError(
+            f"invalid histogram buckets: 2 to {BUCKETS_MAX} buckets, finite ascending bounds"
+        )
     return ctypes.c_void_p(ctypes.addressof(descriptor))

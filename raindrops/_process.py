@@ -125,15 +125,27 @@ class PerProcess(Generic[T]):
     def __init__(self) -> None:
         self.value: T | None = None
         self.pid = 0
-        self._lock = threading.Lock()
+        self._lock: threading.Lock | None = None
         _EVERY.add(self)
+
+    def _lock_here(self) -> threading.Lock:
+        """This process's lock, made at first use: made in the fork hook, before gevent patches
+        threading (gunicorn --preload), a real lock would block every greenlet of the worker
+        while `make` yields."""
+        lock = self._lock
+        if lock is None:
+            with _LOCKS_LOCK[0]:
+                lock = self._lock
+                if lock is None:
+                    lock = self._lock = threading.Lock()
+        return lock
 
     def get(self, make: Callable[[], T]) -> T:
         """This process's value, made by `make` if this process has none yet."""
         value = self.value
         if self.pid == PROCESS.pid and value is not None:
             return value
-        with self._lock:
+        with self._lock_here():
             if self.pid != PROCESS.pid or self.value is None:
                 self.value = make()
                 self.pid = PROCESS.pid
@@ -145,20 +157,22 @@ class PerProcess(Generic[T]):
 
     def take(self) -> T | None:
         """Removes and returns this process's value, for closing it; None if there is none."""
-        with self._lock:
+        with self._lock_here():
             value = self.current()
             self.value, self.pid = None, 0
             return value
 
 
 _EVERY: weakref.WeakSet[PerProcess[Any]] = weakref.WeakSet()
+_LOCKS_LOCK = [threading.Lock()]  # held only while a lock is made, never while waiting
 
 
 def _after_fork_in_child() -> None:
     """What every forked child does first, whichever way it was forked (os.fork or C)."""
     PROCESS.refresh()
+    _LOCKS_LOCK[0] = threading.Lock()
     for holder in list(_EVERY):
-        holder._lock = threading.Lock()
+        holder._lock = None
 
 
 def _chain_uwsgi_post_fork() -> None:

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import NamedTuple, Protocol
 
 from raindrops.histogram import HistogramSnapshot
 from raindrops.linux import ListenStats
 from raindrops.scoreboard import Totals
+from raindrops.series import SeriesTotals
 
 FORMATS = ("text", "prometheus", "openmetrics", "json")
 PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -172,9 +173,18 @@ CALLING = Metric(
 )
 WRITING = Metric("raindrops_writing", "gauge", "Responses being written now, across all workers.")
 WORKERS = Metric("raindrops_workers", "gauge", "Live worker processes that have served a request.")
-REQUESTS = Metric("raindrops_requests", "counter", "Requests finished, failed ones included.")
+REQUESTS = Metric(
+    "raindrops_requests",
+    "counter",
+    "Requests by method and status code, counted when the response starts.",
+)
 ERRORS = Metric(
-    "raindrops_request_errors", "counter", "Requests whose application raised an exception."
+    "raindrops_request_errors", "counter", "Responses with a 5xx status code (exceptions included)."
+)
+EXCEPTIONS = Metric(
+    "raindrops_request_exceptions",
+    "counter",
+    "Requests whose application raised an exception (each also a 500).",
 )
 BUSY = Metric(
     "raindrops_busy_seconds",
@@ -190,7 +200,7 @@ CAPACITY = Metric(
 DURATION = Metric(
     "raindrops_request_duration_seconds",
     "histogram",
-    "Time from the application call to the body's close().",
+    "Time from the application call to the end of the response, by method and status code.",
 )
 
 
@@ -232,15 +242,59 @@ def middleware_prometheus(
         scalar(CALLING, totals.calling, openmetrics),
         scalar(WRITING, totals.writing, openmetrics),
         scalar(WORKERS, totals.workers, openmetrics),
-        scalar(REQUESTS, totals.requests, openmetrics),
+        requests_prometheus(totals.series, openmetrics),
         scalar(ERRORS, totals.errors, openmetrics),
+        scalar(EXCEPTIONS, totals.exceptions, openmetrics),
         scalar(BUSY, totals.busy_seconds, openmetrics),
         *([] if totals.capacity is None else [scalar(CAPACITY, totals.capacity, openmetrics)]),
-        histogram_prometheus(DURATION, totals.durations_us, _seconds),
+        durations_prometheus(totals.series, totals.buckets),
     ]
     if listeners:
         parts.append(listeners_prometheus(listeners))
     return "".join(parts)
+
+
+def _series_labels(entry: SeriesTotals) -> str:
+    """method and code labels; both come from raindrops.series' fixed sets, escaped anyway."""
+    method, code = escape_label_value(entry.method), escape_label_value(entry.code)
+    return f'method="{method}",code="{code}"'
+
+
+def requests_prometheus(series: Iterable[SeriesTotals], openmetrics: bool) -> str:
+    sample = f"{REQUESTS.name}_total"
+    lines = [_header(REQUESTS.name if openmetrics else sample, REQUESTS)]
+    lines.extend(f"{sample}{{{_series_labels(entry)}}} {entry.requests}\n" for entry in series)
+    return "".join(lines)
+
+
+def durations_prometheus(series: Iterable[SeriesTotals], buckets: tuple[float, ...]) -> str:
+    """The duration histogram by method and code; bucket `le` is an inclusive upper bound."""
+    name = DURATION.name
+    lines = [_header(name, DURATION)]
+    bounds = [repr(bound) for bound in buckets] + ["+Inf"]
+    for entry in series:
+        labels = _series_labels(entry)
+        cumulative = entry.cumulative()
+        lines.extend(
+            f'{name}_bucket{{{labels},le="{bound}"}} {count}\n'
+            for bound, count in zip(bounds, cumulative, strict=True)
+        )
+        lines.append(f"{name}_sum{{{labels}}} {entry.sum_seconds!r}\n")
+        lines.append(f"{name}_count{{{labels}}} {cumulative[-1]}\n")
+    return "".join(lines)
+
+
+def durations_json(series: Iterable[SeriesTotals], buckets: tuple[float, ...]) -> dict[str, object]:
+    """All series' durations together: cumulative counts keyed by upper bound, as Prometheus'
+    `le`; sum and count."""
+    bounds = [repr(bound) for bound in buckets] + ["+Inf"]
+    counts = [0] * len(bounds)
+    total_seconds = 0.0
+    for entry in series:
+        counts = [mine + theirs for mine, theirs in zip(counts, entry.cumulative(), strict=True)]
+        total_seconds += entry.sum_seconds
+    buckets_json = dict(zip(bounds, counts, strict=True))
+    return {"buckets": buckets_json, "sum": total_seconds, "count": counts[-1]}
 
 
 def histogram_json(snapshot: HistogramSnapshot) -> dict[str, object]:
@@ -267,8 +321,13 @@ def middleware_json(totals: Totals, listeners: Mapping[str, ListenStats]) -> dic
         "capacity": totals.capacity,
         "requests_total": totals.requests,
         "request_errors_total": totals.errors,
+        "request_exceptions_total": totals.exceptions,
         "busy_seconds_total": totals.busy_seconds,
-        "request_duration_us": histogram_json(totals.durations_us),
+        "requests": [
+            {"method": entry.method, "code": entry.code, "count": entry.requests}
+            for entry in totals.series
+        ],
+        "request_duration_seconds": durations_json(totals.series, totals.buckets),
         "listeners": listeners_json(listeners),
     }
 

@@ -27,6 +27,7 @@ fallback has no socket files and matches by name only.
 
 from __future__ import annotations
 
+import _socket
 import errno
 import ipaddress
 import os
@@ -556,12 +557,12 @@ def _proc_unix_listener_stats(names: list[bytes] | None) -> dict[str, ListenStat
 
 _PROC_SELF_FD = "/proc/self/fd"
 _FDS_MAX = 65536
+_NOT_TOUCHED = socket.SOCK_STREAM | socket.SOCK_NONBLOCK
 
 
-def _listener_key(sock: socket.socket) -> str | None:
-    if sock.type != socket.SOCK_STREAM or not sock.getsockopt(
-        socket.SOL_SOCKET, socket.SO_ACCEPTCONN
-    ):
+def _listener_key(sock: _socket.socket) -> str | None:
+    stream = sock.getsockopt(socket.SOL_SOCKET, socket.SO_TYPE) == socket.SOCK_STREAM
+    if not stream or not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
         return None
     name = sock.getsockname()
     if sock.family == socket.AF_INET:
@@ -584,7 +585,9 @@ def process_listeners() -> list[str]:
         try:
             if not os.readlink(entry.path).startswith("socket:"):
                 continue
-            sock = socket.socket(fileno=int(entry.name))
+            # _socket, not socket: gevent's socket class (or a default timeout) would switch
+            # the descriptor to non-blocking under its owner; SOCK_NONBLOCK here says "leave it".
+            sock = _socket.socket(type=_NOT_TOUCHED, fileno=int(entry.name))
         except OSError:
             continue
         try:

@@ -3,62 +3,72 @@
 Each worker process claims a slot (raindrops.slots) for its own `calling` and
 `writing`; readers add up the slots of live processes only, so a worker killed
 in the middle of a request stops counting at once (raindrops' `calling` stays
-raised forever). Totals (requests, errors, busy time) and the request-duration
-histogram are shared counters that survive worker restarts.
+raised forever). Totals (5xx responses, exceptions, busy time) and the
+requests and durations by method and code (raindrops.series) are shared
+counters that survive worker restarts.
 """
 
 from __future__ import annotations
 
+import functools
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, NamedTuple
 
 from raindrops import _native, segments
 from raindrops._process import PROCESS, PerProcess, start_ticks
 from raindrops.counters import Raindrops
-from raindrops.histogram import HistogramSnapshot, SharedHistogram
+from raindrops.series import COUNTERS as SERIES_COUNTERS
+from raindrops.series import DEFAULT_BUCKETS, SeriesTable, SeriesTotals, checked_buckets
 from raindrops.slots import ProcessSlots
 
 SLOTS_MAX = 256
-DURATION_BUCKETS = 32  # microseconds: the last finite bound is 2**31 us, about 36 minutes
 _SLOT_CALLING, _SLOT_WRITING, _SLOT_CAPACITY = 1, 2, 3  # after the owner word
 SLOT_FIELDS = 4
 # Slots come first: a snapshot reads in index order, gauges before totals
 # (the native side moves totals before gauges), so no read undercounts.
 _FIRST_SLOT = 0
-_REQUESTS = SLOTS_MAX * SLOT_FIELDS
-_ERRORS, _BUSY_US, _HISTOGRAM = _REQUESTS + 1, _REQUESTS + 2, _REQUESTS + 3
-COUNTERS = _HISTOGRAM + SharedHistogram.slots(DURATION_BUCKETS)
+_ERRORS = SLOTS_MAX * SLOT_FIELDS
+_EXCEPTIONS, _BUSY_US, _SERIES = _ERRORS + 1, _ERRORS + 2, _ERRORS + 3
+COUNTERS = _SERIES + SERIES_COUNTERS
 
 
 # What a request does to the board, given by this module so that servers never call native code.
 Board = _native.CounterPointer
-"""A prepared pointer to this process's native board (slot gauges, totals, histogram)."""
+"""A prepared pointer to this process's native board (slot gauges and totals)."""
+Series = _native.CounterPointer
+"""A prepared pointer to one (method, code) entry of the table (SeriesTable.pointer)."""
 enter: Callable[[Board], None] = _native.board_enter
 """A request enters the application: calling + 1."""
 respond: Callable[[Board], None] = _native.board_respond
-"""The application returned its body: calling - 1, writing + 1."""
+"""The application returned before its response started: calling - 1, writing + 1."""
+respond_counted: Callable[[Board, Series], None] = _native.board_respond_counted
+"""The application returned and its response started: counted in its series, then calling - 1,
+writing + 1."""
 
 
 def _duration_update(
-    small: Callable[[Board, int], None], large: Callable[[Board, int], None]
-) -> Callable[[Board, int], None]:
+    small: Callable[[Board, Series, int], None], large: Callable[[Board, Series, int], None]
+) -> Callable[[Board, Series, int], None]:
     """Passes durations up to SMALL_INT_MAX us (35 minutes) without a c_uint64 conversion."""
     limit = _native.SMALL_INT_MAX
 
-    def update(board: Board, elapsed_us: int) -> None:
+    def update(board: Board, series: Series, elapsed_us: int) -> None:
         if elapsed_us <= limit:
-            small(board, elapsed_us)
+            small(board, series, elapsed_us)
         else:
-            large(board, elapsed_us)
+            large(board, series, elapsed_us)
 
     return update
 
 
 leave = _duration_update(_native.board_leave, _native.board_leave_long)
-"""The body is closed: writing - 1, requests + 1, the duration observed."""
+"""The body is closed after respond_counted: writing - 1, the duration observed."""
+leave_counting = _duration_update(_native.board_leave_counting, _native.board_leave_counting_long)
+"""The body is closed after respond (the response started late): counted, writing - 1, the
+duration observed."""
 fail = _duration_update(_native.board_fail, _native.board_fail_long)
-"""The application raised: calling - 1, requests + 1, errors + 1, the duration observed."""
+"""The application raised: counted in `series` (a 500) and as an exception, calling - 1."""
 
 
 class Totals(NamedTuple):
@@ -67,8 +77,12 @@ class Totals(NamedTuple):
     workers: int
     requests: int
     errors: int
+    """Responses with a 5xx status (an exception out of the application is a 500)."""
+    exceptions: int
     busy_seconds: float
-    durations_us: HistogramSnapshot
+    series: tuple[SeriesTotals, ...]
+    buckets: tuple[float, ...]
+    """The series' histogram bounds in seconds (+Inf follows)."""
     capacity: int | None = None
     """Requests the live workers can hold at once (raindrops.capacity); None if one is unknown."""
 
@@ -76,9 +90,15 @@ class Totals(NamedTuple):
 class Scoreboard:
     """Counters of one server (or one mount of the middleware), shared by its workers."""
 
-    def __init__(self, *, name: str | None = None, mode: int = 0o600) -> None:
+    def __init__(
+        self,
+        *,
+        name: str | None = None,
+        mode: int = 0o600,
+        buckets: tuple[float, ...] = DEFAULT_BUCKETS,
+    ) -> None:
         self.counters = Raindrops(COUNTERS, name=name, mode=mode)
-        self.durations_us = SharedHistogram(self.counters, _HISTOGRAM, DURATION_BUCKETS)
+        self.series = SeriesTable(self.counters, _SERIES, _ERRORS, checked_buckets(buckets))
         self.slots = ProcessSlots(self.counters, _FIRST_SLOT, SLOTS_MAX, SLOT_FIELDS)
         self._board: PerProcess[tuple[_native.Board, Board, int]] = PerProcess()
 
@@ -105,10 +125,9 @@ class Scoreboard:
         board = _native.Board(
             calling=counters.address(base + _SLOT_CALLING),
             writing=counters.address(base + _SLOT_WRITING),
-            requests=counters.address(_REQUESTS),
             errors=counters.address(_ERRORS),
+            exceptions=counters.address(_EXCEPTIONS),
             busy_us=counters.address(_BUSY_US),
-            durations_us=self.durations_us.descriptor,
         )
         # the pointer is valid while `board` lives
         return board, _native.descriptor_pointer(board), base
@@ -123,14 +142,17 @@ class Scoreboard:
             writing += values[base + _SLOT_WRITING]
             capacity += values[base + _SLOT_CAPACITY]
             capacity_known = capacity_known and values[base + _SLOT_CAPACITY] > 0
+        series = tuple(self.series.read(values))
         return Totals(
             calling=calling,
             writing=writing,
             workers=workers,
-            requests=values[_REQUESTS],
+            requests=sum(entry.requests for entry in series),
             errors=values[_ERRORS],
+            exceptions=values[_EXCEPTIONS],
             busy_seconds=values[_BUSY_US] / 1e6,
-            durations_us=self.durations_us.snapshot(values),
+            series=series,
+            buckets=self.series.buckets,
             capacity=capacity if capacity_known and workers else None,
         )
 
@@ -138,37 +160,58 @@ class Scoreboard:
         self.counters.close()
 
 
+class Bound(NamedTuple):
+    """What a middleware counts with in this process: its board and its series' pointers."""
+
+    board: Board
+    series: Callable[[str, str | int], Series]
+    """(method, status line) -> the prepared pointer of its entry."""
+
+
 class ServerBoard:
     """A server's scoreboard, found as segments.ServerWide finds it, and this process's board in
     it: what a middleware (WSGI or ASGI) counts requests with.
 
-    `board` is public so that a per-request path can read `board.value` when `board.pid` is
+    `bound` is public so that a per-request path can read `bound.value` when `bound.pid` is
     this process's, without a call.
     """
 
     def __init__(
-        self, path: str, *, given: Scoreboard | None = None, name: str | None = None
+        self,
+        path: str,
+        *,
+        given: Scoreboard | None = None,
+        name: str | None = None,
+        buckets: tuple[float, ...] = DEFAULT_BUCKETS,
     ) -> None:
         self.found = segments.ServerWide(
-            Scoreboard, given=given, name=name, kind="mw", path=path, prepare=Scoreboard.board
+            functools.partial(Scoreboard, buckets=buckets),
+            given=given,
+            name=name,
+            kind="mw",
+            path=path,
+            prepare=Scoreboard.board,
         )
-        self.board: PerProcess[Board] = PerProcess()
+        self.bound: PerProcess[Bound] = PerProcess()
 
     @classmethod
-    def configured(cls, path: str, given: Scoreboard | None, name: str | None) -> ServerBoard:
+    def configured(
+        cls, path: str, given: Scoreboard | None, name: str | None, buckets: Iterable[float]
+    ) -> ServerBoard:
         """The middleware's own: `name`, else RAINDROPS_NAME, else found by itself."""
-        return cls(path, given=given, name=name or os.environ.get("RAINDROPS_NAME") or None)
+        name = name or os.environ.get("RAINDROPS_NAME") or None
+        return cls(path, given=given, name=name, buckets=checked_buckets(buckets))
 
     def scoreboard(self, server: Mapping[str, Any]) -> Scoreboard:
         """This process's scoreboard; `server` says whether it runs several processes."""
         return self.found.get(server)
 
-    def bind(self, server: Mapping[str, Any], capacity: Callable[[], int]) -> Board:
+    def bind(self, server: Mapping[str, Any], capacity: Callable[[], int]) -> Bound:
         """This process's board, claimed on its first request with this worker's capacity."""
-        return self.board.get(lambda: self._claim(server, capacity))
+        return self.bound.get(lambda: self._claim(server, capacity))
 
-    def _claim(self, server: Mapping[str, Any], capacity: Callable[[], int]) -> Board:
+    def _claim(self, server: Mapping[str, Any], capacity: Callable[[], int]) -> Bound:
         scoreboard = self.found.get(server)
         board = scoreboard.board()
         scoreboard.declare_capacity(capacity())
-        return board
+        return Bound(board, scoreboard.series.pointer)

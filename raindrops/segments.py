@@ -42,8 +42,9 @@ from raindrops.counters import _checked_name
 
 SHM_DIR = Path("/dev/shm")
 PREFIX = "raindrops-"
-KINDS = ("mw", "ldr", "watch")
-"""Kinds of per-master segments: the middleware's scoreboard, LastDataRecv's histogram."""
+KINDS = ("mw", "ldr", "watch", "metric")
+"""Kinds of per-master segments: the middleware's scoreboard, LastDataRecv's histogram, the
+Watcher's samples, one per raindrops.metrics metric."""
 SERVER_KEY_ENV = "RAINDROPS_SERVER_KEY"
 """A secret the master hands its workers (raindrops.gunicorn sets it): part of the name's digest,
 so that another user cannot compute the name and create it first."""

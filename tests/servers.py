@@ -175,7 +175,7 @@ class Gunicorn(Master):
             counted: bool = (
                 stats["requests_total"] >= requests
                 and stats["request_errors_total"] >= errors
-                and stats["request_duration_us"]["count"] >= requests
+                and stats["request_duration_seconds"]["count"] >= requests
             )
             return _idle(stats) and counted
 
@@ -183,7 +183,7 @@ class Gunicorn(Master):
         stats = wait_for(self.json, reached, timeout, what)
         assert stats["requests_total"] == requests, stats
         assert stats["request_errors_total"] == errors, stats
-        assert stats["request_duration_us"]["count"] == requests, stats
+        assert stats["request_duration_seconds"]["count"] == requests, stats
         return stats
 
     def connection_owner(self, client_port: int) -> int:
@@ -274,21 +274,16 @@ class Prometheus:
         return log_text(self.log)
 
 
-@contextlib.contextmanager
-def prometheus(
-    binary: str, work_dir: Path, target_port: int, scrape_interval: str = "1s"
-) -> Iterator[Prometheus]:
-    """A Prometheus server on 127.0.0.1 scraping 127.0.0.1:target_port/_raindrops in two jobs.
-
-    Job JOB asks for ?format=prometheus; job NEGOTIATED_JOB sends no parameter
-    and gets whatever its Accept header negotiates.
-    """
-    work_dir.mkdir(parents=True, exist_ok=True)
-    config = work_dir / "prometheus.yml"
-    config.write_text(
+def _prometheus_config(
+    ports: Sequence[int], scrape_interval: str, negotiated: bool, rule_files: Sequence[Path]
+) -> str:
+    targets = ", ".join(f"'127.0.0.1:{port}'" for port in ports)
+    config = (
         "global:\n"
         f"  scrape_interval: {scrape_interval}\n"
         f"  scrape_timeout: {scrape_interval}\n"
+        f"  evaluation_interval: {scrape_interval}\n"
+        f"rule_files: [{', '.join(repr(str(path)) for path in rule_files)}]\n"
         "scrape_configs:\n"
         # Asks for the Prometheus text format by query parameter, as the README shows.
         f"  - job_name: {JOB}\n"
@@ -296,13 +291,41 @@ def prometheus(
         "    params:\n"
         "      format: [prometheus]\n"
         "    static_configs:\n"
-        f"      - targets: ['127.0.0.1:{target_port}']\n"
-        # Leaves the format to content negotiation (Prometheus' Accept header).
+        f"      - targets: [{targets}]\n"
+    )
+    if not negotiated:
+        return config
+    # Leaves the format to content negotiation (Prometheus' Accept header).
+    return config + (
         f"  - job_name: {NEGOTIATED_JOB}\n"
         f"    metrics_path: {STATS}\n"
         "    static_configs:\n"
-        f"      - targets: ['127.0.0.1:{target_port}']\n"
+        f"      - targets: [{targets}]\n"
     )
+
+
+@contextlib.contextmanager
+def prometheus(
+    binary: str,
+    work_dir: Path,
+    target_port: int,
+    scrape_interval: str = "1s",
+    *,
+    other_ports: Sequence[int] = (),
+    negotiated: bool = True,
+    rule_files: Sequence[Path] = (),
+) -> Iterator[Prometheus]:
+    """A Prometheus server on 127.0.0.1 scraping 127.0.0.1:target_port/_raindrops in two jobs.
+
+    Job JOB asks for ?format=prometheus; job NEGOTIATED_JOB (left out when
+    `negotiated` is false) sends no parameter and gets whatever its Accept
+    header negotiates. Each job scrapes `other_ports` too; `rule_files` are
+    loaded and evaluated every scrape interval.
+    """
+    work_dir.mkdir(parents=True, exist_ok=True)
+    config = work_dir / "prometheus.yml"
+    ports = (target_port, *other_ports)
+    config.write_text(_prometheus_config(ports, scrape_interval, negotiated, rule_files))
     port = free_port()
     log = work_dir / "prometheus.log"
     command = [

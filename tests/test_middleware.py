@@ -190,8 +190,9 @@ def test_formats_by_query_and_accept_header() -> None:
     get(app, "/")
     response, body = get(app, QUERY_STRING="format=prometheus")
     assert response.headers["Content-Type"] == "text/plain; version=0.0.4; charset=utf-8"
-    assert b"raindrops_requests_total 1\n" in body and b"# TYPE raindrops_calling gauge\n" in body
-    assert b'raindrops_request_duration_seconds_bucket{le="+Inf"} 1\n' in body
+    assert b'raindrops_requests_total{method="GET",code="200"} 1\n' in body
+    assert b"# TYPE raindrops_calling gauge\n" in body
+    assert b'duration_seconds_bucket{method="GET",code="200",le="+Inf"} 1\n' in body
     response, body = get(app, HTTP_ACCEPT="text/plain;version=0.0.4;q=0.9,*/*;q=0.1")
     assert response.headers["Content-Type"].startswith("text/plain; version=0.0.4")
     response, body = get(
@@ -201,7 +202,7 @@ def test_formats_by_query_and_accept_header() -> None:
     assert body.endswith(b"# EOF\n") and b"# TYPE raindrops_requests counter\n" in body
     response, body = get(app, QUERY_STRING="format=json")
     assert response.headers["Content-Type"] == "application/json"
-    assert json.loads(body)["request_duration_us"]["count"] == 1
+    assert json.loads(body)["request_duration_seconds"]["count"] == 1
     response, body = get(app, QUERY_STRING="format=xml")
     assert response.status.startswith("400")
 

@@ -64,11 +64,13 @@ def test_promtool_accepts_the_prometheus_format(
         assert response.headers["content-type"] == "text/plain; version=0.0.4; charset=utf-8"
         samples = parse_prometheus(response.text)
         assert (
-            samples["raindrops_requests_total"] >= 3
+            family_total(samples, "raindrops_requests_total") >= 3
             and samples["raindrops_request_errors_total"] >= 1
         )
         assert f'raindrops_listener_queued{{listener="{server.address}"}}' in samples
-        assert samples['raindrops_request_duration_seconds_bucket{le="+Inf"}'] >= 3
+        assert samples['raindrops_requests_total{method="GET",code="500"}'] >= 1
+        infinite = 'raindrops_request_duration_seconds_bucket{method="GET",code="200",le="+Inf"}'
+        assert samples[infinite] >= 1
         result = promtool_check(promtool, response.text)
         assert result.returncode == 0, (
             f"promtool check metrics failed:\n{result.stdout}{result.stderr}"
@@ -87,8 +89,8 @@ BREAKAGES = {
 STRICTER = {
     "sample before its TYPE": ("# TYPE raindrops_calling gauge\n", ""),
     "+Inf bucket is not the count": (
-        "\nraindrops_request_duration_seconds_count ",
-        "\nraindrops_request_duration_seconds_count 9",
+        '\nraindrops_request_duration_seconds_count{method="GET",code="200"} ',
+        '\nraindrops_request_duration_seconds_count{method="GET",code="200"} 9',
     ),
 }
 
@@ -130,7 +132,7 @@ def test_openmetrics_ends_with_eof(binaries: tuple[str, str], server: Gunicorn) 
     )
     assert response.text.endswith("\n# EOF\n")
     samples = parse_prometheus(response.text, openmetrics=True)
-    assert samples["raindrops_requests_total"] >= 3
+    assert family_total(samples, "raindrops_requests_total") >= 3
     assert "# TYPE raindrops_requests counter\n" in response.text, (
         "OpenMetrics names the family without _total"
     )
@@ -141,6 +143,11 @@ def test_openmetrics_ends_with_eof(binaries: tuple[str, str], server: Gunicorn) 
     families = {family.name: family for family in text_string_to_metric_families(response.text)}  # type: ignore[no-untyped-call]
     assert families["raindrops_requests"].type == "counter"
     assert families["raindrops_request_duration_seconds"].type == "histogram"
+
+
+def family_total(samples: dict[str, float], name: str) -> float:
+    """A family's samples summed over their labels."""
+    return sum(value for key, value in samples.items() if key.partition("{")[0] == name)
 
 
 def _by_job(prom: Prometheus, expression: str) -> dict[str, float]:
@@ -164,7 +171,7 @@ def test_a_prometheus_server_scrapes_requests_in_flight(
         )
         requests = server.json()["requests_total"]
         wait_for(
-            lambda: _by_job(prom, "raindrops_requests_total"),
+            lambda: _by_job(prom, "sum by (job) (raindrops_requests_total)"),
             lambda seen: seen == dict.fromkeys(jobs, requests),
             20,
             f"raindrops_requests_total {requests} in both jobs",
@@ -182,7 +189,10 @@ def test_a_prometheus_server_scrapes_requests_in_flight(
         assert time.monotonic() - started < SLOW_SECONDS, "seen while the requests were in flight"
         slow.join()
         wait_for(
-            lambda: (_by_job(prom, "raindrops_calling"), _by_job(prom, "raindrops_requests_total")),
+            lambda: (
+                _by_job(prom, "raindrops_calling"),
+                _by_job(prom, "sum by (job) (raindrops_requests_total)"),
+            ),
             lambda seen: seen == (dict.fromkeys(jobs, 0.0), dict.fromkeys(jobs, requests + 2)),
             20,
             "raindrops_calling 0 and raindrops_requests_total grown by 2",

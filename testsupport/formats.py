@@ -93,9 +93,9 @@ def parse_json(body: str) -> Stats:
     if not isinstance(document, dict):
         raise FormatError("JSON document is not an object")
     values = {key: _natural(document.get(key), key) for key in _JSON_INTS}
-    histogram = document.get("request_duration_us")
+    histogram = document.get("request_duration_seconds")
     if not isinstance(histogram, dict):
-        raise FormatError("request_duration_us is not an object")
+        raise FormatError("request_duration_seconds is not an object")
     listeners_field = document.get("listeners")
     if not isinstance(listeners_field, dict):
         raise FormatError("listeners is not an object")
@@ -112,7 +112,7 @@ def parse_json(body: str) -> Stats:
         workers=values["workers"],
         requests=values["requests_total"],
         errors=values["request_errors_total"],
-        observed=_natural(histogram.get("count"), "request_duration_us.count"),
+        observed=_natural(histogram.get("count"), "request_duration_seconds.count"),
     )
 
 
@@ -177,6 +177,10 @@ def prometheus_stats(samples: dict[str, float]) -> Stats:
             raise FormatError(f"sample {key} missing")
         return int(samples[key])
 
+    def total(name: str) -> int:
+        """The sum of a family's samples over their labels (none before the first request)."""
+        return sum(int(value) for key, value in samples.items() if key.partition("{")[0] == name)
+
     listeners = {}
     for key in samples:
         if key.startswith('raindrops_listener_active{listener="'):
@@ -188,9 +192,9 @@ def prometheus_stats(samples: dict[str, float]) -> Stats:
         writing=get("raindrops_writing"),
         listeners=listeners,
         workers=get("raindrops_workers"),
-        requests=get("raindrops_requests_total"),
+        requests=total("raindrops_requests_total"),
         errors=get("raindrops_request_errors_total"),
-        observed=get("raindrops_request_duration_seconds_count"),
+        observed=total("raindrops_request_duration_seconds_count"),
     )
 
 

@@ -217,6 +217,17 @@ export fn raindrops_board_valid(board: *const scoreboard.Board) u32 {
     return @intFromBool(scoreboard.valid(board));
 }
 
+export fn raindrops_series_bytes() u32 {
+    return @sizeOf(scoreboard.Series);
+}
+
+export fn raindrops_series_valid(series: *const scoreboard.Series) u32 {
+    return @intFromBool(scoreboard.seriesValid(series));
+}
+
+// The per-request calls below take descriptors that the caller validated once
+// (raindrops_board_valid, raindrops_series_valid) and keeps alive.
+
 export fn raindrops_board_enter(board: *const scoreboard.Board) void {
     scoreboard.enter(board);
 }
@@ -225,12 +236,91 @@ export fn raindrops_board_respond(board: *const scoreboard.Board) void {
     scoreboard.respond(board);
 }
 
-export fn raindrops_board_leave(board: *const scoreboard.Board, duration_us: u64) void {
-    scoreboard.leave(board, duration_us);
+export fn raindrops_board_respond_counted(
+    board: *const scoreboard.Board,
+    series: *const scoreboard.Series,
+) void {
+    scoreboard.respondCounted(board, series);
 }
 
-export fn raindrops_board_fail(board: *const scoreboard.Board, duration_us: u64) void {
-    scoreboard.fail(board, duration_us);
+export fn raindrops_board_leave(
+    board: *const scoreboard.Board,
+    series: *const scoreboard.Series,
+    duration_us: u64,
+) void {
+    scoreboard.leave(board, series, duration_us, true);
+}
+
+export fn raindrops_board_leave_counting(
+    board: *const scoreboard.Board,
+    series: *const scoreboard.Series,
+    duration_us: u64,
+) void {
+    scoreboard.leave(board, series, duration_us, false);
+}
+
+export fn raindrops_board_fail(
+    board: *const scoreboard.Board,
+    series: *const scoreboard.Series,
+    duration_us: u64,
+) void {
+    scoreboard.fail(board, series, duration_us);
+}
+
+// ---------------------------------------------------------------------------
+// raindrops.metrics: f64 values and histograms with explicit upper bounds
+// (float.zig). Value words are prepared pointers into a segment view that
+// stays mapped while the caller's segment object lives; Buckets descriptors
+// are validated once (raindrops_buckets_valid) and kept alive by the caller.
+
+const float = @import("float.zig");
+
+export fn raindrops_float_add(word: *u64, delta: f64) void {
+    _ = float.add(word, delta);
+}
+
+export fn raindrops_float_add_one(word: *u64) void {
+    _ = float.add(word, 1.0);
+}
+
+export fn raindrops_float_sub_one(word: *u64) void {
+    _ = float.add(word, -1.0);
+}
+
+export fn raindrops_float_store(word: *u64, value: f64) void {
+    float.store(word, value);
+}
+
+export fn raindrops_float_load(word: *const u64) f64 {
+    return float.load(word);
+}
+
+export fn raindrops_float_fold_max(word: *u64, value: f64) void {
+    float.foldMax(word, value);
+}
+
+export fn raindrops_float_fold_min(word: *u64, value: f64) void {
+    float.foldMin(word, value);
+}
+
+export fn raindrops_float_ordered_key(value: f64) u64 {
+    return float.orderedKey(value);
+}
+
+export fn raindrops_buckets_bytes() u32 {
+    return @sizeOf(float.Buckets);
+}
+
+export fn raindrops_buckets_max() u64 {
+    return float.buckets_max;
+}
+
+export fn raindrops_buckets_valid(descriptor: *const float.Buckets) u32 {
+    return @intFromBool(float.valid(descriptor));
+}
+
+export fn raindrops_buckets_observe(descriptor: *const float.Buckets, value: f64) void {
+    float.observe(descriptor, value);
 }
 
 test {
@@ -244,4 +334,5 @@ test {
     _ = tcp_info;
     _ = counters;
     _ = shm;
+    _ = float;
 }

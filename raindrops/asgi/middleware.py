@@ -20,7 +20,9 @@ from typing import Any, NamedTuple
 
 from raindrops import capacity, exposition, linux, scoreboard
 from raindrops._process import PROCESS
+from raindrops.metrics.registry import with_metrics
 from raindrops.scoreboard import Scoreboard
+from raindrops.series import DEFAULT_BUCKETS
 from raindrops.wsgi import http
 from raindrops.wsgi.http import DEFAULT_ALLOW
 
@@ -33,10 +35,14 @@ ASGIApp = Callable[..., Awaitable[None]]
 
 _enter = scoreboard.enter
 _respond = scoreboard.respond
+_respond_counted = scoreboard.respond_counted
 _leave = scoreboard.leave
+_leave_counting = scoreboard.leave_counting
 _fail = scoreboard.fail
 _clock_ns = time.perf_counter_ns
 _CALLING, _WRITING, _DONE = 0, 1, 2
+_SERVER_ERROR = 500
+_NO_RESPONSE = 0  # code `other`
 WEBSOCKETS_PATH_SUFFIX = " websockets"
 """Appended to the endpoint path to name the websockets' scoreboard apart from the requests'."""
 WEBSOCKETS = exposition.Metric(
@@ -47,17 +53,20 @@ WEBSOCKETS = exposition.Metric(
 class _Request:
     """One request's place on the board; as the app's `send`, it sees the response go out.
 
-    `calling` lasts until http.response.start, `writing` until the last body
-    message is sent. end() runs in a finally after the app: whatever is still
-    open (an exception, a cancelled task, a client gone) is closed exactly once.
+    `calling` lasts until http.response.start (where the request is counted by
+    method and status), `writing` until the last body message is sent. end()
+    runs in a finally after the app: whatever is still open (an exception, a
+    cancelled task, a client gone) is closed exactly once (see end()).
     """
 
-    __slots__ = ("_board", "_send", "_state", "_started_ns")
+    __slots__ = ("_bound", "_method", "_send", "_state", "_series", "_started_ns")
 
-    def __init__(self, board: scoreboard.Board, send: Send) -> None:
-        self._board = board
+    def __init__(self, bound: scoreboard.Bound, method: str, send: Send) -> None:
+        self._bound = bound
+        self._method = method
         self._send = send
         self._state = _CALLING
+        self._series: scoreboard.Series | None = None
         self._started_ns = _clock_ns()
 
     def __call__(self, message: Message) -> Awaitable[None]:
@@ -70,22 +79,40 @@ class _Request:
             return self._last(message)
         if state == _CALLING and message["type"] == "http.response.start":
             self._state = _WRITING
-            _respond(self._board)
+            bound = self._bound
+            series = self._series = bound.series(self._method, message.get("status", 200))
+            _respond_counted(bound.board, series)
         return self._send(message)
 
     async def _last(self, message: Message) -> None:
         await self._send(message)
-        if self._state == _WRITING:
-            self._state = _DONE
-            _leave(self._board, (_clock_ns() - self._started_ns) // 1000)
+        self._finish()
 
-    def end(self) -> None:
-        state = self._state
+    def _finish(self) -> None:
+        series = self._series
+        if self._state == _WRITING and series is not None:
+            self._state = _DONE
+            _leave(self._bound.board, series, (_clock_ns() - self._started_ns) // 1000)
+
+    def end(self, raised: bool) -> None:
+        """After the app: a response never started is a 500 and an exception if the app
+        raised; if it returned without one (Django does when the client went away), the
+        request is counted with code `other`, neither an error nor an exception."""
+        if self._state != _CALLING:
+            self._finish()
+            return
         self._state = _DONE
-        if state == _CALLING:
-            _fail(self._board, (_clock_ns() - self._started_ns) // 1000)
-        elif state == _WRITING:
-            _leave(self._board, (_clock_ns() - self._started_ns) // 1000)
+        bound = self._bound
+        elapsed_us = (_clock_ns() - self._started_ns) // 1000
+        if raised:
+            _fail(bound.board, bound.series(self._method, _SERVER_ERROR), elapsed_us)
+        else:
+            _respond(bound.board)
+            _leave_counting(bound.board, bound.series(self._method, _NO_RESPONSE), elapsed_us)
+
+
+_WEBSOCKET_SESSION = 101
+"""What a websocket session counts as in the websockets' scoreboard once it ends: GET, 101."""
 
 
 def _unknown_capacity() -> int:
@@ -182,6 +209,7 @@ class Middleware:
         allow: Iterable[str] = DEFAULT_ALLOW,
         trusted_proxies: Iterable[str] = (),
         worker_capacity: int | None = None,
+        buckets: Iterable[float] = DEFAULT_BUCKETS,
     ) -> None:
         self.app = app
         given = capacity.checked(worker_capacity)
@@ -190,8 +218,8 @@ class Middleware:
         )
         self.path, self._access = http.endpoint_settings(path, allow, trusted_proxies)
         self._listeners = linux.ListenerSet.own_or(listeners)  # bad addresses fail now
-        self._counts = scoreboard.ServerBoard.configured(self.path, stats, name)
-        self._board = self._counts.board  # read by the per-request path without a call
+        self._counts = scoreboard.ServerBoard.configured(self.path, stats, name, buckets)
+        self._bound = self._counts.bound  # read by the per-request path without a call
         # Open websockets: a second scoreboard, found the same way (never named by the user).
         self._websockets = scoreboard.ServerBoard(self.path + WEBSOCKETS_PATH_SUFFIX)
 
@@ -215,27 +243,30 @@ class Middleware:
         if scope["path"] == self.path:
             await self._endpoint(scope, send)
             return
-        bound = self._board
-        board = bound.value if bound.pid == PROCESS.pid else None
-        if board is None:
-            board = self._counts.bind(self._server(), self._capacity)
-        request = _Request(board, send)
-        _enter(board)
+        holder = self._bound
+        bound = holder.value if holder.pid == PROCESS.pid else None
+        if bound is None:
+            bound = self._counts.bind(self._server(), self._capacity)
+        request = _Request(bound, scope.get("method", ""), send)
+        _enter(bound.board)
         try:
             await self.app(scope, receive, request)
-        finally:
-            request.end()
+        except BaseException:
+            request.end(raised=True)
+            raise
+        request.end(raised=False)
 
     async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
         """One open connection for as long as the app runs it, however that ends."""
-        board = self._websockets.bind(self._server(), _unknown_capacity)
+        bound = self._websockets.bind(self._server(), _unknown_capacity)
+        series = bound.series("GET", _WEBSOCKET_SESSION)
         started_ns = _clock_ns()
-        _enter(board)
+        _enter(bound.board)
         try:
             await self.app(scope, receive, send)
         finally:
-            _respond(board)
-            _leave(board, (_clock_ns() - started_ns) // 1000)
+            _respond_counted(bound.board, series)
+            _leave(bound.board, series, (_clock_ns() - started_ns) // 1000)
 
     async def _endpoint(self, scope: Scope, send: Send) -> None:
         environ = environ_of(scope)
@@ -251,7 +282,7 @@ class Middleware:
         headers = notices[0].headers or notices[1].headers
         requests = exposition.MiddlewareReport(totals, self._listeners.read(), reasons)
         report = Report(requests, websockets.calling + websockets.writing)
-        body = http.serve(answer, environ["REQUEST_METHOD"], form, report, headers)
+        body = http.serve(answer, environ["REQUEST_METHOD"], form, with_metrics(report), headers)
         await answer.send(send, body)
 
 

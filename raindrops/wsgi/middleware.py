@@ -21,7 +21,9 @@ from typing import Any
 
 from raindrops import capacity, exposition, linux, scoreboard, segments
 from raindrops._process import PROCESS
+from raindrops.metrics.registry import with_metrics
 from raindrops.scoreboard import Scoreboard
+from raindrops.series import DEFAULT_BUCKETS
 from raindrops.wsgi import http
 from raindrops.wsgi.http import DEFAULT_ALLOW, Environ, StartResponse, WSGIApp
 
@@ -29,27 +31,71 @@ NAME_PREFIX = segments.PREFIX + "mw-"
 """Start of the names of the per-master segments (see raindrops.segments)."""
 _enter = scoreboard.enter
 _respond = scoreboard.respond
+_respond_counted = scoreboard.respond_counted
 _leave = scoreboard.leave
+_leave_counting = scoreboard.leave_counting
 _fail = scoreboard.fail
 _clock_ns = time.perf_counter_ns
+_SERVER_ERROR = "500 Internal Server Error"
 
 
-class _Body:
-    """The response body, wrapped so that close() ends the request exactly once."""
+class _Request:
+    """One request: the application's start_response (it sees the status) and then the
+    response body, whose close() ends the request exactly once.
 
-    __slots__ = ("_iterable", "_close", "_once", "_started_ns")
+    The request is counted by method and status when the application returns
+    with its response started, else when the body closes (a generator that
+    starts its response while iterated).
+    """
+
+    __slots__ = (
+        "_start_response",
+        "_bound",
+        "_method",
+        "_status",
+        "_series",
+        "_started_ns",
+        "_iterable",
+        "_close",
+        "_once",
+    )
 
     def __init__(
-        self,
-        iterable: Iterable[bytes],
-        board: scoreboard.Board,
-        started_ns: int,
-        close: Callable[[], object] | None,
+        self, start_response: StartResponse, bound: scoreboard.Bound, method: str, started_ns: int
     ) -> None:
-        self._iterable = iterable
-        self._close = close
-        self._once = [board]  # list.pop() is atomic: a second close() finds it empty
+        self._start_response = start_response
+        self._bound = bound
+        self._method = method
+        self._status: str | None = None
+        self._series: scoreboard.Series | None = None
         self._started_ns = started_ns
+        self._iterable: Iterable[bytes] = ()
+        self._close: Callable[[], object] | None = None
+        self._once = [bound.board]  # list.pop() is atomic: a second close() finds it empty
+
+    def __call__(self, status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+        self._status = status
+        if exc_info is None:
+            return self._start_response(status, headers)
+        return self._start_response(status, headers, exc_info)
+
+    def respond(self, result: Iterable[bytes], close: Callable[[], object] | None) -> None:
+        """The application returned `result`: the request moves from calling to writing."""
+        self._iterable = result
+        self._close = close
+        bound = self._bound
+        status = self._status
+        if status is None:
+            _respond(bound.board)
+            return
+        series = self._series = bound.series(self._method, status)
+        _respond_counted(bound.board, series)
+
+    def fail(self) -> None:
+        """The application raised: a 500 and an exception, without a body."""
+        bound = self._bound
+        series = bound.series(self._method, _SERVER_ERROR)
+        _fail(bound.board, series, (_clock_ns() - self._started_ns) // 1000)
 
     def __iter__(self) -> Iterator[bytes]:
         return iter(self._iterable)
@@ -63,16 +109,22 @@ class _Body:
             if self._close is not None:
                 self._close()
         finally:
-            _leave(board, (_clock_ns() - self._started_ns) // 1000)
+            elapsed_us = (_clock_ns() - self._started_ns) // 1000
+            series = self._series
+            if series is not None:
+                _leave(board, series, elapsed_us)
+            else:
+                late = self._bound.series(self._method, self._status or "")
+                _leave_counting(board, late, elapsed_us)
 
 
-def _wrap_file(result: Any, board: scoreboard.Board, started_ns: int) -> Any:
+def _wrap_file(result: Any, request: _Request) -> Any:
     """Keeps a wsgi.file_wrapper body (sendfile) by hooking its close() instead of wrapping it."""
-    body = _Body(result, board, started_ns, getattr(result, "close", None))
+    request.respond(result, getattr(result, "close", None))
     try:
-        result.close = body.close
+        result.close = request.close
     except AttributeError:
-        return body
+        return request
     return result
 
 
@@ -87,6 +139,7 @@ class Middleware:
     proxies whose forwarding headers name the client (http.AccessRule).
     `worker_capacity` is how many requests one worker holds at once, where the
     server does not tell it (raindrops.capacity finds it for gunicorn and uWSGI).
+    `buckets` are the duration histogram's bounds in seconds.
     """
 
     def __init__(
@@ -100,19 +153,20 @@ class Middleware:
         allow: Iterable[str] = DEFAULT_ALLOW,
         trusted_proxies: Iterable[str] = (),
         worker_capacity: int | None = None,
+        buckets: Iterable[float] = DEFAULT_BUCKETS,
     ) -> None:
         self.app = app
         self._worker_capacity = capacity.checked(worker_capacity)
         self.path, self._access = http.endpoint_settings(path, allow, trusted_proxies)
         self._listeners = linux.ListenerSet.own_or(listeners)  # bad addresses fail now
-        self._counts = scoreboard.ServerBoard.configured(self.path, stats, name)
-        self._board = self._counts.board  # read by the per-request path without a call
+        self._counts = scoreboard.ServerBoard.configured(self.path, stats, name, buckets)
+        self._bound = self._counts.bound  # read by the per-request path without a call
 
     @property
     def stats(self) -> Scoreboard:
         return self._counts.found.current
 
-    def _bind(self, environ: Environ) -> scoreboard.Board:
+    def _bind(self, environ: Environ) -> scoreboard.Bound:
         """This process's board in the scoreboard it shares with its server's other workers."""
         server_frame = sys._getframe(2)  # whoever called __call__: the server's worker
         given = self._worker_capacity
@@ -123,24 +177,25 @@ class Middleware:
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         if environ.get("PATH_INFO") == self.path:
             return self._endpoint(environ, start_response)
-        bound = self._board
-        board = bound.value if bound.pid == PROCESS.pid else None
-        if board is None:
-            board = self._bind(environ)
-        started_ns = _clock_ns()
-        _enter(board)
+        holder = self._bound
+        bound = holder.value if holder.pid == PROCESS.pid else None
+        if bound is None:
+            bound = self._bind(environ)
+        request = _Request(start_response, bound, environ.get("REQUEST_METHOD", ""), _clock_ns())
+        _enter(bound.board)
         try:
-            result = self.app(environ, start_response)
+            result = self.app(environ, request)
         except BaseException:
-            _fail(board, (_clock_ns() - started_ns) // 1000)
+            request.fail()
             raise
-        _respond(board)
         if result.__class__ is list:
-            return _Body(result, board, started_ns, None)  # a list has no close()
+            request.respond(result, None)  # a list has no close()
+            return request
         file_wrapper = environ.get("wsgi.file_wrapper")
         if isinstance(file_wrapper, type) and isinstance(result, file_wrapper):
-            return _wrap_file(result, board, started_ns)  # type: ignore[no-any-return]
-        return _Body(result, board, started_ns, getattr(result, "close", None))
+            return _wrap_file(result, request)  # type: ignore[no-any-return]
+        request.respond(result, getattr(result, "close", None))
+        return request
 
     def _endpoint(self, environ: Environ, start_response: StartResponse) -> list[bytes]:
         form, refusal = http.endpoint_request(environ, start_response, self._access)
@@ -150,7 +205,7 @@ class Middleware:
         degraded = self._counts.found.notice()
         report = exposition.MiddlewareReport(totals, self._listeners.read(), degraded.reasons)
         method = environ.get("REQUEST_METHOD", "GET")
-        return http.serve(start_response, method, form, report, degraded.headers)
+        return http.serve(start_response, method, form, with_metrics(report), degraded.headers)
 
 
 __all__ = ["Middleware", "NAME_PREFIX"]
