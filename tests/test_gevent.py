@@ -9,8 +9,8 @@ worker drops calling at once to exactly what the other holds, the totals stay
 exact, and gunicorn's replacement worker counts in the same scoreboard. The
 server log has no traceback and no line from raindrops.
 
-Two defects found under gevent (both fixed) have a regression test each here, in a subprocess (monkey
-patching is for a whole process) and, for the one a user meets, in a real
+Two defects found under gevent (both fixed) have a regression test each here,
+in a subprocess (monkey patching is for a whole process) and, for the one a user meets, in a real
 server: the Watcher's first requests at once hang a preloaded gevent worker;
 every read of the endpoint turns the process's blocking sockets non-blocking.
 """
@@ -218,13 +218,13 @@ def test_the_watchers_first_requests_at_once_leave_a_gevent_worker_serving(
     """Many first requests to the Watcher (the demo mounts it at /watch) reach a fresh worker at
     once, as a dashboard opened during a burst makes them.
 
-    Failed with --preload before the fix: the worker hung for good (until gunicorn's --timeout kills it). The
-    first request makes the worker's sampler inside PerProcess.get(), under the holder's lock;
-    under gevent, Thread.start() waits for the new thread, so that greenlet yields with the lock
-    held, and the next request's greenlet asks for the lock. After fork the lock is gevent's
-    (raindrops was imported after the patch): that greenlet waits its turn. With --preload it
-    is a real lock, which the at-fork hook made before gevent patched threading: taken again in
-    the same thread, it blocks the thread, and no greenlet ever runs again.
+    Failed with --preload before the fix: the worker hung for good (until gunicorn's --timeout
+    killed it). The first request made the worker's sampler inside PerProcess.get(), under
+    the holder's lock; under gevent, Thread.start() waits for the new thread, so that greenlet
+    yielded with the lock held, and the next request's greenlet asked for the lock. After fork
+    the lock was gevent's (raindrops imported after the patch): that greenlet waited its turn.
+    With --preload it was a real lock, made by the at-fork hook before gevent patched
+    threading: taken again in the same thread, it blocked the thread for good.
     """
     with gunicorn(tmp_path, gevent_args(mode), workers=1) as server:
         [worker] = server.worker_pids()
