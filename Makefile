@@ -61,6 +61,7 @@ bench: build
 	$(PY) benchmarks/bench_listeners.py
 	$(PY) benchmarks/bench_middleware.py
 	$(PY) benchmarks/bench_asgi.py
+	$(PY) benchmarks/bench_metrics.py
 
 # Real gunicorn (sync and gthread) under locust; report in loadtests/results/. DURATION=S per variant.
 loadtest: build
