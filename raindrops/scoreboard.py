@@ -11,6 +11,7 @@ counters that survive worker restarts.
 from __future__ import annotations
 
 import functools
+import logging
 import os
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, NamedTuple
@@ -22,6 +23,7 @@ from raindrops.series import COUNTERS as SERIES_COUNTERS
 from raindrops.series import DEFAULT_BUCKETS, SeriesTable, SeriesTotals, checked_buckets
 from raindrops.slots import ProcessSlots
 
+_log = logging.getLogger(__name__)
 SLOTS_MAX = 256
 _SLOT_CALLING, _SLOT_WRITING, _SLOT_CAPACITY = 1, 2, 3  # after the owner word
 SLOT_FIELDS = 4
@@ -213,5 +215,16 @@ class ServerBoard:
     def _claim(self, server: Mapping[str, Any], capacity: Callable[[], int]) -> Bound:
         scoreboard = self.found.get(server)
         board = scoreboard.board()
-        scoreboard.declare_capacity(capacity())
+        scoreboard.declare_capacity(_capacity_or_unknown(capacity))
         return Bound(board, scoreboard.series.pointer)
+
+
+def _capacity_or_unknown(capacity: Callable[[], int]) -> int:
+    """The worker's capacity; unknown (0) if finding it fails: a request never fails for it."""
+    try:
+        return capacity()
+    except Exception as error:
+        _log.warning(
+            "raindrops: this worker's capacity is unknown (%s: %s)", type(error).__name__, error
+        )
+        return 0

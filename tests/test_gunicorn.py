@@ -31,7 +31,7 @@ from raindrops import Middleware, _process, linux
 from raindrops.scoreboard import Scoreboard
 from raindrops.segments import SHM_DIR, Server, segment_name
 from testsupport import processes, users
-from testsupport.formats import parse_prometheus, parse_text
+from testsupport.formats import family_total, parse_prometheus, parse_text
 from testsupport.gunicorn import launch, request
 from testsupport.gunicorn import segment_name as unique_name
 from testsupport.processes import is_dead
@@ -364,11 +364,11 @@ def _demo_session(server: Gunicorn) -> dict[str, Any]:
     return {
         "calling": (stats["calling"], text.calling, prometheus["raindrops_calling"]),
         "writing": (stats["writing"], text.writing, prometheus["raindrops_writing"]),
-        "requests": (stats["requests_total"], prometheus["raindrops_requests_total"]),
+        "requests": (stats["requests_total"], family_total(prometheus, "raindrops_requests_total")),
         "errors": (stats["request_errors_total"], prometheus["raindrops_request_errors_total"]),
         "durations": (
             stats["request_duration_seconds"]["count"],
-            prometheus["raindrops_request_duration_seconds_count"],
+            family_total(prometheus, "raindrops_request_duration_seconds_count"),
         ),
         "listeners": sorted(key.replace(str(server.port), "PORT") for key in stats["listeners"]),
         "text listeners": sorted(key.replace(str(server.port), "PORT") for key in text.listeners),

@@ -3,7 +3,9 @@
 tests/metrics_app.py's metrics are made at import in the default registry and
 read on the middleware's /_raindrops: gunicorn with 4 workers, with --preload
 (made in the master, inherited) and without (made in each worker, which meet
-in segments named after the master); uvicorn --workers 2 (spawned workers).
+in segments named after the master), a worker SIGKILLed; gunicorn with
+uvicorn workers; uWSGI forking in C and with --lazy-apps; uvicorn --workers 2
+(spawned workers).
 """
 
 from __future__ import annotations
@@ -139,6 +141,56 @@ def test_metrics_are_exact_under_gunicorn_with_a_sigkill(preload: bool, tmp_path
         assert "Traceback" not in server.log_text()
 
 
+def test_gunicorn_uvicorn_workers_share_the_metrics(tmp_path: Path) -> None:
+    """gunicorn -k uvicorn_worker.UvicornWorker without --preload: each ASGI worker builds the
+    metrics at import and finds its master's segments (the worker's signal handlers tell it is
+    one)."""
+    pytest.importorskip("uvicorn_worker")
+    args = ["--workers", "2", "--pythonpath", "tests", "-k", "uvicorn_worker.UvicornWorker"]
+    log = tmp_path / "gunicorn.log"
+    app = "metrics_app:asgi_application"
+    with launch(Master, args, workers=2, log=log, app=app, ready_path=STATS) as server:
+        wait_for(lambda: _imports(server.port), lambda seen: seen == 2, 30, "both imports")
+        work(server.port, 200, 4)
+        assert scrape(server.port) == expected(200, 0, 0, 2)
+        assert len(_segments(server.pid)) == 5
+
+
+UWSGI = str(Path(sys.executable).parent / "uwsgi")
+
+
+@pytest.mark.parametrize("lazy", [False, True], ids=["forked-in-c", "lazy-apps"])
+def test_uwsgi_workers_share_the_metrics(lazy: bool, tmp_path: Path) -> None:
+    """uWSGI forks its workers in C after loading the app in the master (inherited memory), or
+    loads it in each worker with --lazy-apps (segments named after the master)."""
+    if not os.path.exists(UWSGI):
+        pytest.skip("pyuwsgi is not installed")
+    port = free_port()
+    log = tmp_path / "uwsgi.log"
+    command = [UWSGI, "--http-socket", f"127.0.0.1:{port}", "--pythonpath", "tests"]
+    command += ["--module", "metrics_app:application", "--die-on-term", "--need-app"]
+    command += ["--disable-logging", "--master", "--processes", "3"]
+    command += ["--lazy-apps"] if lazy else []
+    imports = 3 if lazy else 1
+    with processes.running(command, log=log, cwd=ROOT, env=_environment()) as process:
+        try:
+            assert wait_ready(process, lambda: answers(port, STATS), "uWSGI", log)
+            wait_for(lambda: _imports(port), lambda seen: seen == imports, 30, "the imports")
+            work(port, 200, 4)
+            holds = [request(port, "/hold").status for _ in range(6)]
+            assert scrape(port) == expected(200, 6, 6, imports) and holds == [200] * 6
+            assert len(_segments(process.pid)) == (5 if lazy else 0)
+        finally:
+            processes.stop(process)
+            remove_segments(process.pid)
+
+
+def _environment() -> dict[str, str]:
+    environment = {key: value for key, value in os.environ.items() if "RAINDROPS" not in key}
+    environment.update(PYTHONUNBUFFERED="1", PYTHONPATH=str(ROOT))
+    return environment
+
+
 def test_uvicorn_spawned_workers_share_the_metrics(tmp_path: Path) -> None:
     """uvicorn --workers spawns its workers: each imports the app and builds the metrics, and
     they meet in the segments named after the supervisor."""
@@ -147,9 +199,7 @@ def test_uvicorn_spawned_workers_share_the_metrics(tmp_path: Path) -> None:
     log = tmp_path / "uvicorn.log"
     app = "tests.metrics_app:asgi_application"
     command = [sys.executable, "-m", "uvicorn", "--workers", "2", "--port", str(port), app]
-    environment = {key: value for key, value in os.environ.items() if "RAINDROPS" not in key}
-    environment.update(PYTHONUNBUFFERED="1", PYTHONPATH=str(ROOT))
-    with processes.running(command, log=log, cwd=ROOT, env=environment) as process:
+    with processes.running(command, log=log, cwd=ROOT, env=_environment()) as process:
         try:
             assert wait_ready(process, lambda: answers(port, STATS), "uvicorn", log)
             wait_for(lambda: _imports(port), lambda seen: seen == 2, 30, "both workers' imports")

@@ -266,10 +266,35 @@ def test_capacity_is_given_or_unknown_outside_a_server_that_tells_it() -> None:
     assert counts(unknown)["capacity"] is None
     assert b"\nraindrops_capacity " not in get(unknown, QUERY_STRING="format=prometheus")[1]
     given = Middleware(hello, listeners=[], worker_capacity=6)
-    assert counts(given)["capacity"] is None, "no worker has served a request yet"
+    assert counts(given)["capacity"] == 6, "the worker reading the endpoint tells its own"
     get(given, "/")
     assert counts(given)["capacity"] == 6
     assert b"\nraindrops_capacity 6\n" in get(given, QUERY_STRING="format=prometheus")[1]
+
+
+def test_a_server_calling_from_c_with_no_python_frame_above_is_served() -> None:
+    """uWSGI's threads call the application straight from C: the capacity lookup walked two
+    frames up, found none and failed the request with a 500 (ValueError from sys._getframe)."""
+    import _thread
+
+    statuses: list[str] = []
+    done = threading.Event()
+    app = Middleware(hello, listeners=[])
+
+    def start_response(status: str, headers: list[tuple[str, str]]) -> None:
+        statuses.append(status)
+        done.set()
+
+    _thread.start_new_thread(app, (environ("/"), start_response))  # no Python caller frame
+    assert done.wait(10) and statuses == ["200 OK"]
+    assert counts(app)["calling"] == 0 and counts(app)["writing"] == 1
+
+
+def test_the_endpoint_claims_the_readers_slot_with_its_capacity() -> None:
+    """A worker that has only served the endpoint still tells its capacity, so that the
+    server's capacity is known (it read null under uWSGI when such a worker was live)."""
+    app = Middleware(hello, listeners=[], worker_capacity=3)
+    assert counts(app)["capacity"] == 3
 
 
 def test_capacity_sums_live_workers_and_is_unknown_if_one_is() -> None:

@@ -27,7 +27,7 @@ from servers import (
 )
 
 from testsupport import formats, processes, programs
-from testsupport.formats import parse_prometheus
+from testsupport.formats import family_total, parse_prometheus
 
 SLOW_SECONDS = 8
 
@@ -143,11 +143,6 @@ def test_openmetrics_ends_with_eof(binaries: tuple[str, str], server: Gunicorn) 
     families = {family.name: family for family in text_string_to_metric_families(response.text)}  # type: ignore[no-untyped-call]
     assert families["raindrops_requests"].type == "counter"
     assert families["raindrops_request_duration_seconds"].type == "histogram"
-
-
-def family_total(samples: dict[str, float], name: str) -> float:
-    """A family's samples summed over their labels."""
-    return sum(value for key, value in samples.items() if key.partition("{")[0] == name)
 
 
 def _by_job(prom: Prometheus, expression: str) -> dict[str, float]:

@@ -135,6 +135,11 @@ def _family_of(name: str, families: dict[str, str]) -> str:
     raise FormatError(f"sample {name} has no TYPE line before it")
 
 
+def family_total(samples: dict[str, float], name: str) -> float:
+    """A family's samples (parse_prometheus' keys) summed over their labels; 0 with none."""
+    return sum(value for key, value in samples.items() if key.partition("{")[0] == name)
+
+
 def parse_prometheus(body: str, openmetrics: bool = False) -> dict[str, float]:
     """Samples by `name{labels}`, every line well formed.
 
@@ -178,8 +183,7 @@ def prometheus_stats(samples: dict[str, float]) -> Stats:
         return int(samples[key])
 
     def total(name: str) -> int:
-        """The sum of a family's samples over their labels (none before the first request)."""
-        return sum(int(value) for key, value in samples.items() if key.partition("{")[0] == name)
+        return int(family_total(samples, name))
 
     listeners = {}
     for key in samples:

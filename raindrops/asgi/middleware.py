@@ -275,6 +275,7 @@ class Middleware:
         if refusal is not None:
             await answer.send(send, refusal)
             return
+        self._counts.bind(self._server(), self._capacity)  # this worker's slot, with its capacity
         totals = self._counts.scoreboard(self._server()).totals()
         websockets = self._websockets.scoreboard(self._server()).totals()
         notices = (self._counts.found.notice(), self._websockets.found.notice())

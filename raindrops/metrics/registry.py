@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterable
 from typing import NamedTuple, Protocol
 
 from raindrops import exposition
@@ -168,8 +167,3 @@ class WithMetrics(NamedTuple):
 def with_metrics(report: exposition.Report, registry: Registry | None = None) -> WithMetrics:
     """`report` with REGISTRY's metrics (or `registry`'s) after its own numbers."""
     return WithMetrics(report, REGISTRY if registry is None else registry)
-
-
-def families_of(metrics: Iterable[Collectable]) -> list[Family]:
-    reading = Reading()
-    return [metric.collect(reading) for metric in metrics]

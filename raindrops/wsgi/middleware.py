@@ -168,7 +168,8 @@ class Middleware:
 
     def _bind(self, environ: Environ) -> scoreboard.Bound:
         """This process's board in the scoreboard it shares with its server's other workers."""
-        server_frame = sys._getframe(2)  # whoever called __call__: the server's worker
+        # whoever called __call__ (none when a server calls it from C, as uWSGI's threads do)
+        server_frame = sys._getframe(1).f_back
         given = self._worker_capacity
         return self._counts.bind(
             environ, lambda: given if given else capacity.of_this_worker(server_frame)
@@ -201,6 +202,8 @@ class Middleware:
         form, refusal = http.endpoint_request(environ, start_response, self._access)
         if refusal is not None:
             return refusal
+        if self._bound.current() is None:
+            self._bind(environ)  # claims this worker's slot with its capacity, as a request does
         totals = self._counts.scoreboard(environ).totals()
         degraded = self._counts.found.notice()
         report = exposition.MiddlewareReport(totals, self._listeners.read(), degraded.reasons)
