@@ -255,9 +255,12 @@ def middleware_prometheus(
 
 
 def _series_labels(entry: SeriesTotals) -> str:
-    """method and code labels; both come from raindrops.series' fixed sets, escaped anyway."""
+    """method and code labels (raindrops.series' fixed sets), then the route if there is one:
+    the application's text, read back from shared memory, so escaped."""
     method, code = escape_label_value(entry.method), escape_label_value(entry.code)
-    return f'method="{method}",code="{code}"'
+    if entry.route is None:
+        return f'method="{method}",code="{code}"'
+    return f'method="{method}",code="{code}",route="{escape_label_value(entry.route)}"'
 
 
 def requests_prometheus(series: Iterable[SeriesTotals], openmetrics: bool) -> str:
@@ -282,6 +285,13 @@ def durations_prometheus(series: Iterable[SeriesTotals], buckets: tuple[float, .
         lines.append(f"{name}_sum{{{labels}}} {entry.sum_seconds!r}\n")
         lines.append(f"{name}_count{{{labels}}} {cumulative[-1]}\n")
     return "".join(lines)
+
+
+def _series_json(entry: SeriesTotals) -> dict[str, object]:
+    labels: dict[str, object] = {"method": entry.method, "code": entry.code}
+    if entry.route is not None:
+        labels["route"] = entry.route
+    return {**labels, "count": entry.requests}
 
 
 def durations_json(series: Iterable[SeriesTotals], buckets: tuple[float, ...]) -> dict[str, object]:
@@ -323,10 +333,7 @@ def middleware_json(totals: Totals, listeners: Mapping[str, ListenStats]) -> dic
         "request_errors_total": totals.errors,
         "request_exceptions_total": totals.exceptions,
         "busy_seconds_total": totals.busy_seconds,
-        "requests": [
-            {"method": entry.method, "code": entry.code, "count": entry.requests}
-            for entry in totals.series
-        ],
+        "requests": [_series_json(entry) for entry in totals.series],
         "request_duration_seconds": durations_json(totals.series, totals.buckets),
         "listeners": listeners_json(listeners),
     }

@@ -19,6 +19,8 @@ from typing import Any, NamedTuple
 from raindrops import _native, segments
 from raindrops._process import PROCESS, PerProcess, start_ticks
 from raindrops.counters import Raindrops
+from raindrops.routes import COUNTERS as ROUTE_COUNTERS
+from raindrops.routes import RouteTable
 from raindrops.series import COUNTERS as SERIES_COUNTERS
 from raindrops.series import DEFAULT_BUCKETS, SeriesTable, SeriesTotals, checked_buckets
 from raindrops.slots import ProcessSlots
@@ -32,7 +34,8 @@ SLOT_FIELDS = 4
 _FIRST_SLOT = 0
 _ERRORS = SLOTS_MAX * SLOT_FIELDS
 _EXCEPTIONS, _BUSY_US, _SERIES = _ERRORS + 1, _ERRORS + 2, _ERRORS + 3
-COUNTERS = _SERIES + SERIES_COUNTERS
+_ROUTES = _SERIES + SERIES_COUNTERS
+COUNTERS = _ROUTES + ROUTE_COUNTERS
 
 
 # What a request does to the board, given by this module so that servers never call native code.
@@ -101,6 +104,7 @@ class Scoreboard:
     ) -> None:
         self.counters = Raindrops(COUNTERS, name=name, mode=mode)
         self.series = SeriesTable(self.counters, _SERIES, _ERRORS, checked_buckets(buckets))
+        self.routes = RouteTable(self.counters, _ROUTES)
         self.slots = ProcessSlots(self.counters, _FIRST_SLOT, SLOTS_MAX, SLOT_FIELDS)
         self._board: PerProcess[tuple[_native.Board, Board, int]] = PerProcess()
 
@@ -134,6 +138,10 @@ class Scoreboard:
         # the pointer is valid while `board` lives
         return board, _native.descriptor_pointer(board), base
 
+    def routed_series(self, route: object, method: str, status: str | int) -> Series:
+        """The series of a request whose route the middleware's `route=` callable named."""
+        return self.series.pointer(method, status, self.routes.index(route))
+
     def totals(self) -> Totals:
         values = self.counters.to_list()
         calling = writing = workers = capacity = 0
@@ -144,7 +152,7 @@ class Scoreboard:
             writing += values[base + _SLOT_WRITING]
             capacity += values[base + _SLOT_CAPACITY]
             capacity_known = capacity_known and values[base + _SLOT_CAPACITY] > 0
-        series = tuple(self.series.read(values))
+        series = tuple(self.series.read(values, self.routes.names(values)))
         return Totals(
             calling=calling,
             writing=writing,
@@ -168,6 +176,8 @@ class Bound(NamedTuple):
     board: Board
     series: Callable[[str, str | int], Series]
     """(method, status line) -> the prepared pointer of its entry."""
+    routed: Callable[[object, str, str | int], Series]
+    """(route name, method, status line) -> the prepared pointer of its entry."""
 
 
 class ServerBoard:
@@ -216,7 +226,7 @@ class ServerBoard:
         scoreboard = self.found.get(server)
         board = scoreboard.board()
         scoreboard.declare_capacity(_capacity_or_unknown(capacity))
-        return Bound(board, scoreboard.series.pointer)
+        return Bound(board, scoreboard.series.pointer, scoreboard.routed_series)
 
 
 def _capacity_or_unknown(capacity: Callable[[], int]) -> int:

@@ -1,12 +1,14 @@
-"""Requests and their durations by method and status code, in a table shared by all workers.
+"""Requests and their durations by method, status code (and route), in a table shared by all
+workers.
 
-Each entry of the table is one (method, code) pair: a key word, a request
+Each entry of the table is one (route, method, code): a key word, a request
 count, a duration sum and histogram buckets. A worker that meets a new pair
 claims the first free entry with one compare-and-swap on the key, so every
-pair has one entry however many workers meet it at once. Cardinality is
+key has one entry however many workers meet it at once. Cardinality is
 bounded: methods outside the standard set are `other`, codes outside
-100..599 are `other`, and when the table is full every new pair counts in a
-last entry labelled (other, other). Entries are never freed: their counts
+100..599 are `other`, routes are bounded by raindrops.routes, and when the
+table is full every new key counts in a last entry labelled (other, other),
+route `other`. Entries are never freed: their counts
 are the server's totals and survive worker restarts.
 
 Keys read back from shared memory are checked before they become labels; an
@@ -17,22 +19,24 @@ from __future__ import annotations
 
 import ctypes
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from typing import NamedTuple
 
 from raindrops import _native
 from raindrops.counters import Raindrops
+from raindrops.routes import OTHER_ROUTE, ROUTED_OTHER
 
 METHODS = ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE")
 OTHER = "other"
 DEFAULT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
 """prometheus_client's default bounds, in seconds; +Inf is always added."""
 BOUNDS_MAX = 32
-ENTRIES_MAX = 64
+ENTRIES_MAX = 256
 _KEY, _REQUESTS, _SUM_US, _FIRST_BUCKET = 0, 1, 2, 3
 ENTRY_FIELDS = _FIRST_BUCKET + BOUNDS_MAX + 1
 COUNTERS = ENTRIES_MAX * ENTRY_FIELDS
 _CODE_BITS = 10
+_ROUTE_SHIFT = 14  # above the code's 10 bits and the method's 4
 _METHOD_INDEX = {method: index for index, method in enumerate(METHODS)}
 _OTHER_METHOD = len(METHODS)
 _OVERFLOW_KEY = (_OTHER_METHOD + 1) << _CODE_BITS  # (other, other): always the last entry
@@ -74,19 +78,23 @@ def _code_of(status: str | int) -> int:
     return 0
 
 
-def key_of(method: str, status: str | int) -> int:
-    """The table key of (method, status line); never 0, which marks a free entry."""
+def key_of(method: str, status: str | int, route: int = OTHER_ROUTE) -> int:
+    """The table key of (method, status line, route index); never 0, which marks a free entry."""
     method_index = _METHOD_INDEX.get(method, _OTHER_METHOD)
-    return (method_index + 1) << _CODE_BITS | _code_of(status)
+    return route << _ROUTE_SHIFT | (method_index + 1) << _CODE_BITS | _code_of(status)
 
 
-def labels_of(key: int) -> tuple[str, str] | None:
-    """(method, code) of a key read from shared memory; None if no writer makes that key."""
-    method_index, code = (key >> _CODE_BITS) - 1, key & ((1 << _CODE_BITS) - 1)
-    if not 0 <= method_index <= _OTHER_METHOD or not (code == 0 or 100 <= code <= 599):
+def labels_of(key: int) -> tuple[int, str, str] | None:
+    """(route index, method, code) of a key read from shared memory; None if no writer makes
+    that key."""
+    route, method_index = key >> _ROUTE_SHIFT, (key >> _CODE_BITS & 0xF) - 1
+    code = key & ((1 << _CODE_BITS) - 1)
+    if route > ROUTED_OTHER or not 0 <= method_index <= _OTHER_METHOD:
+        return None
+    if not (code == 0 or 100 <= code <= 599):
         return None
     method = METHODS[method_index] if method_index < _OTHER_METHOD else OTHER
-    return method, str(code) if code else OTHER
+    return route, method, str(code) if code else OTHER
 
 
 def is_server_error(key: int) -> bool:
@@ -100,6 +108,19 @@ class SeriesTotals(NamedTuple):
     buckets: tuple[int, ...]
     """Per bound, then +Inf; not cumulative."""
     sum_seconds: float
+    route: str | None = None
+    """None when no request of the server had a route; else the route name or `other`."""
+
+    def merged(self, other: SeriesTotals) -> SeriesTotals:
+        """The sum of two entries with the same labels (two workers claimed one name)."""
+        buckets = tuple(
+            mine + theirs for mine, theirs in zip(self.buckets, other.buckets, strict=True)
+        )
+        return self._replace(
+            requests=self.requests + other.requests,
+            buckets=buckets,
+            sum_seconds=self.sum_seconds + other.sum_seconds,
+        )
 
     def cumulative(self) -> list[int]:
         """Counts at or below each bound, then the +Inf count (Prometheus' `le`)."""
@@ -124,18 +145,26 @@ class SeriesTable:
         self._prepared: dict[int, tuple[_native.Series, _native.CounterPointer]] = {}
         self._by_status: dict[tuple[str, str | int], _native.CounterPointer] = {}
 
-    def pointer(self, method: str, status: str | int) -> _native.CounterPointer:
-        """A prepared pointer to the native descriptor of (method, status) in this process."""
+    def pointer(
+        self, method: str, status: str | int, route: int = OTHER_ROUTE
+    ) -> _native.CounterPointer:
+        """A prepared pointer to the native descriptor of (method, status) in this process; with
+        a route index (raindrops.routes), of (route, method, status)."""
+        if route != OTHER_ROUTE:
+            return self._prepared_pointer(key_of(method, status, route))
         pointer = self._by_status.get((method, status))
         if pointer is not None:
             return pointer
-        key = key_of(method, status)
+        pointer = self._prepared_pointer(key_of(method, status))
+        if len(self._by_status) < _STATUS_LINES_MAX:  # status lines are the app's: bounded here
+            self._by_status[(method, status)] = pointer
+        return pointer
+
+    def _prepared_pointer(self, key: int) -> _native.CounterPointer:
         prepared = self._prepared.get(key)
         if prepared is None:
             prepared = self._prepare(key)
-            self._prepared[key] = prepared  # at most ENTRIES_MAX keys
-        if len(self._by_status) < _STATUS_LINES_MAX:  # status lines are the app's: bounded here
-            self._by_status[(method, status)] = prepared[1]
+            self._prepared[key] = prepared  # bounded: routes x methods x codes
         return prepared[1]
 
     def _prepare(self, key: int) -> tuple[_native.Series, _native.CounterPointer]:
@@ -166,14 +195,34 @@ class SeriesTable:
         _native.compare_swap(pointer, 0, _OVERFLOW_KEY)
         return last
 
-    def read(self, values: list[int]) -> Iterator[SeriesTotals]:
-        """The entries in use in a snapshot `values`, in table order."""
+    def read(self, values: list[int], routes: dict[int, str]) -> list[SeriesTotals]:
+        """The entries in use in a snapshot `values`, in table order, entries with the same
+        labels merged; `routes` names the route indexes (raindrops.routes)."""
         width = len(self.buckets) + 1
+        found: dict[tuple[int, str, str], SeriesTotals] = {}
+        routed = False
         for base in range(self.first, self.first + COUNTERS, ENTRY_FIELDS):
             labels = labels_of(values[base + _KEY]) if values[base + _KEY] else None
             if labels is None:
                 continue
+            routed = routed or labels[0] != OTHER_ROUTE
             buckets = tuple(values[base + _FIRST_BUCKET : base + _FIRST_BUCKET + width])
-            yield SeriesTotals(
-                *labels, values[base + _REQUESTS], buckets, values[base + _SUM_US] / _US_PER_SECOND
+            entry = SeriesTotals(
+                labels[1],
+                labels[2],
+                values[base + _REQUESTS],
+                buckets,
+                values[base + _SUM_US] / _US_PER_SECOND,
             )
+            previous = found.get(labels)
+            found[labels] = entry if previous is None else previous.merged(entry)
+        if not routed:
+            return list(found.values())
+        named: dict[tuple[str, str, str], SeriesTotals] = {}
+        for (route, _, _), entry in found.items():
+            name = routes.get(route, OTHER)
+            key = (name, entry.method, entry.code)
+            previous = named.get(key)
+            entry = entry._replace(route=name)
+            named[key] = entry if previous is None else previous.merged(entry)
+        return list(named.values())

@@ -17,12 +17,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from servers import gunicorn, run_threads, wait_for
+from servers import Gunicorn, gunicorn, run_threads, wait_for
 
 from raindrops import ASGIMiddleware, Middleware
+from raindrops.routes import ROUTES_MAX
 from raindrops.scoreboard import Scoreboard
 from raindrops.series import DEFAULT_BUCKETS, ENTRIES_MAX, key_of, labels_of
 from testsupport.formats import parse_prometheus
+from testsupport.gunicorn import launch
 
 Environ = dict[str, Any]
 
@@ -201,8 +203,124 @@ def test_cardinality_is_bounded_by_an_overflow_series() -> None:
     board.close()
 
 
+def _routed(route: Callable[[Environ], object]) -> Middleware:
+    def app(environ: Environ, start_response: Callable[..., Any]) -> list[bytes]:
+        environ["ROUTE"] = environ["PATH_INFO"].rsplit("/", 1)[0] or "/"  # as a router would
+        start_response("200 OK", [])
+        return [b""]
+
+    return Middleware(app, listeners=[], route=route)
+
+
+def _by_route(document: dict[str, Any]) -> dict[tuple[str, str, str], int]:
+    return {(e["route"], e["method"], e["code"]): e["count"] for e in document["requests"]}
+
+
+def test_route_labels_requests_by_what_the_callable_names() -> None:
+    app = _routed(lambda environ: environ.get("ROUTE"))
+    for path in ("/users/1", "/users/2", "/items/9", "/"):
+        _serve(app, path=path)
+    assert _by_route(_json(app)) == {
+        ("/users", "GET", "200"): 2,
+        ("/items", "GET", "200"): 1,
+        ("/", "GET", "200"): 1,
+    }
+    samples = _prometheus(app)
+    assert samples['raindrops_requests_total{method="GET",code="200",route="/users"}'] == 2
+    bucket = 'raindrops_request_duration_seconds_count{method="GET",code="200",route="/items"}'
+    assert samples[bucket] == 1
+
+
+@pytest.mark.parametrize(
+    "named",
+    [None, "", 7, ["unhashable"], "x" * 129, "\ud800", RuntimeError("raised")],
+    ids=["none", "empty", "int", "unhashable", "too-long", "surrogate", "raises"],
+)
+def test_a_route_that_is_not_a_short_name_is_other_and_never_fails(named: object) -> None:
+    def route(environ: Environ) -> object:
+        if isinstance(named, Exception):
+            raise named
+        return named
+
+    app = _routed(route)
+    _serve(app, path="/a/b")
+    assert _by_route(_json(app)) == {("other", "GET", "200"): 1}
+
+
+def test_routes_are_bounded_and_names_are_escaped() -> None:
+    app = _routed(lambda environ: environ["PATH_INFO"])
+    for number in range(ROUTES_MAX + 5):
+        _serve(app, path=f'/r{number}"\n')
+    by_route = _by_route(_json(app))
+    assert sum(by_route.values()) == ROUTES_MAX + 5
+    assert by_route[("other", "GET", "200")] == 5
+    assert len(by_route) == ROUTES_MAX + 1
+    text = b"".join(app(_environ("/_raindrops", query="format=prometheus"), lambda *a: None))
+    assert b'route="/r0\\"\\n"' in text
+    parse_prometheus(text.decode())
+
+
+def test_a_route_claimed_by_two_workers_at_once_is_one_label_set() -> None:
+    """Forked workers meeting the same new routes at the same moment may claim two entries for
+    one name: readers merge them, so counts stay exact and no label set repeats."""
+    board = Scoreboard()
+    app = Middleware(_replying("200 OK"), listeners=[], stats=board, route=lambda e: e["PATH_INFO"])
+    go_reader, go_writer = os.pipe()
+    children = []
+    for _ in range(6):
+        child = os.fork()
+        if child == 0:
+            os.read(go_reader, 1)
+            for number in range(10):
+                _serve(app, path=f"/shared/{number}")
+            os._exit(0)
+        children.append(child)
+    os.write(go_writer, b"x" * 6)
+    for child in children:
+        assert os.waitpid(child, 0)[1] == 0
+    by_route = _by_route(_json(app))
+    assert by_route == {(f"/shared/{number}", "GET", "200"): 6 for number in range(10)}
+    board.close()
+
+
+def test_a_torn_route_entry_is_other() -> None:
+    board = Scoreboard()
+    app = Middleware(_replying("200 OK"), listeners=[], stats=board, route=lambda e: "/fine")
+    _serve(app)
+    first = board.routes.first
+    name_word = board.counters[first + 1]
+    board.counters[first + 1] = name_word ^ 1  # the CRC no longer matches
+    assert _by_route(_json(app)) == {("other", "GET", "200"): 1}
+    board.counters[first + 1] = name_word
+    board.counters[first] = board.counters[first] | (500 << 32)  # a length past the bound
+    assert _by_route(_json(app)) == {("other", "GET", "200"): 1}
+    board.close()
+
+
+def test_route_must_be_callable() -> None:
+    for middleware in (Middleware, ASGIMiddleware):
+        with pytest.raises(ValueError, match="'/users'"):
+            middleware(_replying("200 OK"), listeners=[], route="/users")
+
+
+def test_flask_url_rules_label_requests_under_gunicorn(tmp_path: Path) -> None:
+    """The Flask recipe with route=url_rule: /slow?seconds=0 and /slow?seconds=0.01 are one
+    route; an unmatched path has no rule, so `other`."""
+    flask_app = "examples.frameworks.flask_app:app"
+    log = tmp_path / "gunicorn.log"
+    with launch(Gunicorn, ["--workers", "2"], workers=2, log=log, app=flask_app) as server:
+        server.settle()
+        for path in ("/", "/slow?seconds=0", "/slow?seconds=0.01", "/nowhere"):
+            server.get(path)
+        expected = {("/", "GET", "200"): 1, ("/slow", "GET", "200"): 2, ("other", "GET", "404"): 1}
+        wait_for(lambda: _by_route(server.json()), lambda seen: seen == expected, 10, "routes")
+
+
 def test_keys_read_from_shared_memory_are_checked() -> None:
-    assert labels_of(key_of("PATCH", "418 Teapot")) == ("PATCH", "418")
+    assert labels_of(key_of("PATCH", "418 Teapot")) == (0, "PATCH", "418")
+    assert labels_of(key_of("GET", "200 OK", 64)) == (64, "GET", "200")
+    assert labels_of(key_of("GET", "200 OK", 65)) == (65, "GET", "200")
+    assert labels_of(key_of("GET", "200 OK", 66)) is None
     for hostile in (1, 1 << 30, (11 << 10) | 200, (1 << 10) | 600, (1 << 10) | 99, 2**64 - 1):
         assert labels_of(hostile) is None
     board = Scoreboard()
@@ -278,6 +396,31 @@ def test_asgi_counts_by_method_and_status() -> None:
     expected = {("POST", "200"): 1, ("GET", "503"): 1, ("GET", "500"): 1, ("GET", "other"): 1}
     assert by_labels == expected
     assert (stats.errors, stats.exceptions, stats.calling, stats.writing) == (2, 1, 0, 0)
+
+
+def test_asgi_route_is_named_from_the_scope_once_the_response_starts() -> None:
+    import asyncio
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        scope["route"] = "/items/{id}"  # what Starlette's router leaves in the scope
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    middleware = ASGIMiddleware(app, listeners=[], route=lambda scope: scope.get("route"))
+
+    async def nothing(*args: Any) -> Any:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    for item in range(3):
+        scope = {"type": "http", "path": f"/items/{item}", "method": "GET", "headers": []}
+        asyncio.run(middleware(scope, nothing, nothing))
+    [entry] = middleware.stats.totals().series
+    assert (entry.route, entry.method, entry.code, entry.requests) == (
+        "/items/{id}",
+        "GET",
+        "200",
+        3,
+    )
 
 
 # A real gunicorn: 4 workers, mixed statuses from many threads, one worker killed mid-stream.

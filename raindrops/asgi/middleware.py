@@ -21,6 +21,7 @@ from typing import Any, NamedTuple
 from raindrops import capacity, exposition, linux, scoreboard
 from raindrops._process import PROCESS
 from raindrops.metrics.registry import with_metrics
+from raindrops.routes import route_name
 from raindrops.scoreboard import Scoreboard
 from raindrops.series import DEFAULT_BUCKETS
 from raindrops.wsgi import http
@@ -42,6 +43,8 @@ _fail = scoreboard.fail
 _clock_ns = time.perf_counter_ns
 _CALLING, _WRITING, _DONE = 0, 1, 2
 _SERVER_ERROR = 500
+Route = Callable[[Scope], object]
+"""The middleware's `route=`: names a request's route from its scope (see raindrops.routes)."""
 _NO_RESPONSE = 0  # code `other`
 WEBSOCKETS_PATH_SUFFIX = " websockets"
 """Appended to the endpoint path to name the websockets' scoreboard apart from the requests'."""
@@ -59,11 +62,14 @@ class _Request:
     cancelled task, a client gone) is closed exactly once (see end()).
     """
 
-    __slots__ = ("_bound", "_method", "_send", "_state", "_series", "_started_ns")
+    __slots__ = ("_bound", "_scope", "_route", "_send", "_state", "_series", "_started_ns")
 
-    def __init__(self, bound: scoreboard.Bound, method: str, send: Send) -> None:
+    def __init__(
+        self, bound: scoreboard.Bound, scope: Scope, route: Route | None, send: Send
+    ) -> None:
         self._bound = bound
-        self._method = method
+        self._scope = scope
+        self._route = route
         self._send = send
         self._state = _CALLING
         self._series: scoreboard.Series | None = None
@@ -79,10 +85,16 @@ class _Request:
             return self._last(message)
         if state == _CALLING and message["type"] == "http.response.start":
             self._state = _WRITING
-            bound = self._bound
-            series = self._series = bound.series(self._method, message.get("status", 200))
-            _respond_counted(bound.board, series)
+            series = self._series = self._series_of(message.get("status", 200))
+            _respond_counted(self._bound.board, series)
         return self._send(message)
+
+    def _series_of(self, status: int) -> scoreboard.Series:
+        bound = self._bound
+        method = self._scope.get("method", "")
+        if self._route is None:
+            return bound.series(method, status)
+        return bound.routed(route_name(self._route, self._scope), method, status)
 
     async def _last(self, message: Message) -> None:
         await self._send(message)
@@ -102,13 +114,13 @@ class _Request:
             self._finish()
             return
         self._state = _DONE
-        bound = self._bound
+        board = self._bound.board
         elapsed_us = (_clock_ns() - self._started_ns) // 1000
         if raised:
-            _fail(bound.board, bound.series(self._method, _SERVER_ERROR), elapsed_us)
+            _fail(board, self._series_of(_SERVER_ERROR), elapsed_us)
         else:
-            _respond(bound.board)
-            _leave_counting(bound.board, bound.series(self._method, _NO_RESPONSE), elapsed_us)
+            _respond(board)
+            _leave_counting(board, self._series_of(_NO_RESPONSE), elapsed_us)
 
 
 _WEBSOCKET_SESSION = 101
@@ -195,7 +207,9 @@ class Middleware:
     (its `calling` is the open connections: a killed worker's drop out as its
     requests do) shared the same way as the first. `worker_capacity` is how many
     requests one worker holds at once (uvicorn's --limit-concurrency, say): ASGI
-    servers do not tell it, except uWSGI's.
+    servers do not tell it, except uWSGI's. `route` names each request's route from
+    its scope once the response starts (Starlette and FastAPI put the matched route in
+    `scope["route"]`: `route=lambda scope: scope["route"].path`).
     """
 
     def __init__(
@@ -210,8 +224,12 @@ class Middleware:
         trusted_proxies: Iterable[str] = (),
         worker_capacity: int | None = None,
         buckets: Iterable[float] = DEFAULT_BUCKETS,
+        route: Route | None = None,
     ) -> None:
+        if route is not None and not callable(route):
+            raise ValueError(f"route must be a callable taking the scope, not {route!r}")
         self.app = app
+        self._route = route
         given = capacity.checked(worker_capacity)
         self._capacity: Callable[[], int] = (
             (lambda: given) if given else (lambda: capacity.of_this_worker(None))
@@ -247,7 +265,7 @@ class Middleware:
         bound = holder.value if holder.pid == PROCESS.pid else None
         if bound is None:
             bound = self._counts.bind(self._server(), self._capacity)
-        request = _Request(bound, scope.get("method", ""), send)
+        request = _Request(bound, scope, self._route, send)
         _enter(bound.board)
         try:
             await self.app(scope, receive, request)

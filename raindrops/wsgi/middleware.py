@@ -22,6 +22,7 @@ from typing import Any
 from raindrops import capacity, exposition, linux, scoreboard, segments
 from raindrops._process import PROCESS
 from raindrops.metrics.registry import with_metrics
+from raindrops.routes import route_name
 from raindrops.scoreboard import Scoreboard
 from raindrops.series import DEFAULT_BUCKETS
 from raindrops.wsgi import http
@@ -37,6 +38,9 @@ _leave_counting = scoreboard.leave_counting
 _fail = scoreboard.fail
 _clock_ns = time.perf_counter_ns
 _SERVER_ERROR = "500 Internal Server Error"
+Route = Callable[[Environ], object]
+"""The middleware's `route=`: names a request's route (a URL rule, not the path) from the
+environ after the application ran; None or anything but a short str is `other`."""
 
 
 class _Request:
@@ -51,7 +55,8 @@ class _Request:
     __slots__ = (
         "_start_response",
         "_bound",
-        "_method",
+        "_environ",
+        "_route",
         "_status",
         "_series",
         "_started_ns",
@@ -61,11 +66,17 @@ class _Request:
     )
 
     def __init__(
-        self, start_response: StartResponse, bound: scoreboard.Bound, method: str, started_ns: int
+        self,
+        start_response: StartResponse,
+        bound: scoreboard.Bound,
+        environ: Environ,
+        route: Route | None,
+        started_ns: int,
     ) -> None:
         self._start_response = start_response
         self._bound = bound
-        self._method = method
+        self._environ = environ
+        self._route = route
         self._status: str | None = None
         self._series: scoreboard.Series | None = None
         self._started_ns = started_ns
@@ -83,19 +94,24 @@ class _Request:
         """The application returned `result`: the request moves from calling to writing."""
         self._iterable = result
         self._close = close
-        bound = self._bound
         status = self._status
         if status is None:
-            _respond(bound.board)
+            _respond(self._bound.board)
             return
-        series = self._series = bound.series(self._method, status)
-        _respond_counted(bound.board, series)
+        series = self._series = self._series_of(status)
+        _respond_counted(self._bound.board, series)
+
+    def _series_of(self, status: str) -> scoreboard.Series:
+        bound = self._bound
+        method = self._environ.get("REQUEST_METHOD", "")
+        if self._route is None:
+            return bound.series(method, status)
+        return bound.routed(route_name(self._route, self._environ), method, status)
 
     def fail(self) -> None:
         """The application raised: a 500 and an exception, without a body."""
-        bound = self._bound
-        series = bound.series(self._method, _SERVER_ERROR)
-        _fail(bound.board, series, (_clock_ns() - self._started_ns) // 1000)
+        series = self._series_of(_SERVER_ERROR)
+        _fail(self._bound.board, series, (_clock_ns() - self._started_ns) // 1000)
 
     def __iter__(self) -> Iterator[bytes]:
         return iter(self._iterable)
@@ -114,8 +130,7 @@ class _Request:
             if series is not None:
                 _leave(board, series, elapsed_us)
             else:
-                late = self._bound.series(self._method, self._status or "")
-                _leave_counting(board, late, elapsed_us)
+                _leave_counting(board, self._series_of(self._status or ""), elapsed_us)
 
 
 def _wrap_file(result: Any, request: _Request) -> Any:
@@ -139,7 +154,8 @@ class Middleware:
     proxies whose forwarding headers name the client (http.AccessRule).
     `worker_capacity` is how many requests one worker holds at once, where the
     server does not tell it (raindrops.capacity finds it for gunicorn and uWSGI).
-    `buckets` are the duration histogram's bounds in seconds.
+    `buckets` are the duration histogram's bounds in seconds. `route` names each
+    request's route for a `route` label (see Route).
     """
 
     def __init__(
@@ -154,8 +170,12 @@ class Middleware:
         trusted_proxies: Iterable[str] = (),
         worker_capacity: int | None = None,
         buckets: Iterable[float] = DEFAULT_BUCKETS,
+        route: Route | None = None,
     ) -> None:
+        if route is not None and not callable(route):
+            raise ValueError(f"route must be a callable taking the environ, not {route!r}")
         self.app = app
+        self._route = route
         self._worker_capacity = capacity.checked(worker_capacity)
         self.path, self._access = http.endpoint_settings(path, allow, trusted_proxies)
         self._listeners = linux.ListenerSet.own_or(listeners)  # bad addresses fail now
@@ -182,7 +202,7 @@ class Middleware:
         bound = holder.value if holder.pid == PROCESS.pid else None
         if bound is None:
             bound = self._bind(environ)
-        request = _Request(start_response, bound, environ.get("REQUEST_METHOD", ""), _clock_ns())
+        request = _Request(start_response, bound, environ, self._route, _clock_ns())
         _enter(bound.board)
         try:
             result = self.app(environ, request)
