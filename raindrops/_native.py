@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import functools
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -134,6 +135,19 @@ noop = _declare(_lib, "noop", None, [])
 noop_held = _declare(_fast, "noop", None, [])
 noop_pointer = _declare(_fast, "noop_pointer", _c.c_uint64, None)
 
+# Argument-free updates (zig/counters.zig): a slot binds one prepared counter
+# pointer to its own `u64 f(void)` increment and decrement, and a call without
+# arguments costs about half of one that passes a pointer. PYFUNCTYPE holds the
+# GIL, as the PyDLL handle does.
+SLOTS_MAX: int = _declare(_lib, "slots_max", _c.c_uint32, [])()
+_slot_claim = _declare(_fast, "slot_claim", _c.c_int64, [_c.c_void_p])
+_slot_release = _declare(_fast, "slot_release", _c.c_int32, [_c.c_uint32])
+_slot_step = _declare(_fast, "slot_step", _c.c_size_t, [_c.c_uint32, _c.c_uint32])
+_SlotStep = ctypes.PYFUNCTYPE(_c.c_uint64)
+Step = Callable[[], int]
+# 1 where CPython's own aligned 8-byte read of a counter may replace load() (x86_64).
+PLAIN_LOADS: bool = bool(_declare(_lib, "plain_loads", _c.c_uint32, [])())
+
 if _segment_bytes() != ctypes.sizeof(Segment):
     raise ImportError(
         f"raindrops: {LIBRARY_PATH} does not match this package (Segment layout differs)"
@@ -232,7 +246,7 @@ def sync(segment: Segment, subject: str) -> int:
 def snapshot(segment: Segment, count: int) -> list[int]:
     values = (ctypes.c_uint64 * count)()
     _raise_for(_snapshot(ctypes.byref(segment), values, count), "reading counters")
-    return list(values)
+    return memoryview(values).cast("B").cast("Q").tolist()  # 25x list(values)
 
 
 def restore(segment: Segment, values: list[int]) -> None:
@@ -259,6 +273,42 @@ def counter_pointers(segment: Segment, first: int, count: int) -> list[CounterPo
     start = segment.base + segment.counters_offset
     stride = segment.stride
     return [ctypes.c_void_p(start + index * stride) for index in range(first, first + count)]
+
+
+def counter_words(segment: Segment, count: int) -> memoryview:
+    """The first `count` counters of the current view as 'Q' items, one per stride (negative
+    indexes count from `count`); CPython reads an item with one aligned 8-byte load. Valid
+    while the view stays mapped; the caller checks `count`."""
+    raw = (ctypes.c_char * (count * segment.stride)).from_address(
+        segment.base + segment.counters_offset
+    )
+    return memoryview(raw).cast("B").cast("Q")[:: segment.stride // 8]
+
+
+def slot_claim(pointer: CounterPointer) -> int | None:
+    """A slot now bound to the counter at `pointer`, or None when every slot is claimed."""
+    slot: int = _slot_claim(pointer)
+    if slot == -errno.ENOSPC:
+        return None
+    if slot < 0:
+        _raise_for(slot, "binding a counter to an update slot")
+    return slot
+
+
+def slot_steps(slot: int) -> tuple[Step, Step]:
+    """The argument-free increment and decrement of a claimed slot."""
+    return _SlotStep(_slot_step(slot, 0)), _SlotStep(_slot_step(slot, 1))
+
+
+def pointer_steps(pointer: CounterPointer) -> tuple[Step, Step]:
+    """Increment and decrement of the counter at `pointer` as argument-free callables, for when
+    no slot is free: each call passes the pointer."""
+    return functools.partial(incr_one, pointer), functools.partial(decr_one, pointer)
+
+
+def slot_release(slot: int) -> None:
+    """Frees a slot once nothing can call its steps any more (a later call updates no counter)."""
+    _raise_for(_slot_release(slot), f"releasing update slot {slot}")
 
 
 # ---------------------------------------------------------------------------
@@ -288,6 +338,34 @@ class TcpResult(ctypes.Structure):
         ("listeners", ctypes.c_uint32),
         ("active", ctypes.c_uint64),
         ("queued", ctypes.c_uint64),
+    ]
+
+
+TCP_LISTEN = 1 << 10
+TCP_ESTABLISHED = 1 << 1
+TCP_STATES_ALL = TCP_LISTEN | TCP_ESTABLISHED
+"""sock_diag state bits: LISTEN sockets, ESTABLISHED ones (zig/netlink.zig)."""
+
+
+class TcpListener(ctypes.Structure):
+    """A socket's listener facts; mirrors `Listener` in zig/tcp_info.zig.
+
+    `listening` is 1 for a TCP socket in LISTEN, and the other fields are set only then;
+    `queued`/`backlog` (TCP_INFO's tcpi_unacked/tcpi_sacked of a listener) only when
+    `queue_known` is 1."""
+
+    _fields_ = [
+        ("address", ctypes.c_uint8 * 16),
+        ("family", ctypes.c_uint16),
+        ("port", ctypes.c_uint16),
+        ("listening", ctypes.c_uint8),
+        ("reuseport", ctypes.c_uint8),
+        ("device_bound", ctypes.c_uint8),
+        ("v6only", ctypes.c_uint8),
+        ("queue_known", ctypes.c_uint8),
+        ("reserved", ctypes.c_uint8 * 3),
+        ("queued", ctypes.c_uint32),
+        ("backlog", ctypes.c_uint32),
     ]
 
 
@@ -325,8 +403,9 @@ _tcp_stats = _declare(
     _lib,
     "tcp_stats",
     _c.c_int32,
-    [_c.c_int32, _c.POINTER(TcpQuery), _c.POINTER(TcpResult), _c.c_uint32],
+    [_c.c_int32, _c.POINTER(TcpQuery), _c.POINTER(TcpResult), _c.c_uint32, _c.c_uint32],
 )
+_tcp_states_all = _declare(_lib, "tcp_states_all", _c.c_uint32, [])
 _tcp_all_listeners = _declare(
     _lib, "tcp_all_listeners", _c.c_int32, [_c.c_int32, _c.POINTER(TcpResult), _c.c_uint32, _u64p]
 )
@@ -338,12 +417,18 @@ _unix_all_listeners = _declare(
 )
 _tcp_info_bytes = _declare(_lib, "tcp_info_bytes", _c.c_uint32, [])
 _tcp_info = _declare(_lib, "tcp_info", _c.c_int32, [_c.c_int32, _c.c_char_p, _c.c_uint32, _u32p])
+_tcp_listener_bytes = _declare(_lib, "tcp_listener_bytes", _c.c_uint32, [])
+_tcp_listener = _declare(_lib, "tcp_listener", _c.c_int32, [_c.c_int32, _c.POINTER(TcpListener)])
+_listening = _declare(
+    _lib, "listening", _c.c_int32, [_c.POINTER(_c.c_int32), _c.POINTER(_c.c_uint8), _c.c_uint32]
+)
 
-if (_tcp_query_bytes(), _tcp_result_bytes(), _unix_entry_bytes()) != (
+if (_tcp_query_bytes(), _tcp_result_bytes(), _unix_entry_bytes(), _tcp_listener_bytes()) != (
     ctypes.sizeof(TcpQuery),
     ctypes.sizeof(TcpResult),
     ctypes.sizeof(UnixEntry),
-):
+    ctypes.sizeof(TcpListener),
+) or _tcp_states_all() != TCP_STATES_ALL:
     raise ImportError(
         f"raindrops: {LIBRARY_PATH} does not match this package (sock_diag layouts differ)"
     )
@@ -377,14 +462,16 @@ def diag_close(fd: int) -> None:
     _raise_errno(_diag_close(fd), "closing a NETLINK_SOCK_DIAG socket")
 
 
-def tcp_stats(fd: int, queries: list[TcpQuery]) -> list[TcpResult]:
-    """Counts for each query (in the same order); chunked to the native bound."""
+def tcp_stats(fd: int, queries: list[TcpQuery], states: int = TCP_STATES_ALL) -> list[TcpResult]:
+    """Counts for each query (in the same order), from the sockets in `states` (TCP_LISTEN,
+    TCP_ESTABLISHED or both); chunked to the native bound."""
     results: list[TcpResult] = []
     for start in range(0, len(queries), DIAG_QUERIES_MAX):
         chunk = queries[start : start + DIAG_QUERIES_MAX]
         query_array = (TcpQuery * len(chunk))(*chunk)
         result_array = (TcpResult * len(chunk))()
-        _raise_errno(_tcp_stats(fd, query_array, result_array, len(chunk)), "inet_diag dump")
+        status = _tcp_stats(fd, query_array, result_array, len(chunk), states)
+        _raise_errno(status, "inet_diag dump")
         results.extend(result_array)
     return results
 
@@ -440,6 +527,29 @@ def tcp_info(fd: int) -> bytes:
             )
         _raise_errno(status, f"getsockopt(TCP_INFO) on fd {fd}")
     return buffer.raw[: length.value]
+
+
+def tcp_listener(fd: int) -> TcpListener:
+    """What `fd` listens on and its accept queue (one native call: TCP_INFO, getsockname and
+    the options that let another socket share the address); `listening` 0 when it is not a TCP
+    listener. OSError when `fd` is not an open socket."""
+    listener = TcpListener()
+    _raise_errno(_tcp_listener(fd, ctypes.byref(listener)), f"reading listener fd {fd}")
+    return listener
+
+
+DESCRIPTORS_MAX = 65536
+
+
+def listening(fds: list[int]) -> list[int]:
+    """Those of `fds` (at most DESCRIPTORS_MAX) that are listening sockets, in order: one
+    getsockopt(SO_ACCEPTCONN) each, natively, so no descriptor is wrapped in a Python socket."""
+    if not fds:
+        return []
+    numbers = (ctypes.c_int32 * len(fds))(*fds)
+    marks = (ctypes.c_uint8 * len(fds))()
+    _raise_errno(_listening(numbers, marks, len(fds)), "checking descriptors")
+    return [fd for fd, mark in zip(fds, marks, strict=True) if mark]
 
 
 # ---------------------------------------------------------------------------

@@ -3,8 +3,11 @@
 Every counter sits on its own cache line in memory shared by processes: an
 anonymous memfd inherited across fork, or a named POSIX shm segment that
 unrelated processes attach to. Updates are single atomic instructions in the
-native library; the Python side keeps the hot path to one list lookup and one
-ctypes call with an argument prepared in advance.
+native library; the Python side keeps the hot path to list lookups and one
+ctypes call: without arguments for the default n (a native function bound to
+the counter, see _native.slot_claim), else with a pointer prepared in advance.
+Where a plain aligned 8-byte load is as good as the native one (x86_64, see
+_native.PLAIN_LOADS), `rd[i]` is CPython's own read of the shared memory.
 """
 
 from __future__ import annotations
@@ -30,11 +33,12 @@ PAGE_SIZE: int = mmap.PAGESIZE
 # reached through a pointer built per call instead of a prepared table.
 _PREPARED_POINTERS_MAX = 1 << 16
 _MODE_ALLOWED = 0o744  # zig/shm.zig mode_allowed
-_ONE = 1  # `n is _ONE` selects the one-argument native call for the default n.
+_ONE = 1  # `n is _ONE` selects the argument-free native call for the default n.
+_INCR = 0  # positions in a counter's (increment, decrement) steps
+_DECR = 1
+_EMPTY_WORDS = memoryview(b"").cast("Q")  # every index misses: the checked path decides
 
 _SMALL_INT_MAX = _native.SMALL_INT_MAX
-_incr_one = _native.incr_one
-_decr_one = _native.decr_one
 _incr = _native.incr
 _decr = _native.decr
 _load = _native.load
@@ -113,9 +117,13 @@ def _checked_name(name: object) -> str:
     return name
 
 
-def _release(segment: _native.Segment, views: list[tuple[int, int]]) -> None:
-    """Unmaps every view, and closes the file unless close() did; runs once, when the Raindrops
-    is unreachable: no thread can be inside an operation on these views any more."""
+def _release(segment: _native.Segment, views: list[tuple[int, int]], slots: dict[int, int]) -> None:
+    """Frees the update slots, unmaps every view, and closes the file unless close() did; runs
+    once, when the Raindrops is unreachable: no thread can be inside an operation on these
+    views or slots any more."""
+    for slot in slots.values():
+        _native.slot_release(slot)
+    slots.clear()
     for base, length in views:
         _native.unmap(base, length)
     views.clear()
@@ -124,21 +132,26 @@ def _release(segment: _native.Segment, views: list[tuple[int, int]]) -> None:
 
 
 _Step = Callable[..., int]
+_Steps = tuple[_native.Step, _native.Step]
+"""A counter's argument-free (increment, decrement)."""
 
 
 def _index_updater(
-    step_one: _Step, step_small: _Step, step: _Step, doc: str
+    which: int, step_small: _Step, step: _Step, doc: str
 ) -> Callable[[Raindrops, int, int], int]:
-    """Builds incr/decr: a list lookup and a native call, no int conversion for the default n."""
+    """Builds incr/decr: list lookups and a native call, without arguments for the default n
+    (a counter's steps are None until its first such update binds them)."""
 
     def update(self: Raindrops, index: int, n: int = 1) -> int:
         try:
             if n is _ONE:
-                return step_one(self._pointers[index])
+                return self._steps[index][which]()  # type: ignore[index]  # None: unbound
             if n.__class__ is int and 0 <= n <= _SMALL_INT_MAX:
                 return step_small(self._pointers[index], n)
             return step(self._pointers[index], _delta(n))
         except (IndexError, TypeError, _ArgumentError):
+            if n is _ONE:
+                return self._bound_steps(index)[which]()
             return step(self._pointer(index), _delta(n))
 
     update.__doc__ = doc
@@ -160,6 +173,9 @@ class Raindrops:
     __slots__ = (
         "_segment",
         "_pointers",
+        "_steps",
+        "_slots",
+        "_words",
         "_size",
         "_name",
         "_subject",
@@ -196,11 +212,16 @@ class Raindrops:
         # Every view this object mapped, the current one included: all stay mapped until the
         # object is unreachable, so a pointer taken from any of them never dangles.
         self._views: list[tuple[int, int]] = [(segment.base, segment.bytes)]
-        self._finalizer = weakref.finalize(self, _release, segment, self._views)
+        # Position -> the update slot bound to that counter, freed with the views: a thread may
+        # still be calling the slot's steps after close().
+        self._slots: dict[int, int] = {}
+        self._finalizer = weakref.finalize(self, _release, segment, self._views, self._slots)
         # At exit other threads may still run: leave the unmapping to the kernel. (`atexit` is a
         # documented writable attribute that typeshed's stub lacks.)
         self._finalizer.atexit = False  # type: ignore[misc]
         self._pointers: list[_native.CounterPointer] = []
+        self._steps: list[_Steps | None] = []
+        self._words = _EMPTY_WORDS
         self._size = 0
         self._sync()
 
@@ -235,34 +256,76 @@ class Raindrops:
                 self._views.append((segment.base, segment.bytes))
 
     def _prepare(self, segment: _native.Segment, size: int) -> None:
-        """Makes the prepared pointers cover exactly the `size` counters (none past the prepared
-        maximum: the hot path's negative indexes must count from the real end), changing the
-        list in place: the lock-free hot path indexes it meanwhile, and a growth costs only its
-        new pointers. A pointer into an older view stays valid."""
-        pointers = self._pointers
+        """Makes the prepared pointers and steps cover exactly the `size` counters (none past
+        the prepared maximum: the hot path's negative indexes must count from the real end),
+        changing the lists in place: the lock-free hot path indexes them meanwhile, and a growth
+        costs only its new pointers. A pointer into an older view stays valid, and so does a
+        slot bound to one: every view maps the same file. The words for `rd[i]` are rebuilt
+        over the current view, which always maps `size` counters."""
+        pointers, steps = self._pointers, self._steps
         prepared = size if size <= _PREPARED_POINTERS_MAX else 0
         if prepared < len(pointers):
             del pointers[prepared:]
+            del steps[prepared:]
         elif prepared > len(pointers):
             first = len(pointers)
             pointers.extend(_native.counter_pointers(segment, first, prepared - first))
+            steps.extend([None] * (prepared - first))
+        if _native.PLAIN_LOADS:
+            self._words = _native.counter_words(segment, size)
         self._size = size
 
     def _pointer(self, index: object) -> _native.CounterPointer:
         """The checked slow path behind every indexed operation."""
         self._live()
-        position = _integer(index, "counter index")
         with self._lock:
-            segment = self._live()
-            size = self._sync_locked(segment)
-            if position < 0:
-                position += size
-            if not 0 <= position < size:
-                raise IndexError(f"counter index {index} out of range for {size} counters")
-            pointers = self._pointers
-            if position < len(pointers):
-                return pointers[position]
-            return _native.counter_pointer(segment, position)
+            return self._located(index)[1]
+
+    def _located(self, index: object) -> tuple[int, _native.CounterPointer]:
+        """The position that `index` names, checked against the shared size, and a pointer to
+        its counter; the caller holds the lock."""
+        segment = self._live()
+        position = _integer(index, "counter index")
+        size = self._sync_locked(segment)
+        if position < 0:
+            position += size
+        if not 0 <= position < size:
+            raise IndexError(f"counter index {index} out of range for {size} counters")
+        pointers = self._pointers
+        if position < len(pointers):
+            return position, pointers[position]
+        return position, _native.counter_pointer(segment, position)
+
+    def _bound_steps(self, index: object) -> _Steps:
+        """The checked slow path of incr/decr for the default n: the counter's steps, bound to
+        an update slot at the first use and kept for the hot path. An index that the prepared
+        lists cover is taken as the hot path takes it, without a sync (as a prepared pointer
+        would be); without a free slot, or past the prepared maximum, the steps pass the
+        counter's pointer."""
+        self._live()
+        with self._lock:
+            steps = self._steps
+            prepared = len(steps)
+            if type(index) is int and -prepared <= index < prepared:
+                position = index % prepared
+                pointer = self._pointers[position]
+            else:
+                position, pointer = self._located(index)
+                if position >= len(steps):
+                    return _native.pointer_steps(pointer)
+            bound = steps[position]
+            if bound is None:
+                bound = steps[position] = self._bind(position, pointer)
+            return bound
+
+    def _bind(self, position: int, pointer: _native.CounterPointer) -> _Steps:
+        slot = self._slots.get(position)  # bound before a shrink dropped the counter: reuse
+        if slot is None:
+            slot = _native.slot_claim(pointer)
+            if slot is None:
+                return _native.pointer_steps(pointer)
+            self._slots[position] = slot
+        return _native.slot_steps(slot)
 
     def address(self, index: int) -> int:
         """Where counter `index` is in this process's mapping, for native descriptors built on it
@@ -280,23 +343,35 @@ class Raindrops:
 
     else:
         incr = _index_updater(
-            _incr_one,
+            _INCR,
             _native.incr_small,
             _incr,
             "Atomically adds `n` (default 1) to counter `index`; returns the new value.",
         )
         decr = _index_updater(
-            _decr_one,
+            _DECR,
             _native.decr_small,
             _decr,
             "Atomically subtracts `n` (default 1) from counter `index`; returns the new value.",
         )
 
-    def __getitem__(self, index: int) -> int:
+    def _plain_item(self, index: int) -> int:
+        """`rd[i]` by CPython's own aligned 8-byte read of the counter: no native call. Only an
+        int goes this way: a memoryview also answers a slice or a tuple."""
+        if index.__class__ is int:
+            try:
+                return self._words[index]
+            except IndexError:
+                pass
+        return _load(self._pointer(index))  # type: ignore[no-any-return]
+
+    def _native_item(self, index: int) -> int:
         try:
             return _load(self._pointers[index])  # type: ignore[no-any-return]
         except (IndexError, TypeError, _ArgumentError):
             return _load(self._pointer(index))  # type: ignore[no-any-return]
+
+    __getitem__ = _plain_item if _native.PLAIN_LOADS else _native_item
 
     def __setitem__(self, index: int, value: int) -> None:
         try:
@@ -360,11 +435,13 @@ class Raindrops:
         """Ends this object's use of the counters (raindrops' evaporate!); idempotent.
 
         Every later operation raises ValueError, and the file descriptor is
-        closed at once. The memory is unmapped when this object becomes
-        unreachable (at once in CPython when its last reference goes): another
-        thread may be inside an operation on it right now, and unmapping under
-        it would crash the process. The counters live on in other processes
-        and, for a named segment, in the system until unlink().
+        closed at once. The memory is unmapped, and the native update slots
+        are freed, when this object becomes unreachable (at once in CPython
+        when its last reference goes): another thread may be inside an
+        operation on it right now, and unmapping under it would crash the
+        process (a slot freed and bound again would update another object's
+        counter). The counters live on in other processes and, for a named
+        segment, in the system until unlink().
         """
         with self._lock:
             segment = self._segment
@@ -372,6 +449,8 @@ class Raindrops:
                 return
             self._segment = None
             self._pointers = []
+            self._steps = []
+            self._words = _EMPTY_WORDS
             _native.close(segment)
 
     def unlink(self) -> None:
@@ -410,7 +489,7 @@ class StructBase:
     """Base of the classes made by `Struct`: named counters over one Raindrops."""
 
     MEMBERS: ClassVar[tuple[str, ...]] = ()
-    __slots__ = ("_raindrops", "_pointers")
+    __slots__ = ("_raindrops", "_pointers", "_steps")
 
     def __init__(self, *values: int, name: str | None = None, mode: int = 0o600) -> None:
         members = type(self).MEMBERS
@@ -420,6 +499,7 @@ class StructBase:
             )
         self._raindrops = Raindrops(len(members), name=name, mode=mode)
         self._pointers = [self._raindrops._pointer(index) for index in range(len(members))]
+        self._steps = [self._raindrops._bound_steps(index) for index in range(len(members))]
         for index, value in enumerate(values):
             self._raindrops[index] = value
 
@@ -441,6 +521,7 @@ class StructBase:
 
     def close(self) -> None:
         self._pointers = []
+        self._steps = []
         self._raindrops.close()
 
     def unlink(self) -> None:
@@ -478,12 +559,12 @@ _RESERVED = frozenset(dir(StructBase)) | {"MEMBERS"}
 
 
 def _member_updater(
-    index: int, step_one: _Step, step: _Step, slow: str
+    index: int, which: int, step: _Step, slow: str
 ) -> Callable[[StructBase, int], int]:
     def update(self: StructBase, n: int = 1) -> int:
         try:
             if n is _ONE:
-                return step_one(self._pointers[index])
+                return self._steps[index][which]()
             return step(self._pointers[index], _delta(n))
         except (IndexError, TypeError):
             return getattr(self._raindrops, slow)(index, n)  # type: ignore[no-any-return]
@@ -534,8 +615,8 @@ def Struct(class_name: str, members: str | Iterable[str]) -> type[StructBase]:
     names = _checked_members(members)
     namespace: dict[str, Any] = {"MEMBERS": names, "__slots__": (), "__module__": __name__}
     for index, member in enumerate(names):
-        for verb, step_one, step in (("incr", _incr_one, _incr), ("decr", _decr_one, _decr)):
-            method = _member_updater(index, step_one, step, verb)
+        for verb, which, step in (("incr", _INCR, _incr), ("decr", _DECR, _decr)):
+            method = _member_updater(index, which, step, verb)
             method.__name__ = f"{verb}_{member}"
             method.__doc__ = (
                 f"Atomically {verb}ements {member} by n (default 1); returns the new value."

@@ -15,6 +15,18 @@ dual-stack ones included). `active` counts accepted ESTABLISHED connections
 whose local address matches by the same rule. A requested address with no
 listener is left out of the result.
 
+A TCP listener that this process holds (a prefork worker inherits its
+master's) is asked for its accept queue directly, with getsockopt(TCP_INFO),
+which reports a LISTEN socket's queue in tcpi_unacked (Linux >= 2.6.24), the
+number inet_diag reports: microseconds, whatever the number of connections on
+the host. Only when no other socket can listen on its address (no
+SO_REUSEPORT group, no SO_BINDTODEVICE, not an IPV6_V6ONLY wildcard) does the
+socket alone answer for the address; other listeners are read over netlink.
+`active` always takes a dump of the connections: one walk of the kernel's
+table, asking only for ESTABLISHED sockets on the listeners' port (in the
+request's id.idiag_sport: the kernel's cheapest test) and, for IPv6 addresses
+alone, only IPv6 sockets.
+
 A unix socket path counts the socket this process sees at that path: unix_diag
 lists the sockets of every mount namespace sharing the network namespace, and
 another user may bind the same path in a mount namespace of their own. Each
@@ -35,6 +47,7 @@ import re
 import socket
 import stat
 import threading
+import time
 import weakref
 from collections.abc import Iterable
 from typing import NamedTuple, Union
@@ -125,9 +138,11 @@ class InetDiagSocket:
         state = "closed" if self._fd is None else f"fd={self._fd}"
         return f"<raindrops.linux.InetDiagSocket {state}>"
 
-    def _tcp_stats(self, queries: list[_native.TcpQuery]) -> list[_native.TcpResult]:
+    def _tcp_stats(
+        self, queries: list[_native.TcpQuery], states: int = _native.TCP_STATES_ALL
+    ) -> list[_native.TcpResult]:
         with self._lock:
-            return _native.tcp_stats(self.fileno(), queries)
+            return _native.tcp_stats(self.fileno(), queries, states)
 
     def _tcp_all_listeners(self) -> list[_native.TcpResult]:
         with self._lock:
@@ -267,8 +282,10 @@ def tcp_listener_stats(
 
 
 def _tcp_listener_stats(
-    addresses: list[_TcpAddress] | None, sock: InetDiagSocket
+    addresses: list[_TcpAddress] | None, sock: InetDiagSocket, queues: dict[str, int] | None = None
 ) -> dict[str, ListenStats]:
+    """The listeners' counts; `queues` holds the accept queues already read off listeners this
+    process holds (their addresses need no LISTEN socket from the dump, and count as present)."""
     if addresses is None:
         found = sock._tcp_all_listeners()
         return {
@@ -277,9 +294,27 @@ def _tcp_listener_stats(
             )
             for result in found
         }
-    results = sock._tcp_stats([_tcp_query(address) for address in addresses])
+    known = queues or {}
+    # Every queue known already: the dump needs no LISTEN socket.
+    every_queue = all(address.key in known for address in addresses)
+    states = _native.TCP_ESTABLISHED if every_queue else _native.TCP_STATES_ALL
+    results = sock._tcp_stats([_tcp_query(address) for address in addresses], states)
+    stats: dict[str, ListenStats] = {}
+    for address, result in zip(addresses, results, strict=True):
+        queued = known.get(address.key)
+        if queued is not None:
+            stats[address.key] = ListenStats(result.active, queued)
+        elif result.listeners > 0:
+            stats[address.key] = ListenStats(result.active, result.queued)
+    return stats
+
+
+def _tcp_listener_queues(addresses: list[_TcpAddress], sock: InetDiagSocket) -> dict[str, int]:
+    """The accept queues of `addresses` from a dump of the LISTEN sockets alone: the kernel walks
+    its table of listeners (16,384 buckets on a 24 GiB machine) and never the connections."""
+    results = sock._tcp_stats([_tcp_query(address) for address in addresses], _native.TCP_LISTEN)
     return {
-        address.key: ListenStats(result.active, result.queued)
+        address.key: result.queued
         for address, result in zip(addresses, results, strict=True)
         if result.listeners > 0
     }
@@ -556,11 +591,12 @@ def _proc_unix_listener_stats(names: list[bytes] | None) -> dict[str, ListenStat
 # The listeners a process holds (a prefork worker inherits its master's).
 
 _PROC_SELF_FD = "/proc/self/fd"
-_FDS_MAX = 65536
+_FDS_MAX = _native.DESCRIPTORS_MAX
 _NOT_TOUCHED = socket.SOCK_STREAM | socket.SOCK_NONBLOCK
 
 
 def _listener_key(sock: _socket.socket) -> str | None:
+    """The key of a listening stream socket (TCP or unix), None for any other socket."""
     stream = sock.getsockopt(socket.SOL_SOCKET, socket.SO_TYPE) == socket.SOCK_STREAM
     if not stream or not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
         return None
@@ -574,31 +610,134 @@ def _listener_key(sock: _socket.socket) -> str | None:
     return None
 
 
+def _held_key(fd: int) -> str | None:
+    """The listener key of descriptor `fd` of this process, None if it is no listening socket."""
+    try:
+        # _socket, not socket: gevent's socket class (or a default timeout) would switch
+        # the descriptor to non-blocking under its owner; SOCK_NONBLOCK here says "leave it".
+        sock = _socket.socket(type=_NOT_TOUCHED, fileno=fd)
+    except OSError:
+        return None
+    try:
+        return _listener_key(sock)
+    except OSError:
+        return None
+    finally:
+        sock.detach()
+
+
+class _Held(NamedTuple):
+    """The listening sockets one scan of this process's descriptors found."""
+
+    keys: list[str]
+    """Every listener's key, in descriptor order, each once."""
+    tcp: list[_TcpAddress]
+    unix: list[bytes]
+    descriptors: dict[str, int]
+    """TCP key -> the first descriptor found listening there."""
+
+
+def _scan_held() -> _Held:
+    """Every listening socket among this process's descriptors. Only the listening ones are
+    wrapped in a socket object: a process may hold thousands of connections."""
+    numbers = sorted(int(name) for name in os.listdir(_PROC_SELF_FD) if name.isdigit())
+    descriptors: dict[str, int] = {}
+    keys: dict[str, None] = {}
+    for fd in _native.listening(numbers[:_FDS_MAX]):
+        key = _held_key(fd)
+        if key is None:
+            continue
+        keys.setdefault(key)
+        if not is_unix_name(key):
+            descriptors.setdefault(key, fd)
+    tcp = [_parse_tcp_address(key) for key in keys if not is_unix_name(key)]
+    unix = [_unix_name(key) for key in keys if is_unix_name(key)]
+    return _Held(list(keys), tcp, unix, descriptors)
+
+
 def process_listeners() -> list[str]:
     """Keys of every listening TCP and unix stream socket open in this process.
 
     A prefork worker inherits the master's listeners, so this finds what the
     server listens on without any configuration.
     """
-    keys: list[str] = []
-    for entry in list(os.scandir(_PROC_SELF_FD))[:_FDS_MAX]:
-        try:
-            if not os.readlink(entry.path).startswith("socket:"):
-                continue
-            # _socket, not socket: gevent's socket class (or a default timeout) would switch
-            # the descriptor to non-blocking under its owner; SOCK_NONBLOCK here says "leave it".
-            sock = _socket.socket(type=_NOT_TOUCHED, fileno=int(entry.name))
-        except OSError:
+    return _scan_held().keys
+
+
+HELD_RESCAN_S = 10.0
+"""How long one scan of this process's descriptors stands for a ListenerSet. A scan reads every
+descriptor (milliseconds for a worker holding thousands of connections); between scans each
+listener found is checked at every read (one native call), so a closed one drops out at once
+and a new one shows within this long."""
+
+
+def _listens_alone(listener: _native.TcpListener, address: _TcpAddress) -> bool | None:
+    """Whether the socket `listener` describes is the only one that can listen on `address`;
+    None when it no longer listens there (closed, or its descriptor reused).
+
+    Without SO_REUSEPORT no other socket can listen on its address and port (bind refuses
+    them), nor on any address a wildcard covers; except sockets bound to another device
+    (SO_BINDTODEVICE, or a link-local scope), and a v4-mapped IPv6 socket beside an
+    IPV6_V6ONLY "[::]" one, which the "[::]:P" address also counts. False too when TCP_INFO
+    did not tell the queue (an emulator may not have it)."""
+    if not listener.listening or (listener.family, listener.port) != (address.family, address.port):
+        return None
+    if bytes(listener.address[: len(address.packed)]) != address.packed:
+        return None
+    v6only_wildcard = listener.v6only and not any(address.packed)
+    shared = listener.reuseport or listener.device_bound or v6only_wildcard
+    return bool(listener.queue_known) and not shared
+
+
+def _own_queues(held: _Held, addresses: list[_TcpAddress]) -> dict[str, int] | None:
+    """The accept queues of those `addresses` that a listener this process holds answers for
+    alone; None when a descriptor found by the scan no longer listens on its address."""
+    queues: dict[str, int] = {}
+    for address in addresses:
+        fd = held.descriptors.get(address.key)
+        if fd is None:
             continue
         try:
-            key = _listener_key(sock)
+            listener = _native.tcp_listener(fd)
         except OSError:
-            key = None
-        finally:
-            sock.detach()
-        if key is not None and key not in keys:
-            keys.append(key)
-    return keys
+            return None
+        alone = _listens_alone(listener, address)
+        if alone is None:
+            return None
+        if alone:
+            queues[address.key] = listener.queued
+    return queues
+
+
+class _HeldListeners:
+    """This process's listening sockets (scanned at most every HELD_RESCAN_S seconds) and the
+    accept queues read straight from them. Threads may share it: a scan replaces the snapshot
+    whole, and two threads scanning at once only repeat each other's work."""
+
+    def __init__(self) -> None:
+        self._held: _Held | None = None
+        self._scanned_at = 0.0
+
+    def _current(self) -> _Held:
+        held = self._held
+        if held is None or time.monotonic() - self._scanned_at > HELD_RESCAN_S:
+            held = self._rescan()
+        return held
+
+    def _rescan(self) -> _Held:
+        held = _scan_held()
+        self._held, self._scanned_at = held, time.monotonic()
+        return held
+
+    def read(self, addresses: list[_TcpAddress] | None) -> tuple[_Held, dict[str, int]]:
+        """The listeners held, and the queues of those among `addresses` (None: every TCP one
+        held) that answer alone. A listener found gone makes a new scan at once."""
+        held = self._current()
+        queues = _own_queues(held, held.tcp if addresses is None else addresses)
+        if queues is None:
+            held = self._rescan()
+            queues = _own_queues(held, held.tcp if addresses is None else addresses)
+        return held, queues or {}
 
 
 # ---------------------------------------------------------------------------
@@ -644,8 +783,12 @@ class ListenerSet:
     `ListenerSet(["127.0.0.1:8080", "/run/app.sock"])` those (bad addresses
     raise ValueError now, not at each read; a single string, or an item that is
     not a str, is a TypeError naming it); `ListenerSet([])` none;
-    `ListenerSet.of_this_process()` the listening sockets this process holds,
-    looked up at each read (a prefork worker inherits its master's).
+    `ListenerSet.of_this_process()` the listening sockets this process holds
+    (a prefork worker inherits its master's), looked for again at least every
+    HELD_RESCAN_S seconds.
+
+    A TCP listener this process holds answers for its own accept queue (TCP_INFO) when no
+    other socket can listen on its address; the others, and `active`, come over netlink.
     """
 
     def __init__(self, listeners: Iterable[str] | None) -> None:
@@ -661,6 +804,7 @@ class ListenerSet:
         )
         """The requested listeners' canonical names ("[::1]:80" for "[0:0::1]:80")."""
         self._diag: PerProcess[InetDiagSocket] = PerProcess()
+        self._held: PerProcess[_HeldListeners] = PerProcess()
 
     @classmethod
     def of_this_process(cls) -> ListenerSet:
@@ -675,20 +819,41 @@ class ListenerSet:
 
     def read(self) -> dict[str, ListenStats]:
         """Statistics of the listeners that exist now; requested ones without one are left out."""
-        if self.own:
-            keys = process_listeners()
-            tcp = _tcp_addresses([key for key in keys if not is_unix_name(key)])
-            unix: list[bytes] | None = [_unix_name(key) for key in keys if is_unix_name(key)]
-        else:
-            tcp, unix = self._tcp, self._unix
         if self.everything:
             stats = _tcp_listener_stats(None, self._socket())
             stats.update(unix_listener_stats(None))
             return stats
-        stats = _tcp_listener_stats(tcp, self._socket()) if tcp else {}
+        tcp, unix, queues = self._listeners()
+        stats = _tcp_listener_stats(tcp, self._socket(), queues) if tcp else {}
         if unix:
             stats.update(unix_listener_stats(unix))
         return stats
+
+    def queued(self) -> dict[str, int]:
+        """`queued` alone, by key, when `active` is not needed: a listener this process holds
+        answers in microseconds (no scan of the connections); the others' queues come from a
+        netlink dump of the LISTEN sockets alone, which never walks the connections either.
+        Every listener of the host (`ListenerSet(None)`) takes a read()."""
+        if self.everything:
+            return {key: stats.queued for key, stats in self.read().items()}
+        tcp, unix, queues = self._listeners()
+        others = [address for address in tcp if address.key not in queues]
+        if others:
+            queues = {**queues, **_tcp_listener_queues(others, self._socket())}
+        found = {address.key: queues[address.key] for address in tcp if address.key in queues}
+        if unix:
+            found.update({key: stats.queued for key, stats in unix_listener_stats(unix).items()})
+        return found
+
+    def _listeners(self) -> tuple[list[_TcpAddress], list[bytes], dict[str, int]]:
+        """The TCP and unix listeners to read, and the queues of the TCP ones this process
+        holds and that answer alone."""
+        if not self.own and not self._tcp:
+            return [], self._unix, {}  # no TCP address to look for among the descriptors
+        held, queues = self._held.get(_HeldListeners).read(None if self.own else self._tcp)
+        if self.own:
+            return held.tcp, held.unix, queues
+        return self._tcp, self._unix, queues
 
     def _socket(self) -> InetDiagSocket:
         return self._diag.get(InetDiagSocket)

@@ -69,6 +69,9 @@ def _duration_update(
 
 leave = _duration_update(_native.board_leave, _native.board_leave_long)
 """The body is closed after respond_counted: writing - 1, the duration observed."""
+SMALL_INT_MAX = _native.SMALL_INT_MAX
+leave_small: Callable[[Board, Series, int], None] = _native.board_leave
+"""leave() for durations up to SMALL_INT_MAX us, without the check: for hot paths that check."""
 leave_counting = _duration_update(_native.board_leave_counting, _native.board_leave_counting_long)
 """The body is closed after respond (the response started late): counted, writing - 1, the
 duration observed."""
@@ -178,6 +181,8 @@ class Bound(NamedTuple):
     """(method, status line) -> the prepared pointer of its entry."""
     routed: Callable[[object, str, str | int], Series]
     """(route name, method, status line) -> the prepared pointer of its entry."""
+    by_status: dict[tuple[str, str | int], Series]
+    """What `series` has already answered, read by hot paths without a call."""
 
 
 class ServerBoard:
@@ -226,7 +231,8 @@ class ServerBoard:
         scoreboard = self.found.get(server)
         board = scoreboard.board()
         scoreboard.declare_capacity(_capacity_or_unknown(capacity))
-        return Bound(board, scoreboard.series.pointer, scoreboard.routed_series)
+        table = scoreboard.series
+        return Bound(board, table.pointer, scoreboard.routed_series, table.by_status)
 
 
 def _capacity_or_unknown(capacity: Callable[[], int]) -> int:

@@ -143,7 +143,7 @@ class SeriesTable:
         self._errors_index = errors_index
         self._bounds_us = (ctypes.c_uint64 * len(buckets))(*map(_microseconds, buckets))
         self._prepared: dict[int, tuple[_native.Series, _native.CounterPointer]] = {}
-        self._by_status: dict[tuple[str, str | int], _native.CounterPointer] = {}
+        self.by_status: dict[tuple[str, str | int], _native.CounterPointer] = {}
 
     def pointer(
         self, method: str, status: str | int, route: int = OTHER_ROUTE
@@ -152,12 +152,12 @@ class SeriesTable:
         a route index (raindrops.routes), of (route, method, status)."""
         if route != OTHER_ROUTE:
             return self._prepared_pointer(key_of(method, status, route))
-        pointer = self._by_status.get((method, status))
+        pointer = self.by_status.get((method, status))
         if pointer is not None:
             return pointer
         pointer = self._prepared_pointer(key_of(method, status))
-        if len(self._by_status) < _STATUS_LINES_MAX:  # status lines are the app's: bounded here
-            self._by_status[(method, status)] = pointer
+        if len(self.by_status) < _STATUS_LINES_MAX:  # status lines are the app's: bounded here
+            self.by_status[(method, status)] = pointer
         return pointer
 
     def _prepared_pointer(self, key: int) -> _native.CounterPointer:

@@ -6,8 +6,9 @@ The kernel copies min(its struct size, our buffer), so an older kernel writes
 fewer bytes: fields past what it wrote read as None rather than as a made-up
 zero. Units follow tcp(7): rto, ato, rtt, rttvar, rcv_rtt, min_rtt in
 microseconds; last_data_sent, last_data_recv, last_ack_recv in milliseconds
-ago. For a LISTEN socket, Linux puts the accept-queue length in `unacked`
-and the backlog in `sacked`.
+ago. For a LISTEN socket, Linux (since 2.6.24) puts the accept-queue length
+in `unacked` and the backlog in `sacked`: the numbers inet_diag reports as
+idiag_rqueue and idiag_wqueue, and ss(8) as Recv-Q and Send-Q.
 """
 
 from __future__ import annotations

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import copy
+import enum
 import mmap
 import pickle
+import platform
+import sys
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 import raindrops
-from raindrops import MAX, Raindrops
+from raindrops import MAX, Raindrops, _native, counters
 
 
 def test_constants() -> None:
@@ -157,6 +160,10 @@ BAD_INPUTS: list[tuple[str, Callable[[Raindrops], Any], type[BaseException], str
     ("index below -size", lambda rd: rd.incr(-4), IndexError, "-4"),
     ("huge index", lambda rd: rd.incr(2**70), IndexError, str(2**70)),
     ("get past size", lambda rd: rd[3], IndexError, "3"),
+    ("get below -size", lambda rd: rd[-4], IndexError, "-4"),
+    ("huge get", lambda rd: rd[2**70], IndexError, str(2**70)),
+    ("tuple get", lambda rd: rd[(0,)], TypeError, "tuple"),
+    ("list get", lambda rd: rd[[0]], TypeError, "list"),
     ("set past size", lambda rd: rd.__setitem__(5, 1), IndexError, "5"),
     ("decr past size", lambda rd: rd.decr(3), IndexError, "3"),
     ("float index", lambda rd: rd.incr(1.0), TypeError, "float"),
@@ -341,3 +348,83 @@ def test_values_around_the_small_int_fast_path_are_exact(value: int) -> None:
         assert rd.incr(1, value) == value
         assert rd.decr(1, value) == 0
         assert rd.incr(1, 5) == 5 and rd.decr(1, value) == (5 - value) % 2**64
+
+
+class Position(enum.IntEnum):
+    LAST = 2
+
+
+def test_reads_take_any_int_index_as_a_list_does() -> None:
+    with Raindrops(3) as rd:
+        rd[1], rd[2] = 4, 9
+        assert rd[True] == 4 and rd[Position.LAST] == 9 and rd[-1] == 9 and rd[-3] == 0
+
+
+def test_reads_are_plain_loads_exactly_on_x86_64(monkeypatch: pytest.MonkeyPatch) -> None:
+    """rd[i] makes no native call where an aligned 8-byte load is atomic and as ordered as the
+    native sequentially consistent load (x86_64); elsewhere (aarch64's LDR may be reordered
+    with other loads, where the native load is LDAR) it keeps the native call."""
+    x86_64 = platform.machine().lower() in ("x86_64", "amd64") and sys.maxsize > 2**32
+    assert x86_64 == _native.PLAIN_LOADS
+    with Raindrops(3) as rd:
+        rd[2] = 7
+        native_reads: list[object] = []
+
+        def load(pointer: object) -> int:
+            native_reads.append(pointer)
+            return 7
+
+        monkeypatch.setattr(counters, "_load", load)
+        assert rd[2] == 7 and rd[-1] == 7
+        assert len(native_reads) == (0 if x86_64 else 2)
+
+
+def test_default_updates_bind_a_native_slot_at_a_counters_first_use() -> None:
+    """incr/decr with the default n call an argument-free native function bound to the counter
+    (half the cost of a call passing a pointer); an explicit n passes the pointer."""
+    with Raindrops(3) as rd:
+        assert rd.incr(1) == 1 and rd.decr(-2) == 0 and rd.incr(1) == 1
+        assert list(rd._slots) == [1]
+        assert rd._steps[0] is None and rd._steps[2] is None
+        assert rd.incr(0, 5) == 5 and rd.decr(0, 2) == 3
+        assert list(rd._slots) == [1]
+        assert rd.to_list() == [3, 1, 0]
+
+
+def test_update_slots_are_freed_with_their_raindrops() -> None:
+    """More Raindrops than slots, one after another: each gets a slot that the finalizer frees."""
+    for _ in range(_native.SLOTS_MAX + 10):
+        rd = Raindrops(1)
+        assert rd.incr(0) == 1 and rd.decr(0) == 0
+        assert len(rd._slots) == 1, "no free slot: an unreachable Raindrops kept its slot"
+        del rd
+
+
+def test_counters_beyond_the_free_slots_count_exactly() -> None:
+    """Once every slot is bound, default updates pass the counter's pointer instead."""
+    size = _native.SLOTS_MAX + 40
+    with Raindrops(size) as rd:
+        for index in range(size):
+            assert rd.incr(index) == 1
+        for index in range(0, size, 2):
+            assert rd.decr(index) == 0
+        assert rd.to_list() == [index % 2 for index in range(size)]
+        assert 0 < len(rd._slots) <= _native.SLOTS_MAX
+        with Raindrops(1) as other:
+            assert other.incr(0) == 1 and other.decr(0) == 0 and other.incr(0) == 1
+            assert not other._slots
+    del rd  # close() keeps the slots (a thread may still be calling them): unreachable frees them
+    with Raindrops(1) as after:
+        assert after.incr(0) == 1 and len(after._slots) == 1, "the big one freed its slots"
+
+
+def test_a_counter_dropped_by_a_shrink_keeps_its_slot_when_it_returns() -> None:
+    with Raindrops(4) as rd:
+        assert rd.incr(3) == 1
+        slots = dict(rd._slots)
+        rd.size = 2
+        with pytest.raises(IndexError):
+            rd.incr(3)
+        rd.size = rd.capa * 2
+        assert rd.incr(3) == 1, "a counter dropped by a shrink starts at 0"
+        assert rd._slots == slots

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from raindrops import linux
+from raindrops import TCPInfo, _native, linux
 from raindrops.linux import ListenStats
 from testsupport import processes
 
@@ -568,3 +568,300 @@ def test_unix_listener_on_overlayfs_is_found(tmp_path: Path) -> None:
         "(active=0, queued=1) ",
         "(active=0, queued=1)\n",
     ]
+
+
+# A listener this process holds answers for its own accept queue (TCP_INFO); `active` always
+# comes from a dump of the connections. Every path must give the numbers netlink gives.
+
+
+def netlink_paths(keys: list[str]) -> list[dict[str, ListenStats]]:
+    """The same listeners read every way that does not ask a held socket: each address alone
+    (the port in the request's id), all at once (a filter program when their ports differ),
+    and every listener of the host."""
+    alone: dict[str, ListenStats] = {}
+    for key in keys:
+        alone.update(linux.tcp_listener_stats([key]))
+    everything = linux.tcp_listener_stats(None)
+    return [
+        alone,
+        linux.tcp_listener_stats(keys),
+        {k: everything[k] for k in keys if k in everything},
+    ]
+
+
+def own_paths(keys: list[str]) -> list[dict[str, ListenStats]]:
+    """The same listeners read through ListenerSet, which asks the sockets this process holds."""
+    own = linux.ListenerSet.of_this_process().read()
+    return [linux.ListenerSet(keys).read(), {key: own[key] for key in keys if key in own}]
+
+
+def own_queues(*keys: str) -> dict[str, int]:
+    """The queues this process's listeners answer for alone, without netlink."""
+    addresses = [linux._parse_tcp_address(key) for key in keys]
+    return linux._HeldListeners().read(addresses)[1]
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1"])
+def test_a_full_accept_queue_from_tcp_info_equals_inet_diag(sockets: ExitStack, host: str) -> None:
+    """A listen(8) socket that nobody accepts from holds 9 connections (the kernel queues until
+    the queue is longer than the backlog); TCP_INFO's tcpi_unacked says so, as idiag_rqueue."""
+    backlog = 8
+    family = V6 if ":" in host else V4
+    server = sockets.enter_context(socket.socket(family, socket.SOCK_STREAM))
+    server.bind((host, 0))
+    server.listen(backlog)
+    port = port_of(server)
+    key = f"[{host}]:{port}" if family == V6 else f"{host}:{port}"
+    for _ in range(backlog + 1):
+        connect(sockets, host, port)
+    wait_for(lambda: linux.tcp_listener_stats(key).get(key) == (0, backlog + 1))
+    late = sockets.enter_context(socket.socket(family, socket.SOCK_STREAM))
+    late.setblocking(False)
+    late.connect_ex((host, port))  # the queue is full: its handshake does not complete
+    time.sleep(0.05)
+    listener = _native.tcp_listener(server.fileno())
+    assert (listener.queued, listener.backlog) == (backlog + 1, backlog)
+    assert TCPInfo(server).unacked == backlog + 1
+    assert own_queues(key) == {key: backlog + 1}
+    expected = {key: ListenStats(0, backlog + 1)}
+    assert netlink_paths([key]) == [expected] * 3
+    assert own_paths([key]) == [expected] * 2
+    assert linux.ListenerSet([key]).queued() == {key: backlog + 1}
+
+
+def test_every_kind_of_held_listener_reads_as_netlink_does(sockets: ExitStack) -> None:
+    """Accepted and queued connections on v4, v4 wildcard, v6 and dual-stack listeners: what the
+    held sockets report, with `active` from a dump of ESTABLISHED sockets alone, equals every
+    netlink path."""
+    servers = {
+        "127.0.0.1": listener(sockets, "127.0.0.1"),
+        "0.0.0.0": listener(sockets, "0.0.0.0"),
+        "::1": listener(sockets, "::1"),
+        "::": listener(sockets, "::", dual=True),
+    }
+    clients = {"127.0.0.1": ["127.0.0.1"], "0.0.0.0": ["127.0.0.1"], "::1": ["::1"]}
+    clients["::"] = ["127.0.0.1", "::1"]
+    expected: dict[str, ListenStats] = {}
+    for index, (host, server) in enumerate(servers.items()):
+        port = port_of(server)
+        for source in clients[host]:
+            for _ in range(index + 1):
+                connect(sockets, source, port)
+        accepted = len(clients[host]) * (index + 1) - 1
+        for _ in range(accepted):
+            accept(sockets, server)
+        key = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        expected[key] = ListenStats(accepted, 1)
+    keys = list(expected)
+    wait_for(lambda: linux.tcp_listener_stats(keys) == expected)
+    assert own_queues(*keys) == {key: 1 for key in keys}
+    assert netlink_paths(keys) == [expected] * 3
+    assert own_paths(keys) == [expected] * 2
+    assert linux.ListenerSet(keys).queued() == {key: 1 for key in keys}
+
+
+def test_a_v4_address_counts_a_v4_mapped_listener_and_its_connections(sockets: ExitStack) -> None:
+    """An IPv6 socket bound to ::ffff:127.0.0.1 is what "127.0.0.1:P" and "0.0.0.0:P" report,
+    connections included: a dump for an IPv4 address must take IPv6 sockets too."""
+    server = sockets.enter_context(socket.socket(V6, socket.SOCK_STREAM))
+    server.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    server.bind(("::ffff:127.0.0.1", 0))
+    server.listen(16)
+    port = port_of(server)
+    for _ in range(3):
+        connect(sockets, "127.0.0.1", port)
+    accept(sockets, server)
+    accept(sockets, server)
+    keys = [f"127.0.0.1:{port}", f"0.0.0.0:{port}", f"[::ffff:127.0.0.1]:{port}"]
+    expected = {key: ListenStats(2, 1) for key in keys}
+    wait_for(lambda: linux.tcp_listener_stats(keys) == expected)
+    assert netlink_paths(keys)[:2] == [expected] * 2
+    assert linux.tcp_listener_stats(None)[keys[2]] == (2, 1)
+    assert own_paths(keys)[0] == expected
+    assert linux.ListenerSet.of_this_process().read()[keys[2]] == (2, 1)
+
+
+def test_a_reuseport_group_is_read_over_netlink(sockets: ExitStack) -> None:
+    """Each socket of an SO_REUSEPORT group has its own queue; the address's is their sum."""
+    group = [listener(sockets, "127.0.0.1", reuse_port=True)]
+    port = port_of(group[0])
+    group += [listener(sockets, "127.0.0.1", port=port, reuse_port=True) for _ in range(3)]
+    for _ in range(12):
+        connect(sockets, "127.0.0.1", port)
+    key = f"127.0.0.1:{port}"
+    wait_for(lambda: linux.tcp_listener_stats(key)[key].queued == 12)
+    assert sum(_native.tcp_listener(server.fileno()).queued for server in group) == 12
+    assert own_queues(key) == {}, "no socket of the group answers for the address alone"
+    assert own_paths([key]) == [{key: ListenStats(0, 12)}] * 2
+    assert linux.ListenerSet([key]).queued() == {key: 12}
+
+
+def test_a_v6only_wildcard_is_not_alone_beside_a_v4_mapped_listener(sockets: ExitStack) -> None:
+    """bind() lets another socket listen on [::ffff:127.0.0.1]:P beside an IPV6_V6ONLY [::]:P,
+    and "[::]:P" counts both; so the [::] socket's own queue is not the address's."""
+    wildcard = listener(sockets, "::")
+    port = port_of(wildcard)
+    mapped = sockets.enter_context(socket.socket(V6, socket.SOCK_STREAM))
+    mapped.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    mapped.bind(("::ffff:127.0.0.1", port))
+    mapped.listen(16)
+    connect(sockets, "::1", port)
+    for _ in range(2):
+        connect(sockets, "127.0.0.1", port)
+    key = f"[::]:{port}"
+    wait_for(lambda: linux.tcp_listener_stats(key).get(key) == (0, 3))
+    assert _native.tcp_listener(wildcard.fileno()).queued == 1
+    assert own_queues(key) == {}
+    assert own_paths([key]) == [{key: ListenStats(0, 3)}] * 2
+    assert linux.ListenerSet([key]).queued() == {key: 3}
+
+
+def test_a_device_bound_listener_is_read_over_netlink(sockets: ExitStack) -> None:
+    """Sockets bound to other devices may listen on the same address and port."""
+    server = sockets.enter_context(socket.socket(V4, socket.SOCK_STREAM))
+    try:
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, b"lo")
+    except PermissionError as error:
+        pytest.skip(f"SO_BINDTODEVICE needs CAP_NET_RAW here: {error}")
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+    connect(sockets, "127.0.0.1", port_of(server))
+    key = f"127.0.0.1:{port_of(server)}"
+    wait_for(lambda: linux.tcp_listener_stats(key).get(key) == (0, 1))
+    assert _native.tcp_listener(server.fileno()).device_bound == 1
+    assert own_queues(key) == {}
+    assert own_paths([key]) == [{key: ListenStats(0, 1)}] * 2
+
+
+def test_held_queues_need_no_netlink(sockets: ExitStack, monkeypatch: pytest.MonkeyPatch) -> None:
+    """queued() of listeners this process holds alone never opens a netlink socket."""
+    servers = [listener(sockets, "127.0.0.1"), listener(sockets, "::1")]
+    for server in servers:
+        connect(sockets, *server.getsockname()[:2])
+    keys = [f"127.0.0.1:{port_of(servers[0])}", f"[::1]:{port_of(servers[1])}"]
+    wait_for(lambda: linux.tcp_listener_stats(keys) == {key: (0, 1) for key in keys})
+
+    def no_netlink(self: linux.ListenerSet) -> linux.InetDiagSocket:
+        raise AssertionError("a netlink socket was asked for")
+
+    monkeypatch.setattr(linux.ListenerSet, "_socket", no_netlink)
+    assert linux.ListenerSet(keys).queued() == {key: 1 for key in keys}
+    own = linux.ListenerSet.of_this_process().queued()
+    assert {key: own[key] for key in keys} == {key: 1 for key in keys}
+
+
+def test_a_closed_listener_drops_out_and_its_reused_descriptor_is_not_trusted(
+    sockets: ExitStack,
+) -> None:
+    """A held listener closed and its descriptor number taken by another listener: neither the
+    own set nor an explicit address reports the old one, and the new one shows at once."""
+    first = socket.socket()
+    first.bind(("127.0.0.1", 0))
+    first.listen(8)
+    old_key = f"127.0.0.1:{port_of(first)}"
+    own = linux.ListenerSet.of_this_process()
+    explicit = linux.ListenerSet([old_key])
+    assert own.read()[old_key] == (0, 0) and explicit.read() == {old_key: (0, 0)}
+    number = first.fileno()
+    first.close()
+    second = sockets.enter_context(socket.socket())
+    assert second.fileno() == number, "the lowest free descriptor is reused"
+    second.bind(("127.0.0.1", 0))
+    second.listen(8)
+    connect(sockets, "127.0.0.1", port_of(second))
+    new_key = f"127.0.0.1:{port_of(second)}"
+    wait_for(lambda: linux.tcp_listener_stats(new_key).get(new_key) == (0, 1))
+    found = own.read()
+    assert old_key not in found and found[new_key] == (0, 1)
+    assert explicit.read() == {} and explicit.queued() == {}
+    assert own.queued()[new_key] == 1
+
+
+def test_new_listeners_are_found_within_the_rescan_interval(
+    sockets: ExitStack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The descriptors are scanned at most every HELD_RESCAN_S seconds: a gevent worker holding
+    thousands of connections would otherwise read them all at every read."""
+    scans: list[int] = []
+    scan = linux._scan_held
+
+    def counted() -> linux._Held:
+        scans.append(1)
+        return scan()
+
+    monkeypatch.setattr(linux, "_scan_held", counted)
+    own = linux.ListenerSet.of_this_process()
+    first = listener(sockets, "127.0.0.1")
+    first_key = f"127.0.0.1:{port_of(first)}"
+    for _ in range(5):
+        assert first_key in own.read() and first_key in own.queued()
+    assert len(scans) == 1
+    second_key = f"127.0.0.1:{port_of(listener(sockets, '127.0.0.1'))}"
+    assert second_key not in own.read(), "found at the next scan, not before"
+    monkeypatch.setattr(linux, "HELD_RESCAN_S", 0.0)
+    assert second_key in own.read()
+    assert len(scans) == 2
+
+
+BLOCKING_READER = """
+import _socket, os, socket, sys
+app_end, _ = _socket.socketpair()  # blocking, as a C library's connection is
+server = socket.socket()
+server.bind(("127.0.0.1", 0))
+server.listen(8)
+if sys.argv[1] == "gevent":
+    from gevent import monkey
+    monkey.patch_all()
+else:
+    socket.setdefaulttimeout(30.0)
+from raindrops import linux
+key = "127.0.0.1:%d" % server.getsockname()[1]
+own = linux.ListenerSet.of_this_process()
+found = (own.read()[key], own.queued()[key], linux.ListenerSet([key]).queued()[key])
+print(found, os.get_blocking(app_end.fileno()), os.get_blocking(server.fileno()), flush=True)
+"""
+
+
+@pytest.mark.parametrize("mode", ["gevent", "setdefaulttimeout"])
+def test_reading_held_listeners_leaves_sockets_blocking(mode: str) -> None:
+    """The held listeners are found and asked without making any socket non-blocking (see
+    test_gevent's test of process_listeners)."""
+    done = processes.run([sys.executable, "-c", BLOCKING_READER, mode], timeout=60, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "(ListenStats(active=0, queued=0), 0, 0) True True\n"
+
+
+def _facts(key: str, **fields: int) -> _native.TcpListener:
+    address = linux._parse_tcp_address(key)
+    facts = _native.TcpListener(family=address.family, port=address.port, listening=1)
+    facts.address[: len(address.packed)] = address.packed
+    facts.queue_known = 1
+    for name, value in fields.items():
+        setattr(facts, name, value)
+    return facts
+
+
+@pytest.mark.parametrize(
+    ("key", "fields", "alone"),
+    [
+        ("127.0.0.1:80", {}, True),
+        ("0.0.0.0:80", {}, True),
+        ("[::]:80", {}, True),
+        ("[::1]:80", {"v6only": 1}, True),
+        ("[::]:80", {"v6only": 1}, False),
+        ("127.0.0.1:80", {"reuseport": 1}, False),
+        ("127.0.0.1:80", {"device_bound": 1}, False),
+        ("127.0.0.1:80", {"queue_known": 0}, False),
+        ("127.0.0.1:80", {"listening": 0}, None),
+        ("127.0.0.1:80", {"port": 81}, None),
+        ("127.0.0.1:80", {"family": socket.AF_INET6}, None),
+    ],
+)
+def test_which_held_listener_answers_alone(key: str, fields: dict[str, int], alone: bool) -> None:
+    """None: the descriptor no longer listens on the address (a new scan follows)."""
+    assert linux._listens_alone(_facts(key, **fields), linux._parse_tcp_address(key)) is alone
+
+
+def test_a_held_listener_on_another_address_is_not_trusted() -> None:
+    facts = _facts("127.0.0.2:80")
+    assert linux._listens_alone(facts, linux._parse_tcp_address("127.0.0.1:80")) is None

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import stat
 import struct
 import subprocess
 import sys
 import textwrap
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -22,8 +25,10 @@ MAGIC = 0x504F_5244_4E49_4152  # "RAINDROP", from zig/shm.zig
 HEADER = struct.Struct("<QIIQQiI")  # magic, layout version, stride, capacity, size, pid, reserved
 
 
-def fork_all(workers: int, work: Callable[[int], None]) -> None:
-    """Runs work(k) in `workers` forked children and fails unless every one exits 0."""
+@contextlib.contextmanager
+def forked(workers: int, work: Callable[[int], None]) -> Iterator[None]:
+    """Runs work(k) in `workers` forked children while the body runs, then waits for them and
+    fails unless every one exits 0; a failing body kills them first."""
     pids = []
     for worker in range(workers):
         pid = os.fork()
@@ -35,8 +40,21 @@ def fork_all(workers: int, work: Callable[[int], None]) -> None:
                 code = 1
             os._exit(code)
         pids.append(pid)
-    statuses = [os.waitpid(pid, 0)[1] for pid in pids]
+    try:
+        yield
+    except BaseException:
+        for pid in pids:
+            os.kill(pid, signal.SIGKILL)
+        raise
+    finally:
+        statuses = [os.waitpid(pid, 0)[1] for pid in pids]
     assert all(os.waitstatus_to_exitcode(status) == 0 for status in statuses), statuses
+
+
+def fork_all(workers: int, work: Callable[[int], None]) -> None:
+    """Runs work(k) in `workers` forked children and fails unless every one exits 0."""
+    with forked(workers, work):
+        pass
 
 
 def run_python(code: str, timeout_s: float = 60) -> subprocess.CompletedProcess[str]:
@@ -270,3 +288,92 @@ def test_directory_and_symlink_are_refused(shm_name: Callable[[], str], tmp_path
     (SHM_DIR / link[1:]).symlink_to(target)
     with pytest.raises(OSError):
         Raindrops.open(link)
+
+
+def test_reads_never_see_half_of_a_store_from_another_process() -> None:
+    """Each read is one atomic 8-byte load: while a child flips every bit of a counter, a reader
+    sees the two values stored and never a mix of their halves."""
+    low, high = 0x0123_4567_89AB_CDEF, 0xFEDC_BA98_7654_3210
+    with Raindrops(2) as rd:
+        rd[0] = low
+
+        def flip(_: int) -> None:
+            while rd[1] == 0:
+                rd[0] = high
+                rd[0] = low
+
+        seen: set[int] = set()
+        with forked(1, flip):
+            try:
+                deadline = time.monotonic() + 30
+                reads = 0
+                while (reads < 200_000 or len(seen) < 2) and time.monotonic() < deadline:
+                    for _ in range(1000):
+                        seen.add(rd[0])
+                    reads += 1000
+            finally:
+                rd[1] = 1
+        assert seen <= {low, high}, [hex(value) for value in seen - {low, high}]
+        assert high in seen, "the reader never overlapped the writer"
+
+
+def test_reads_of_a_counter_other_processes_increment_never_go_back() -> None:
+    per_child = 100_000
+    with Raindrops(1) as rd:
+
+        def work(_: int) -> None:
+            for _ in range(per_child):
+                rd.incr(0)
+
+        last = 0
+        with forked(2, work):
+            deadline = time.monotonic() + 60
+            while last < 2 * per_child and time.monotonic() < deadline:
+                value = rd[0]
+                assert value >= last
+                last = value
+        assert rd[0] == 2 * per_child
+
+
+def test_reads_follow_a_growth_made_by_an_unrelated_process(shm_name: Callable[[], str]) -> None:
+    """A reader's first view maps the same file as the grown one, so it is never stale, and an
+    index past the size it knows maps the new view before reading."""
+    name = shm_name()
+    with Raindrops(2, name=name) as rd:
+        assert rd[1] == 0
+        grown = rd.capa * 4
+        result = run_python(
+            f"""
+            from raindrops import Raindrops
+            with Raindrops.open({name!r}) as other:
+                other.size = {grown}
+                other[1] = 5
+                other[{grown} - 1] = 7
+            """
+        )
+        assert result.returncode == 0, result.stderr
+        assert rd[1] == 5
+        assert rd[grown - 1] == 7
+        assert len(rd) == grown and rd[-1] == 7 and rd[-grown] == 0
+        assert rd.incr(grown - 1) == 8 and rd[grown - 1] == 8
+
+
+def test_update_slots_are_per_process_across_fork() -> None:
+    """A child updates through the slots it inherited; freeing one and binding it again in the
+    child never touches the parent's counters, whose slot keeps working."""
+    with Raindrops(1) as rd:
+        assert rd.incr(0) == 1
+
+        def work(_: int) -> None:
+            for _ in range(1000):
+                rd.incr(0)
+            rd._finalizer()  # what the child's last reference going would do: frees the slot
+            with Raindrops(1) as other:
+                for _ in range(5000):
+                    other.incr(0)
+                if other[0] != 5000 or not other._slots:
+                    raise AssertionError(f"child counter {other[0]}, slots {other._slots}")
+
+        fork_all(2, work)
+        assert rd[0] == 2001
+        assert rd.incr(0) == 2002 and rd.decr(0) == 2001

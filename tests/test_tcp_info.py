@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import errno
+import os
 import socket
 import time
 from collections.abc import Iterator
 
 import pytest
 
-from raindrops import TCPInfo
+from raindrops import TCPInfo, _native
 from raindrops.tcp_info import TCP_STATES
 
 
@@ -123,3 +125,83 @@ def test_largest_descriptor_reaches_the_kernel() -> None:
     with pytest.raises(OSError) as caught:
         TCPInfo(2**31 - 1)
     assert not isinstance(caught.value, ValueError)
+
+
+# The listener facts ListenerSet asks a held socket for (raindrops/_native.tcp_listener).
+
+
+def test_listener_facts_of_ipv4_and_ipv6_listeners() -> None:
+    with (
+        socket.socket() as plain,
+        socket.socket() as shared,
+        socket.socket(socket.AF_INET6) as v6only,
+        socket.socket(socket.AF_INET6) as dual,
+    ):
+        plain.bind(("127.0.0.1", 0))
+        plain.listen(5)
+        shared.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        shared.bind(("127.0.0.1", 0))
+        shared.listen(6)
+        v6only.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        v6only.bind(("::", 0))
+        v6only.listen(7)
+        dual.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        dual.bind(("::", 0))
+        dual.listen(8)
+        ports = [sock.getsockname()[1] for sock in (plain, shared, v6only, dual)]
+        with socket.create_connection(plain.getsockname(), timeout=5):
+            time.sleep(0.01)
+            facts = [_native.tcp_listener(sock.fileno()) for sock in (plain, shared, v6only, dual)]
+    loopback4 = bytes([127, 0, 0, 1] + [0] * 12)
+    assert [(f.listening, f.family, bytes(f.address), f.port) for f in facts] == [
+        (1, socket.AF_INET, loopback4, ports[0]),
+        (1, socket.AF_INET, loopback4, ports[1]),
+        (1, socket.AF_INET6, bytes(16), ports[2]),
+        (1, socket.AF_INET6, bytes(16), ports[3]),
+    ]
+    assert [(f.queued, f.backlog) for f in facts] == [(1, 5), (0, 6), (0, 7), (0, 8)]
+    flags = [(f.reuseport, f.device_bound, f.v6only) for f in facts]
+    assert flags == [(0, 0, 0), (1, 0, 0), (0, 0, 1), (0, 0, 0)]
+
+
+def test_listener_facts_of_sockets_that_are_not_tcp_listeners(
+    connection: tuple[socket.socket, socket.socket, socket.socket],
+) -> None:
+    _, client, accepted = connection
+    with (
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp,
+        socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as unix,
+        socket.socket() as unbound,
+    ):
+        unix.bind(f"\0raindrops-test-{os.getpid()}")
+        unix.listen(1)
+        for sock in (client, accepted, udp, unix, unbound):
+            assert _native.tcp_listener(sock.fileno()).listening == 0, sock
+    read_end, write_end = os.pipe()
+    try:
+        with pytest.raises(OSError) as caught:
+            _native.tcp_listener(read_end)
+        assert caught.value.errno == errno.ENOTSOCK
+    finally:
+        os.close(read_end)
+        os.close(write_end)
+    closed = socket.socket()
+    number = closed.fileno()
+    closed.close()
+    with pytest.raises(OSError) as caught:
+        _native.tcp_listener(number)
+    assert caught.value.errno == errno.EBADF
+
+
+def test_listening_descriptors_are_found_without_wrapping_them(
+    connection: tuple[socket.socket, socket.socket, socket.socket],
+) -> None:
+    server, client, accepted = connection
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as unix:
+        unix.bind(f"\0raindrops-test-{os.getpid()}")
+        unix.listen(1)
+        fds = [client.fileno(), server.fileno(), 0, accepted.fileno(), unix.fileno(), 2**30]
+        assert _native.listening(fds) == [server.fileno(), unix.fileno()]
+    assert _native.listening([]) == []
+    with pytest.raises(OSError):
+        _native.listening([0] * (_native.DESCRIPTORS_MAX + 1))

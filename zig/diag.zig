@@ -70,7 +70,9 @@ pub fn Family(
         keys_max: u32,
         /// The most queries per call; query indexes are u16.
         queries_max: u32,
-        /// The nlmsg_type of the requests and of their reply messages.
+        /// The nlmsg_type of the listener dump's request and replies. Each dump
+        /// is read with its own request's type: a family may ask for its
+        /// connections with another request layout.
         message_type: u16,
         order: fn (KeyType, KeyType) std.math.Order,
         queryKey: fn (*const QueryType) KeyType,
@@ -238,6 +240,7 @@ pub fn Counting(comptime family: anytype) type {
             var request_buffer: F.RequestBuffer align(8) = undefined;
             var collector = ListenerCollector{ .results = results };
             const listeners = family.listenerRequest(&request_buffer, netlink.sequenceNext());
+            assert(netlink.requestType(listeners) == family.message_type);
             const listed = netlink.dump(fd, listeners, family.message_type, &collector);
             if (listed != ok) return listed;
             if (collector.seen > results.len) {
@@ -249,7 +252,7 @@ pub fn Counting(comptime family: anytype) type {
             if (unique == 0) return ok; // no listener: no connection to attribute
             var attributor = ConnectionAttributor{ .results = results[0..unique] };
             const connections = family.connectionRequest(&request_buffer, results[0..unique], netlink.sequenceNext());
-            const attributed = netlink.dump(fd, connections, family.message_type, &attributor);
+            const attributed = netlink.dump(fd, connections, netlink.requestType(connections), &attributor);
             if (attributed != ok) return attributed;
             count.* = unique;
             return ok;

@@ -6,13 +6,22 @@
 //! v4-mapped ::ffff:A); a wildcard A (all zeros) matches every listener of its
 //! family on P (0.0.0.0 also covers v4-mapped AF_INET6 sockets). queued sums
 //! the accept queues (idiag_rqueue) of the matching listeners; active counts
-//! accepted (inode != 0) ESTABLISHED sockets matched by the same rule.
+//! accepted (inode != 0) ESTABLISHED sockets matched by the same rule. The
+//! caller may ask for the ESTABLISHED sockets alone (it knows the queues from
+//! elsewhere) or the LISTEN ones alone (the kernel then never walks its table
+//! of connections).
 //!
 //! All-listeners mode: every LISTEN socket is a result keyed by (family,
 //! address, port), equal keys merged. An accepted ESTABLISHED socket counts
 //! for the listener of its exact local address and port, else for its family's
 //! wildcard listener on that port. Listeners are dumped first, in their own
 //! dumps, so the attribution does not depend on the kernel's dump order.
+//!
+//! Every dump walks the kernel's whole table of connections once (the hash
+//! of established sockets, 262,144 buckets on a machine with 24 GiB): what a
+//! request can save is the work per socket. Sockets on one port are asked for
+//! with the port in the request's own id.idiag_sport, which the kernel tests
+//! before anything else; only sockets on several ports need a filter program.
 const std = @import("std");
 const assert = std.debug.assert;
 const diag = @import("diag.zig");
@@ -26,15 +35,23 @@ pub const af_inet: u16 = 2;
 pub const af_inet6: u16 = 10;
 pub const ipproto_tcp: u8 = 6;
 
-/// The compat request (TCPDIAG_GETSOCK, struct inet_diag_req) with family
-/// AF_UNSPEC: the kernel walks its TCP hash tables once for IPv4 and IPv6
-/// together, where SOCK_DIAG_BY_FAMILY needs one full walk per family.
+/// The compat request (TCPDIAG_GETSOCK, struct inet_diag_req): its family is
+/// always AF_UNSPEC, IPv4 and IPv6 sockets in one walk of the kernel's tables,
+/// where SOCK_DIAG_BY_FAMILY (struct inet_diag_req_v2) asks for one family.
 pub const tcpdiag_getsock: u16 = 18;
-pub const af_unspec: u8 = 0;
+pub const af_unspec: u16 = 0;
 pub const request_legacy_bytes: u32 = 60;
-const request_states_offset: u32 = 52;
+pub const request_v2_bytes: u32 = 56;
 pub const message_bytes: u32 = 72;
 const inet_diag_req_bytecode: u16 = 1;
+/// id.idiag_sport, big-endian, in each request layout.
+const legacy_sport_offset: u32 = 4;
+const v2_sport_offset: u32 = 8;
+const legacy_states_offset: u32 = 52;
+const v2_states_offset: u32 = 4;
+
+/// The states a query may ask for.
+pub const states_all: u32 = netlink.states_listen | netlink.states_established;
 
 const bc_jmp: u8 = 1;
 const bc_s_ge: u8 = 2;
@@ -53,6 +70,9 @@ pub const request_bytes_max: u32 = netlink.header_bytes + request_legacy_bytes +
 comptime {
     assert(bytecode_bytes_max + op_bytes <= std.math.maxInt(u16));
     assert(netlink.attribute_header_bytes + bytecode_bytes_max <= std.math.maxInt(u16));
+    assert(request_v2_bytes <= request_legacy_bytes);
+    assert(request_legacy_bytes % netlink.alignment_bytes == 0);
+    assert(request_v2_bytes % netlink.alignment_bytes == 0);
 }
 
 /// One requested address. Mirrored by `TcpQuery` in raindrops/_native.py.
@@ -182,26 +202,73 @@ pub fn validQuery(query: *const Query) bool {
 
 // Request building (pure).
 
-/// Builds a dump request for `family` and `states` into `out`, with a bytecode
-/// filter on the queries' ports (and exact addresses) when there are queries.
-/// Returns the request bytes, a prefix of `out`.
-pub fn buildRequest(out: []u8, states: u32, sequence: u32, queries: []const Query) []u8 {
-    assert(states != 0);
-    assert(queries.len <= queries_max);
+/// What one dump asks the kernel for.
+pub const Dump = struct {
+    states: u32,
+    /// AF_UNSPEC (both families: the compat request), AF_INET or AF_INET6.
+    family: u16,
+    /// Host order. When not 0, the kernel itself passes over sockets on other
+    /// ports (id.idiag_sport): no filter program runs.
+    port: u16,
+    /// A filter program block per entry (its port, and its address unless a
+    /// wildcard), for sockets on several ports; empty: no program.
+    filters: []const Query,
+
+    fn valid(dump: *const Dump) bool {
+        if (dump.states == 0 or dump.states & ~states_all != 0) return false;
+        if (dump.filters.len > queries_max) return false;
+        if (dump.port != 0 and dump.filters.len != 0) return false;
+        return dump.family == af_unspec or dump.family == af_inet or dump.family == af_inet6;
+    }
+};
+
+/// Query mode's dump. IPv6 queries alone need IPv6 sockets alone; an IPv4
+/// query also matches v4-mapped IPv6 sockets, so it needs both families (one
+/// walk either way: the kernel keeps both in one table). Queries on one port
+/// use the kernel's port test; the counting matches the addresses anyway.
+pub fn queryDump(states: u32, queries: []const Query) Dump {
+    assert(queries.len >= 1 and queries.len <= queries_max);
+    const port = queries[0].port;
+    var one_port = port != 0; // port 0 in the id means "any": a program matches it exactly
+    var only_v6 = true;
+    for (queries) |*query| {
+        one_port = one_port and query.port == port;
+        only_v6 = only_v6 and query.family == af_inet6;
+    }
+    return .{
+        .states = states,
+        .family = if (only_v6) af_inet6 else af_unspec,
+        .port = if (one_port) port else 0,
+        .filters = if (one_port) &.{} else queries,
+    };
+}
+
+/// Builds the dump request into `out`; returns the request bytes, a prefix of
+/// `out`. Its nlmsg_type is also the type of its reply messages.
+pub fn buildRequest(out: []u8, dump: Dump, sequence: u32) []u8 {
+    assert(dump.valid());
     assert(out.len >= request_bytes_max);
-    const request_start = netlink.header_bytes;
-    @memset(out[request_start..][0..request_legacy_bytes], 0);
-    out[request_start] = af_unspec;
-    netlink.writeU32(out, request_start + request_states_offset, states);
-    var length: u32 = request_start + request_legacy_bytes;
-    if (queries.len > 0) {
-        const bytecode = buildBytecode(out[length + netlink.attribute_header_bytes ..], queries);
+    const start = netlink.header_bytes;
+    const legacy = dump.family == af_unspec;
+    const request_bytes = if (legacy) request_legacy_bytes else request_v2_bytes;
+    @memset(out[start..][0..request_bytes], 0);
+    if (!legacy) {
+        out[start] = @intCast(dump.family);
+        out[start + 1] = ipproto_tcp;
+    }
+    netlink.writeU32(out, start + if (legacy) legacy_states_offset else v2_states_offset, dump.states);
+    const sport = start + if (legacy) legacy_sport_offset else v2_sport_offset;
+    std.mem.writeInt(u16, out[sport..][0..2], dump.port, .big);
+    var length: u32 = start + request_bytes;
+    if (dump.filters.len > 0) {
+        const bytecode = buildBytecode(out[length + netlink.attribute_header_bytes ..], dump.filters);
         const attribute_bytes: u32 = netlink.attribute_header_bytes + @as(u32, @intCast(bytecode.len));
         netlink.writeU16(out, length, @intCast(attribute_bytes));
         netlink.writeU16(out, length + 2, inet_diag_req_bytecode);
         length += attribute_bytes;
     }
-    netlink.writeHeader(out, length, tcpdiag_getsock, sequence);
+    const message_type = if (legacy) tcpdiag_getsock else netlink.sock_diag_by_family;
+    netlink.writeHeader(out, length, message_type, sequence);
     return out[0..length];
 }
 
@@ -310,12 +377,13 @@ fn countSocket(result: *Result, socket: *const Socket) void {
 const RequestBuffer = [request_bytes_max]u8;
 
 fn listenerRequest(buffer: *RequestBuffer, sequence: u32) []const u8 {
-    return buildRequest(buffer, netlink.states_listen, sequence, &.{});
+    const dump: Dump = .{ .states = netlink.states_listen, .family = af_unspec, .port = 0, .filters = &.{} };
+    return buildRequest(buffer, dump, sequence);
 }
 
 fn connectionRequest(buffer: *RequestBuffer, listeners: []const Result, sequence: u32) []const u8 {
     var port_queries: [queries_max]Query = undefined;
-    return buildRequest(buffer, netlink.states_established, sequence, listenerPorts(listeners, &port_queries));
+    return buildRequest(buffer, connectionDump(listeners, &port_queries), sequence);
 }
 
 const counting = diag.Counting(diag.Family(Key, Query, Result, Socket, RequestBuffer){
@@ -334,12 +402,13 @@ const counting = diag.Counting(diag.Family(Key, Query, Result, Socket, RequestBu
     .connectionRequest = connectionRequest,
 });
 
-/// Query mode: results[i] answers queries[i]. One filtered dump per family
-/// that can match, for LISTEN and ESTABLISHED sockets at once.
-pub fn queryStats(fd: i32, queries: []const Query, results: []Result) Status {
+/// Query mode: results[i] answers queries[i], from one dump of the sockets
+/// in `states` (LISTEN, ESTABLISHED or both) that can match.
+pub fn queryStats(fd: i32, queries: []const Query, results: []Result, states: u32) Status {
     assert(queries.len == results.len);
     if (queries.len == 0) return ok;
     if (queries.len > queries_max) return invalid;
+    if (states == 0 or states & ~states_all != 0) return invalid;
     for (queries) |*query| {
         if (!validQuery(query)) return invalid;
     }
@@ -351,8 +420,8 @@ pub fn queryStats(fd: i32, queries: []const Query, results: []Result) Status {
     }
     var counter = counting.QueryCounter{ .queries = queries, .results = results, .order = order };
     var request_buffer: RequestBuffer align(8) = undefined;
-    const request = buildRequest(&request_buffer, netlink.states_listen | netlink.states_established, netlink.sequenceNext(), queries);
-    return netlink.dump(fd, request, tcpdiag_getsock, &counter);
+    const request = buildRequest(&request_buffer, queryDump(states, queries), netlink.sequenceNext());
+    return netlink.dump(fd, request, netlink.requestType(request), &counter);
 }
 
 /// All-listeners mode: fills results (sorted by port, family, address) and
@@ -360,39 +429,98 @@ pub fn queryStats(fd: i32, queries: []const Query, results: []Result) Status {
 /// to an upper bound of the room needed (the LISTEN sockets seen).
 pub const allListeners = counting.allListeners;
 
-/// Port-only queries for the listeners' distinct ports, so that the kernel
-/// skips every connection (outbound ones, the client ends of loopback ones)
-/// that no listener accepted. Empty, so no filter, past queries_max ports.
-fn listenerPorts(listeners: []const Result, queries: *[queries_max]Query) []const Query {
+/// All-listeners mode's dump of the connections the listeners (merged, sorted
+/// by port) may have accepted: an accepted socket has its listener's family
+/// and port, so the dump skips every connection of another family or port
+/// (outbound ones, the client ends of loopback ones). One port: the kernel's
+/// port test; several: a filter program of port-only blocks, none past
+/// queries_max ports.
+fn connectionDump(listeners: []const Result, queries: *[queries_max]Query) Dump {
+    assert(listeners.len >= 1);
     var count: usize = 0;
+    var families: u2 = 0; // bit 0: AF_INET, bit 1: AF_INET6
     for (listeners, 0..) |*listener, index| {
-        // Results are sorted by port: a new port starts where the previous one differs.
+        assert(listener.family == af_inet or listener.family == af_inet6);
+        families |= if (listener.family == af_inet) 1 else 2;
+        // Sorted by port: a new port starts where the previous one differs.
         if (index > 0 and listeners[index - 1].port == listener.port) continue;
-        if (count == queries_max) return &.{};
-        queries[count] = .{ .address = @splat(0), .family = af_inet6, .port = listener.port, .wildcard = 1, .reserved = @splat(0) };
+        if (count < queries_max) {
+            queries[count] = .{ .address = @splat(0), .family = af_inet6, .port = listener.port, .wildcard = 1, .reserved = @splat(0) };
+        }
         count += 1;
     }
-    return queries[0..count];
+    const family: u16 = switch (families) {
+        1 => af_inet,
+        2 => af_inet6,
+        else => af_unspec,
+    };
+    var dump: Dump = .{ .states = netlink.states_established, .family = family, .port = 0, .filters = &.{} };
+    if (count == 1 and queries[0].port != 0) {
+        dump.port = queries[0].port;
+    } else if (count <= queries_max) {
+        dump.filters = queries[0..count];
+    }
+    return dump;
 }
 
 // Tests.
 
-test "listenerPorts: one wildcard query per distinct port, none past the limit" {
-    var listeners: [3]Result = undefined;
-    for (&listeners, [_]u16{ 80, 80, 443 }) |*listener, port| {
-        listener.* = .{ .address = @splat(0), .family = af_inet, .port = port, .listeners = 1, .active = 0, .queued = 0 };
+fn testListeners(results: []Result, families: []const u16, ports: []const u16) []const Result {
+    for (results, families, ports) |*result, family, port| {
+        result.* = .{ .address = @splat(0), .family = family, .port = port, .listeners = 1, .active = 0, .queued = 0 };
     }
+    return results;
+}
+
+test "connectionDump: the listeners' families; one port in the id, several in a program" {
     var queries: [queries_max]Query = undefined;
-    const ports = listenerPorts(&listeners, &queries);
-    try std.testing.expectEqual(@as(usize, 2), ports.len);
-    try std.testing.expectEqual(@as(u16, 80), ports[0].port);
-    try std.testing.expectEqual(@as(u16, 443), ports[1].port);
-    try std.testing.expectEqual(@as(u8, 1), ports[1].wildcard);
+    var results: [3]Result = undefined;
+    var dump = connectionDump(testListeners(&results, &.{ af_inet, af_inet, af_inet }, &.{ 80, 80, 443 }), &queries);
+    try std.testing.expectEqual(af_inet, dump.family);
+    try std.testing.expectEqual(@as(u16, 0), dump.port);
+    try std.testing.expectEqual(@as(usize, 2), dump.filters.len);
+    try std.testing.expectEqual(@as(u16, 80), dump.filters[0].port);
+    try std.testing.expectEqual(@as(u16, 443), dump.filters[1].port);
+    try std.testing.expectEqual(@as(u8, 1), dump.filters[1].wildcard);
+    try std.testing.expectEqual(netlink.states_established, dump.states);
+    dump = connectionDump(testListeners(&results, &.{ af_inet6, af_inet, af_inet6 }, &.{ 80, 80, 80 }), &queries);
+    try std.testing.expectEqual(af_unspec, dump.family);
+    try std.testing.expectEqual(@as(u16, 80), dump.port);
+    try std.testing.expectEqual(@as(usize, 0), dump.filters.len);
+    dump = connectionDump(testListeners(results[0..1], &.{af_inet6}, &.{8080}), &queries);
+    try std.testing.expectEqual(af_inet6, dump.family);
+    try std.testing.expectEqual(@as(u16, 8080), dump.port);
     var many: [queries_max + 1]Result = undefined;
     for (&many, 0..) |*listener, index| {
         listener.* = .{ .address = @splat(0), .family = af_inet, .port = @intCast(index + 1), .listeners = 1, .active = 0, .queued = 0 };
     }
-    try std.testing.expectEqual(@as(usize, 0), listenerPorts(&many, &queries).len);
+    dump = connectionDump(&many, &queries);
+    try std.testing.expectEqual(@as(usize, 0), dump.filters.len);
+    try std.testing.expectEqual(@as(u16, 0), dump.port);
+    try std.testing.expect(dump.valid());
+}
+
+test "queryDump: IPv6 alone or both families; the port in the id when there is one" {
+    const v4 = testQuery(af_inet, &loopback_v4, 8080);
+    const v6 = testQuery(af_inet6, &loopback_v6, 8080);
+    const v6_any = testQuery(af_inet6, &.{}, 8080);
+    const other_port = testQuery(af_inet6, &loopback_v6, 9090);
+    var dump = queryDump(states_all, &.{ v6, v6_any });
+    try std.testing.expectEqual(af_inet6, dump.family);
+    try std.testing.expectEqual(@as(u16, 8080), dump.port);
+    try std.testing.expectEqual(@as(usize, 0), dump.filters.len);
+    dump = queryDump(netlink.states_established, &.{ v6, v4 });
+    try std.testing.expectEqual(af_unspec, dump.family);
+    try std.testing.expectEqual(@as(u16, 8080), dump.port);
+    try std.testing.expectEqual(netlink.states_established, dump.states);
+    dump = queryDump(states_all, &.{ v6, other_port });
+    try std.testing.expectEqual(af_inet6, dump.family);
+    try std.testing.expectEqual(@as(u16, 0), dump.port);
+    try std.testing.expectEqual(@as(usize, 2), dump.filters.len);
+    dump = queryDump(states_all, &.{testQuery(af_inet, &loopback_v4, 0)});
+    try std.testing.expectEqual(@as(u16, 0), dump.port);
+    try std.testing.expectEqual(@as(usize, 1), dump.filters.len);
+    try std.testing.expect(dump.valid());
 }
 
 /// A model of the kernel's inet_diag_bc_audit (net/ipv4/inet_diag.c).
@@ -538,23 +666,44 @@ test "bytecode of the largest request passes the audit; jumps fit" {
     var queries: [queries_max]Query = undefined;
     for (&queries, 0..) |*query, index| query.* = testQuery(af_inet6, &loopback_v6, @intCast(index + 1));
     var out: [request_bytes_max]u8 = undefined;
-    const request = buildRequest(&out, netlink.states_listen, 5, &queries);
-    try std.testing.expectEqual(@as(usize, request_bytes_max), request.len);
-    const bytecode = request[netlink.header_bytes + request_legacy_bytes + netlink.attribute_header_bytes ..];
+    const largest = buildRequest(&out, queryDump(netlink.states_listen, &queries), 5);
+    try std.testing.expectEqual(@as(usize, request_bytes_max - request_legacy_bytes + request_v2_bytes), largest.len);
+    const bytecode = largest[netlink.header_bytes + request_v2_bytes + netlink.attribute_header_bytes ..];
     try std.testing.expect(testAudit(bytecode));
     try std.testing.expect(testRun(bytecode, &testSocket(af_inet6, &loopback_v6, queries_max, netlink.state_listen)));
     try std.testing.expect(!testRun(bytecode, &testSocket(af_inet6, &loopback_v6, queries_max + 1, netlink.state_listen)));
+    // One IPv4 query: both families, the compat request, a block 12 bytes shorter.
+    queries[0] = testQuery(af_inet, &loopback_v4, 1);
+    const mixed = buildRequest(&out, queryDump(netlink.states_listen, &queries), 6);
+    try std.testing.expectEqual(@as(usize, request_bytes_max - 12), mixed.len);
+    try std.testing.expect(testAudit(mixed[netlink.header_bytes + request_legacy_bytes + netlink.attribute_header_bytes ..]));
 }
 
-test "request header and inet_diag_req layout" {
+test "request layouts: compat for both families, by-family for one; the port in id.idiag_sport" {
     var out: [request_bytes_max]u8 = undefined;
-    const request = buildRequest(&out, netlink.states_listen | netlink.states_established, 42, &.{});
+    const both: Dump = .{ .states = states_all, .family = af_unspec, .port = 0, .filters = &.{} };
+    var request = buildRequest(&out, both, 42);
     try std.testing.expectEqual(@as(usize, 76), request.len);
     try std.testing.expectEqual(@as(u32, 76), netlink.readU32(request, 0));
-    try std.testing.expectEqual(@as(u16, 18), netlink.readU16(request, 4));
+    try std.testing.expectEqual(tcpdiag_getsock, netlink.requestType(request));
     try std.testing.expectEqual(@as(u32, 42), netlink.readU32(request, 8));
-    try std.testing.expectEqual(af_unspec, request[16]);
+    try std.testing.expectEqual(@as(u8, 0), request[16]);
     try std.testing.expectEqual(@as(u32, 0x402), netlink.readU32(request, 16 + 52));
+    try std.testing.expectEqualSlices(u8, &.{ 0, 0 }, request[16 + 4 ..][0..2]);
+    var one_port = both;
+    one_port.port = 8080;
+    request = buildRequest(&out, one_port, 43);
+    try std.testing.expectEqualSlices(u8, &.{ 0x1f, 0x90 }, request[16 + 4 ..][0..2]);
+    try std.testing.expect(std.mem.allEqual(u8, request[16 + 6 .. 16 + 52], 0));
+    const v6: Dump = .{ .states = netlink.states_established, .family = af_inet6, .port = 443, .filters = &.{} };
+    request = buildRequest(&out, v6, 44);
+    try std.testing.expectEqual(@as(usize, 72), request.len);
+    try std.testing.expectEqual(netlink.sock_diag_by_family, netlink.requestType(request));
+    try std.testing.expectEqual(@as(u8, 10), request[16]);
+    try std.testing.expectEqual(ipproto_tcp, request[17]);
+    try std.testing.expectEqual(@as(u32, 0x2), netlink.readU32(request, 16 + 4));
+    try std.testing.expectEqualSlices(u8, &.{ 0x01, 0xbb }, request[16 + 8 ..][0..2]);
+    try std.testing.expect(std.mem.allEqual(u8, request[16 + 10 .. 16 + 56], 0));
 }
 
 fn testMessage(out: *[message_bytes]u8, socket: Socket) void {
@@ -638,7 +787,11 @@ test "duplicate and invalid queries are refused" {
     bad = testQuery(7, &loopback_v4, 1);
     try std.testing.expect(!validQuery(&bad));
     var results: [2]Result = undefined;
-    try std.testing.expectEqual(invalid, queryStats(-1, &queries, &results));
+    try std.testing.expectEqual(invalid, queryStats(-1, &queries, &results, states_all));
+    const one = queries[0..1];
+    try std.testing.expectEqual(invalid, queryStats(-1, one, results[0..1], 0));
+    try std.testing.expectEqual(invalid, queryStats(-1, one, results[0..1], 1 << 3));
+    try std.testing.expectEqual(status.fromErrno(.BADF), queryStats(-1, one, results[0..1], netlink.states_established));
 }
 
 test "all-listeners: merge and attribution to exact, then wildcard" {

@@ -80,6 +80,13 @@ pub fn writeHeader(bytes: []u8, length: u32, message_type: u16, sequence: u32) v
     writeU32(bytes, 12, 0); // pid 0: the kernel fills in this socket's port id.
 }
 
+/// The nlmsg_type of a request built by writeHeader: sock_diag answers a
+/// dump with messages of its request's type.
+pub fn requestType(request: []const u8) u16 {
+    assert(request.len >= header_bytes);
+    return readU16(request, 4);
+}
+
 /// Opens a sock_diag socket; returns its fd, or -errno.
 pub fn open() i32 {
     const rc = linux.socket(linux.AF.NETLINK, linux.SOCK.RAW | linux.SOCK.CLOEXEC, linux.NETLINK.SOCK_DIAG);
@@ -334,6 +341,7 @@ test "writeHeader and sequenceNext" {
     writeHeader(&bytes, 32, sock_diag_by_family, 77);
     try std.testing.expectEqual(@as(u32, 32), readU32(&bytes, 0));
     try std.testing.expectEqual(sock_diag_by_family, readU16(&bytes, 4));
+    try std.testing.expectEqual(sock_diag_by_family, requestType(&bytes));
     try std.testing.expectEqual(@as(u16, 0x301), readU16(&bytes, 6));
     try std.testing.expectEqual(@as(u32, 77), readU32(&bytes, 8));
     const first = sequenceNext();

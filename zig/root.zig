@@ -99,8 +99,37 @@ export fn raindrops_load(counter: *const u64) u64 {
     return counters.load(counter);
 }
 
+/// 1 where the caller's own aligned 8-byte load may replace raindrops_load (counters.zig).
+export fn raindrops_plain_loads() u32 {
+    return @intFromBool(counters.plain_loads_ordered);
+}
+
 export fn raindrops_store(counter: *u64, value: u64) void {
     counters.store(counter, value);
+}
+
+// Argument-free updates (counters.zig): a slot binds one counter pointer,
+// prepared by the caller as above, to its own increment and decrement functions.
+
+export fn raindrops_slots_max() u32 {
+    return counters.slots_max;
+}
+
+/// The slot now bound to `counter`, or -ENOSPC when every slot is claimed.
+export fn raindrops_slot_claim(counter: ?*u64) i64 {
+    const pointer = counter orelse return invalid;
+    if (@intFromPtr(pointer) % @alignOf(u64) != 0) return invalid;
+    return counters.slotClaim(pointer) orelse status.fromErrno(.NOSPC);
+}
+
+export fn raindrops_slot_release(slot: u32) Status {
+    return if (counters.slotRelease(slot)) status.ok else invalid;
+}
+
+/// The address of slot `slot`'s `u64 f(void)` increment (`decrement` 0) or decrement; 0 past the table.
+export fn raindrops_slot_step(slot: u32, decrement: u32) usize {
+    const step = counters.slotStep(slot, decrement != 0) orelse return 0;
+    return @intFromPtr(step);
 }
 
 /// Floors for the benchmarks: the cost of a ctypes call that does nothing.
@@ -148,10 +177,16 @@ export fn raindrops_diag_queries_max() u32 {
 }
 
 /// results[i] answers queries[i]; `count` <= raindrops_diag_queries_max().
-export fn raindrops_tcp_stats(fd: i32, queries: ?[*]const inet_diag.Query, results: ?[*]inet_diag.Result, count: u32) Status {
+/// `states`: the sockets to dump, a non-empty subset of raindrops_tcp_states_all().
+export fn raindrops_tcp_stats(fd: i32, queries: ?[*]const inet_diag.Query, results: ?[*]inet_diag.Result, count: u32, states: u32) Status {
     if (count == 0) return status.ok;
     if (queries == null or results == null or count > inet_diag.queries_max) return invalid;
-    return inet_diag.queryStats(fd, queries.?[0..count], results.?[0..count]);
+    return inet_diag.queryStats(fd, queries.?[0..count], results.?[0..count], states);
+}
+
+/// LISTEN | ESTABLISHED as bits of a sock_diag state mask; each is one of raindrops_tcp_stats' states.
+export fn raindrops_tcp_states_all() u32 {
+    return inet_diag.states_all;
 }
 
 /// Every TCP listener; `count` is set to the results written, or on -ENOBUFS
@@ -184,6 +219,23 @@ export fn raindrops_tcp_info(fd: i32, buffer: ?[*]u8, capacity: u32, length: *u3
     length.* = 0;
     if (buffer == null or capacity == 0) return invalid;
     return tcp_info.read(fd, buffer.?[0..capacity], length);
+}
+
+export fn raindrops_tcp_listener_bytes() u32 {
+    return @sizeOf(tcp_info.Listener);
+}
+
+/// A listening socket's address, accept queue and whether another socket may share its address.
+export fn raindrops_tcp_listener(fd: i32, listener: *tcp_info.Listener) Status {
+    return tcp_info.readListener(fd, listener);
+}
+
+/// listening[i] = 1 when fds[i] is a listening socket; `count` <= 65536.
+export fn raindrops_listening(fds: ?[*]const i32, listening: ?[*]u8, count: u32) Status {
+    if (count == 0) return status.ok;
+    if (fds == null or listening == null or count > tcp_info.descriptors_max) return invalid;
+    tcp_info.markListening(fds.?[0..count], listening.?[0..count]);
+    return status.ok;
 }
 
 // ---------------------------------------------------------------------------

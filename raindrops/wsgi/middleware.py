@@ -34,6 +34,8 @@ _enter = scoreboard.enter
 _respond = scoreboard.respond
 _respond_counted = scoreboard.respond_counted
 _leave = scoreboard.leave
+_leave_small = scoreboard.leave_small
+_SMALL_INT_MAX = scoreboard.SMALL_INT_MAX
 _leave_counting = scoreboard.leave_counting
 _fail = scoreboard.fail
 _clock_ns = time.perf_counter_ns
@@ -43,13 +45,16 @@ Route = Callable[[Environ], object]
 environ after the application ran; None or anything but a short str is `other`."""
 
 
-class _Request:
+class _Request(list):  # type: ignore[type-arg]
     """One request: the application's start_response (it sees the status) and then the
-    response body, whose close() ends the request exactly once.
+    response body, whose close() ends the request once.
 
-    The request is counted by method and status when the application returns
-    with its response started, else when the body closes (a generator that
-    starts its response while iterated).
+    A list response is copied into this list, so that the server iterates it in
+    C; any other response is wrapped by a _Stream. The request is counted by
+    method and status when the application returns with its response started,
+    else when the body closes (a generator that starts its response while
+    iterated). Its attributes are set by Middleware.__call__, without an
+    __init__ call.
     """
 
     __slots__ = (
@@ -60,29 +65,18 @@ class _Request:
         "_status",
         "_series",
         "_started_ns",
-        "_iterable",
         "_close",
-        "_once",
+        "_open",
     )
-
-    def __init__(
-        self,
-        start_response: StartResponse,
-        bound: scoreboard.Bound,
-        environ: Environ,
-        route: Route | None,
-        started_ns: int,
-    ) -> None:
-        self._start_response = start_response
-        self._bound = bound
-        self._environ = environ
-        self._route = route
-        self._status: str | None = None
-        self._series: scoreboard.Series | None = None
-        self._started_ns = started_ns
-        self._iterable: Iterable[bytes] = ()
-        self._close: Callable[[], object] | None = None
-        self._once = [bound.board]  # list.pop() is atomic: a second close() finds it empty
+    _start_response: StartResponse
+    _bound: scoreboard.Bound
+    _environ: Environ
+    _route: Route | None
+    _status: str | None
+    _series: scoreboard.Series | None
+    _started_ns: int
+    _close: Callable[[], object] | None
+    _open: bool
 
     def __call__(self, status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
         self._status = status
@@ -90,9 +84,8 @@ class _Request:
             return self._start_response(status, headers)
         return self._start_response(status, headers, exc_info)
 
-    def respond(self, result: Iterable[bytes], close: Callable[[], object] | None) -> None:
-        """The application returned `result`: the request moves from calling to writing."""
-        self._iterable = result
+    def respond(self, close: Callable[[], object] | None) -> None:
+        """The application returned: the request moves from calling to writing."""
         self._close = close
         status = self._status
         if status is None:
@@ -113,33 +106,46 @@ class _Request:
         series = self._series_of(_SERVER_ERROR)
         _fail(self._bound.board, series, (_clock_ns() - self._started_ns) // 1000)
 
-    def __iter__(self) -> Iterator[bytes]:
-        return iter(self._iterable)
-
     def close(self) -> None:
-        try:
-            board = self._once.pop()
-        except IndexError:
+        """Ends the request; a second close() changes nothing (PEP 3333)."""
+        if not self._open:
             return
+        self._open = False
         try:
             if self._close is not None:
                 self._close()
         finally:
             elapsed_us = (_clock_ns() - self._started_ns) // 1000
             series = self._series
-            if series is not None:
-                _leave(board, series, elapsed_us)
-            else:
+            board = self._bound.board
+            if series is None:
                 _leave_counting(board, self._series_of(self._status or ""), elapsed_us)
+            elif elapsed_us <= _SMALL_INT_MAX:
+                _leave_small(board, series, elapsed_us)
+            else:
+                _leave(board, series, elapsed_us)
+
+
+class _Stream:
+    """A response body that is not a list: iterated as the application made it."""
+
+    __slots__ = ("_iterable", "close")
+
+    def __init__(self, iterable: Iterable[bytes], request: _Request) -> None:
+        self._iterable = iterable
+        self.close = request.close
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(self._iterable)
 
 
 def _wrap_file(result: Any, request: _Request) -> Any:
     """Keeps a wsgi.file_wrapper body (sendfile) by hooking its close() instead of wrapping it."""
-    request.respond(result, getattr(result, "close", None))
+    request.respond(getattr(result, "close", None))
     try:
         result.close = request.close
     except AttributeError:
-        return request
+        return _Stream(result, request)
     return result
 
 
@@ -202,21 +208,45 @@ class Middleware:
         bound = holder.value if holder.pid == PROCESS.pid else None
         if bound is None:
             bound = self._bind(environ)
-        request = _Request(start_response, bound, environ, self._route, _clock_ns())
-        _enter(bound.board)
+        request = _Request()
+        request._start_response = start_response
+        request._bound = bound
+        request._environ = environ
+        request._route = route = self._route
+        request._status = request._series = None
+        request._open = True
+        board = bound.board
+        request._started_ns = _clock_ns()
+        _enter(board)
         try:
             result = self.app(environ, request)
         except BaseException:
             request.fail()
             raise
-        if result.__class__ is list:
-            request.respond(result, None)  # a list has no close()
+        if result.__class__ is not list:
+            return self._other_body(result, request, environ)
+        request.extend(result)
+        request._close = None  # a list has no close()
+        status = request._status
+        if status is None:
+            _respond(board)
             return request
+        if route is None:
+            method = environ.get("REQUEST_METHOD", "")
+            series = bound.by_status.get((method, status)) or bound.series(method, status)
+        else:
+            series = request._series_of(status)
+        request._series = series
+        _respond_counted(board, series)
+        return request
+
+    @staticmethod
+    def _other_body(result: Any, request: _Request, environ: Environ) -> Iterable[bytes]:
         file_wrapper = environ.get("wsgi.file_wrapper")
         if isinstance(file_wrapper, type) and isinstance(result, file_wrapper):
             return _wrap_file(result, request)  # type: ignore[no-any-return]
-        request.respond(result, getattr(result, "close", None))
-        return request
+        request.respond(getattr(result, "close", None))
+        return _Stream(result, request)
 
     def _endpoint(self, environ: Environ, start_response: StartResponse) -> list[bytes]:
         form, refusal = http.endpoint_request(environ, start_response, self._access)
