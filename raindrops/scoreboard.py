@@ -141,6 +141,18 @@ class Scoreboard:
         # the pointer is valid while `board` lives
         return board, _native.descriptor_pointer(board), base
 
+    def enter_step(self) -> Callable[[], object]:
+        """enter() of this process's board as a call without arguments: a native update slot
+        bound to its `calling` counter (or the pointer-passing call when no slot is free). The
+        caller keeps this scoreboard alive while it uses the step."""
+        base = self._board.get(self._claim)[2]
+        slot = _native.slot_claim(
+            _native.CounterPointer(self.counters.address(base + _SLOT_CALLING))
+        )
+        if slot is None:
+            return functools.partial(enter, self.board())
+        return _native.slot_steps(slot)[0]
+
     def routed_series(self, route: object, method: str, status: str | int) -> Series:
         """The series of a request whose route the middleware's `route=` callable named."""
         return self.series.pointer(method, status, self.routes.index(route))
@@ -183,6 +195,8 @@ class Bound(NamedTuple):
     """(route name, method, status line) -> the prepared pointer of its entry."""
     by_status: dict[tuple[str, str | int], Series]
     """What `series` has already answered, read by hot paths without a call."""
+    enter: Callable[[], object]
+    """enter(board) without arguments (Scoreboard.enter_step)."""
 
 
 class ServerBoard:
@@ -232,7 +246,8 @@ class ServerBoard:
         board = scoreboard.board()
         scoreboard.declare_capacity(_capacity_or_unknown(capacity))
         table = scoreboard.series
-        return Bound(board, table.pointer, scoreboard.routed_series, table.by_status)
+        enter_step = scoreboard.enter_step()
+        return Bound(board, table.pointer, scoreboard.routed_series, table.by_status, enter_step)
 
 
 def _capacity_or_unknown(capacity: Callable[[], int]) -> int:

@@ -363,7 +363,7 @@ def test_asgi_counts_by_method_and_status() -> None:
         await send({"type": "http.response.start", "status": status, "headers": []})
         await send({"type": "http.response.body", "body": b"x"})
 
-    middleware = ASGIMiddleware(app, listeners=[])
+    middleware = ASGIMiddleware(app, listeners=[], stats=Scoreboard())
 
     async def call(path: str, method: str = "GET") -> None:
 
@@ -406,7 +406,10 @@ def test_asgi_route_is_named_from_the_scope_once_the_response_starts() -> None:
         await send({"type": "http.response.start", "status": 200, "headers": []})
         await send({"type": "http.response.body", "body": b""})
 
-    middleware = ASGIMiddleware(app, listeners=[], route=lambda scope: scope.get("route"))
+    board = Scoreboard()  # its own: another test may have loaded gunicorn, making this a "worker"
+    middleware = ASGIMiddleware(
+        app, listeners=[], stats=board, route=lambda scope: scope.get("route")
+    )
 
     async def nothing(*args: Any) -> Any:
         return {"type": "http.request", "body": b"", "more_body": False}

@@ -34,7 +34,6 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[..., Awaitable[None]]
 """Any ASGI 3 application: frameworks type scopes differently (dicts, TypedDicts, mappings)."""
 
-_enter = scoreboard.enter
 _respond = scoreboard.respond
 _respond_counted = scoreboard.respond_counted
 _leave = scoreboard.leave
@@ -266,7 +265,7 @@ class Middleware:
         if bound is None:
             bound = self._counts.bind(self._server(), self._capacity)
         request = _Request(bound, scope, self._route, send)
-        _enter(bound.board)
+        bound.enter()
         try:
             await self.app(scope, receive, request)
         except BaseException:
@@ -279,7 +278,7 @@ class Middleware:
         bound = self._websockets.bind(self._server(), _unknown_capacity)
         series = bound.series("GET", _WEBSOCKET_SESSION)
         started_ns = _clock_ns()
-        _enter(bound.board)
+        bound.enter()
         try:
             await self.app(scope, receive, send)
         finally:

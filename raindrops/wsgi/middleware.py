@@ -30,7 +30,6 @@ from raindrops.wsgi.http import DEFAULT_ALLOW, Environ, StartResponse, WSGIApp
 
 NAME_PREFIX = segments.PREFIX + "mw-"
 """Start of the names of the per-master segments (see raindrops.segments)."""
-_enter = scoreboard.enter
 _respond = scoreboard.respond
 _respond_counted = scoreboard.respond_counted
 _leave = scoreboard.leave
@@ -217,7 +216,7 @@ class Middleware:
         request._open = True
         board = bound.board
         request._started_ns = _clock_ns()
-        _enter(board)
+        bound.enter()
         try:
             result = self.app(environ, request)
         except BaseException:
