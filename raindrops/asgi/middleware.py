@@ -18,7 +18,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping, Sequence
 from typing import Any, NamedTuple
 
-from raindrops import capacity, exposition, linux, scoreboard
+from raindrops import capacity, exposition, scoreboard
 from raindrops._process import PROCESS
 from raindrops.metrics.registry import with_metrics
 from raindrops.routes import route_name
@@ -26,6 +26,7 @@ from raindrops.scoreboard import Scoreboard
 from raindrops.series import DEFAULT_BUCKETS
 from raindrops.wsgi import http
 from raindrops.wsgi.http import DEFAULT_ALLOW
+from raindrops.wsgi.settings import middleware_settings
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -225,17 +226,24 @@ class Middleware:
         buckets: Iterable[float] = DEFAULT_BUCKETS,
         route: Route | None = None,
     ) -> None:
-        if route is not None and not callable(route):
-            raise ValueError(f"route must be a callable taking the scope, not {route!r}")
+        settings = middleware_settings(
+            path,
+            listeners,
+            stats,
+            name=name,
+            allow=allow,
+            trusted_proxies=trusted_proxies,
+            worker_capacity=worker_capacity,
+            buckets=buckets,
+            route=route,
+            request_is="scope",
+        )
         self.app = app
-        self._route = route
-        given = capacity.checked(worker_capacity)
+        self.path, self._access, self._listeners, self._counts, self._route = settings[:5]
+        given = settings.worker_capacity
         self._capacity: Callable[[], int] = (
             (lambda: given) if given else (lambda: capacity.of_this_worker(None))
         )
-        self.path, self._access = http.endpoint_settings(path, allow, trusted_proxies)
-        self._listeners = linux.ListenerSet.own_or(listeners)  # bad addresses fail now
-        self._counts = scoreboard.ServerBoard.configured(self.path, stats, name, buckets)
         self._bound = self._counts.bound  # read by the per-request path without a call
         # Open websockets: a second scoreboard, found the same way (never named by the user).
         self._websockets = scoreboard.ServerBoard(self.path + WEBSOCKETS_PATH_SUFFIX)

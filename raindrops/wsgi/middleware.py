@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
-from raindrops import capacity, exposition, linux, scoreboard, segments
+from raindrops import capacity, exposition, scoreboard, segments
 from raindrops._process import PROCESS
 from raindrops.metrics.registry import with_metrics
 from raindrops.routes import route_name
@@ -27,6 +27,7 @@ from raindrops.scoreboard import Scoreboard
 from raindrops.series import DEFAULT_BUCKETS
 from raindrops.wsgi import http
 from raindrops.wsgi.http import DEFAULT_ALLOW, Environ, StartResponse, WSGIApp
+from raindrops.wsgi.settings import middleware_settings
 
 NAME_PREFIX = segments.PREFIX + "mw-"
 """Start of the names of the per-master segments (see raindrops.segments)."""
@@ -177,14 +178,21 @@ class Middleware:
         buckets: Iterable[float] = DEFAULT_BUCKETS,
         route: Route | None = None,
     ) -> None:
-        if route is not None and not callable(route):
-            raise ValueError(f"route must be a callable taking the environ, not {route!r}")
+        settings = middleware_settings(
+            path,
+            listeners,
+            stats,
+            name=name,
+            allow=allow,
+            trusted_proxies=trusted_proxies,
+            worker_capacity=worker_capacity,
+            buckets=buckets,
+            route=route,
+            request_is="environ",
+        )
         self.app = app
-        self._route = route
-        self._worker_capacity = capacity.checked(worker_capacity)
-        self.path, self._access = http.endpoint_settings(path, allow, trusted_proxies)
-        self._listeners = linux.ListenerSet.own_or(listeners)  # bad addresses fail now
-        self._counts = scoreboard.ServerBoard.configured(self.path, stats, name, buckets)
+        self.path, self._access, self._listeners, self._counts, self._route = settings[:5]
+        self._worker_capacity = settings.worker_capacity
         self._bound = self._counts.bound  # read by the per-request path without a call
 
     @property
