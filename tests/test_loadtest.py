@@ -54,3 +54,27 @@ def test_short_load_test_passes_every_check(tmp_path: Path) -> None:
             f"FALLBACK load test: {programs.missing_message('promtool')}; "
             "the strict parser checked its expositions"
         )
+
+
+@pytest.mark.parametrize(
+    ("killed", "transport", "counted", "ok"),
+    [
+        (False, 0, 100, True),
+        (False, 0, 101, False),  # counted beyond the successes, and no kill to explain it
+        (True, 2, 102, True),
+        (True, 2, 103, False),  # more than the cut requests
+        (True, 2, 99, False),  # fewer than the successes: a lost count
+    ],
+)
+def test_counts_beyond_the_successes_need_a_kill_and_a_cut_request(
+    killed: bool, transport: int, counted: int, ok: bool, tmp_path: Path
+) -> None:
+    from loadtests.checks import Verdict, _killed_after_start
+    from loadtests.config import VARIANTS, Plan
+    from loadtests.runner import Kill, Measured
+
+    plan = Plan(next(iter(VARIANTS.values())), duration=1.0, users=1, spawn_rate=1.0)
+    measured = Measured(plan, tmp_path, kills=[Kill(1.0, 4242)] if killed else [])
+    failures = {"transport": transport, "status": 0, "body": 0, "other": 0}
+    verdict = Verdict(measured, [], None, failures, [])
+    assert _killed_after_start("requests_total", 100, counted, verdict).ok is ok
