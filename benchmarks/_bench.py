@@ -1,11 +1,14 @@
-"""Helpers shared by the benchmark scripts: timeit-style timing and plain-text tables."""
+"""Helpers shared by the benchmark scripts: timeit-style timing, plain-text tables, the WSGI
+request they drive, and prometheus_client's multiprocess directory."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
+import tempfile
 import timeit
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 REPEATS = 5
@@ -47,3 +50,34 @@ def ruby_raindrops_installed() -> bool:
         ).returncode
         == 0
     )
+
+
+def prometheus_multiprocess_dir(name: str) -> tempfile.TemporaryDirectory[str]:
+    """A temporary directory for prometheus_client's multiprocess mode, set in the environment.
+    Call it before importing prometheus_client, which picks its value class at import."""
+    directory = tempfile.TemporaryDirectory(prefix=f"raindrops-bench-{name}-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory.name
+    return directory
+
+
+WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+
+
+def hello_wsgi(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+    """The bare WSGI application every WSGI figure is measured against."""
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [b"hello"]
+
+
+def _start_response(status: str, headers: list[tuple[str, str]], exc_info: object = None) -> None:
+    return None
+
+
+def one_wsgi_request(app: WSGIApp, environ: dict[str, Any]) -> None:
+    """A request as a WSGI server makes it, without a socket: call, iterate, close."""
+    body = app(environ, _start_response)
+    for _ in body:
+        pass
+    close = getattr(body, "close", None)
+    if close is not None:
+        close()

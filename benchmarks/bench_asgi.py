@@ -18,19 +18,23 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import os
-import tempfile
 import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator, MutableMapping
 from contextlib import contextmanager
 from io import BytesIO
 from typing import Any
 
-# prometheus_client picks its multiprocess value class at import time.
-_PROMETHEUS_DIR = tempfile.TemporaryDirectory(prefix="raindrops-bench-prometheus-")
-os.environ["PROMETHEUS_MULTIPROC_DIR"] = _PROMETHEUS_DIR.name
+from _bench import (
+    REPEATS,
+    hello_wsgi,
+    ns_per_op,
+    one_wsgi_request,
+    prometheus_multiprocess_dir,
+    table,
+)
 
-from _bench import REPEATS, ns_per_op, table  # noqa: E402
+_PROMETHEUS_DIR = prometheus_multiprocess_dir("prometheus")
+
 from prometheus_client import Counter, Gauge, Histogram  # noqa: E402
 
 from raindrops import ASGIMiddleware, Middleware  # noqa: E402
@@ -180,24 +184,6 @@ Environ = dict[str, Any]
 WSGIApp = Callable[[Environ, Callable[..., Any]], Iterable[bytes]]
 
 
-def wsgi_application(environ: Environ, start_response: Callable[..., Any]) -> list[bytes]:
-    start_response("200 OK", [("Content-Type", "text/plain")])
-    return [b"hello"]
-
-
-def start_response(status: str, headers: list[tuple[str, str]], exc_info: object = None) -> None:
-    return None
-
-
-def one_wsgi_request(app: WSGIApp, environ: Environ) -> None:
-    body = app(environ, start_response)
-    for _ in body:
-        pass
-    close = getattr(body, "close", None)
-    if close is not None:
-        close()
-
-
 def wsgi_costs() -> dict[str, float]:
     """The WSGI middleware's cost as bench_middleware.py measures it (timeit, call, iterate,
     close), so that the two layers' added costs sit side by side."""
@@ -210,8 +196,8 @@ def wsgi_costs() -> dict[str, float]:
         "wsgi.multiprocess": False,
     }
     apps: dict[str, WSGIApp] = {
-        "bare WSGI application": wsgi_application,
-        "raindrops.Middleware (WSGI)": Middleware(wsgi_application, listeners=[]),
+        "bare WSGI application": hello_wsgi,
+        "raindrops.Middleware (WSGI)": Middleware(hello_wsgi, listeners=[]),
     }
     return {
         name: ns_per_op(

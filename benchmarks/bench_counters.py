@@ -23,16 +23,15 @@ import multiprocessing
 import os
 import subprocess
 import sys
-import tempfile
 import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import cast
 
-# prometheus_client picks its multiprocess value class at import time.
-_PROMETHEUS_DIR = tempfile.TemporaryDirectory(prefix="raindrops-bench-prometheus-")
-os.environ["PROMETHEUS_MULTIPROC_DIR"] = _PROMETHEUS_DIR.name
+from _bench import prometheus_multiprocess_dir
+
+_PROMETHEUS_DIR = prometheus_multiprocess_dir("prometheus")  # before prometheus_client
 
 from _bench import REPEATS, ns_per_op, ruby_raindrops_installed, table  # noqa: E402
 from prometheus_client import CollectorRegistry, Counter, Gauge  # noqa: E402

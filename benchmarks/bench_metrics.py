@@ -18,19 +18,19 @@ Exits 1 if any total is not exact, else 0.
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 import os
 import sys
-import tempfile
 import time
 import timeit
 import traceback
 from collections.abc import Callable
 from typing import Any
 
-# prometheus_client picks its multiprocess value class at import time.
-_PROMETHEUS_DIR = tempfile.TemporaryDirectory(prefix="raindrops-bench-metrics-")
-os.environ["PROMETHEUS_MULTIPROC_DIR"] = _PROMETHEUS_DIR.name
+from _bench import prometheus_multiprocess_dir
+
+_PROMETHEUS_DIR = prometheus_multiprocess_dir("metrics")  # before prometheus_client
 
 import prometheus_client  # noqa: E402
 from _bench import REPEATS, ns_per_op, table  # noqa: E402
@@ -256,7 +256,7 @@ def main() -> int:
     print(f"3. {CONTENTION_PROCESSES} processes x {CONTENTION_N:,} child.inc() at once")
     labels = {"method": "PUT", "code": "204"}
     contended = {
-        name: contention(stack, lambda stack=stack: _sample(stack, "bench_requests_total", labels))
+        name: contention(stack, functools.partial(_sample, stack, "bench_requests_total", labels))
         for name, stack in stacks.items()
     }
     print(contention_table(contended), end="\n\n")

@@ -12,20 +12,16 @@ Then the time to render the endpoint in each format with 4 live listeners.
 
 from __future__ import annotations
 
-import os
 import socket
-import tempfile
 import time
 from collections.abc import Callable, Iterable
 from contextlib import ExitStack
 from io import BytesIO
 from typing import Any
 
-# prometheus_client picks its multiprocess value class at import time.
-_PROMETHEUS_DIR = tempfile.TemporaryDirectory(prefix="raindrops-bench-prometheus-")
-os.environ["PROMETHEUS_MULTIPROC_DIR"] = _PROMETHEUS_DIR.name
+from _bench import hello_wsgi, ns_per_op, one_wsgi_request, prometheus_multiprocess_dir, table
 
-from _bench import ns_per_op, table  # noqa: E402
+_PROMETHEUS_DIR = prometheus_multiprocess_dir("prometheus")
 from prometheus_client import Counter, Gauge, Histogram  # noqa: E402
 
 from raindrops import Middleware  # noqa: E402
@@ -37,11 +33,6 @@ LISTENERS = 4
 
 Environ = dict[str, Any]
 App = Callable[[Environ, Callable[..., Any]], Iterable[bytes]]
-
-
-def application(environ: Environ, start_response: Callable[..., Any]) -> list[bytes]:
-    start_response("200 OK", [("Content-Type", "text/plain")])
-    return [b"hello"]
 
 
 def prometheus_instrumented(app: App) -> App:
@@ -77,19 +68,6 @@ def prometheus_instrumented(app: App) -> App:
     return instrumented
 
 
-def start_response(status: str, headers: list[tuple[str, str]], exc_info: object = None) -> None:
-    return None
-
-
-def one_request(app: App, environ: Environ) -> None:
-    body = app(environ, start_response)
-    for _ in body:
-        pass
-    close = getattr(body, "close", None)
-    if close is not None:
-        close()
-
-
 def environ_for(path: str, query: str = "") -> Environ:
     return {
         "REQUEST_METHOD": "GET",
@@ -104,14 +82,14 @@ def environ_for(path: str, query: str = "") -> Environ:
 def request_costs() -> dict[str, float]:
     environ = environ_for("/")
     apps: dict[str, App] = {
-        "bare application": application,
-        "raindrops.Middleware": Middleware(application, listeners=[]),
-        "prometheus_client multiprocess": prometheus_instrumented(application),
+        "bare application": hello_wsgi,
+        "raindrops.Middleware": Middleware(hello_wsgi, listeners=[]),
+        "prometheus_client multiprocess": prometheus_instrumented(hello_wsgi),
     }
     return {
         name: ns_per_op(
             "one_request(app, environ)",
-            {"one_request": one_request, "app": app, "environ": environ},
+            {"one_request": one_wsgi_request, "app": app, "environ": environ},
         )
         for name, app in apps.items()
     }
@@ -124,14 +102,14 @@ def render_costs(stack: ExitStack) -> tuple[dict[str, float], list[str]]:
         server.bind(("127.0.0.1", 0))
         server.listen(64)
         keys.append(f"127.0.0.1:{server.getsockname()[1]}")
-    app = Middleware(application, listeners=keys)
-    one_request(app, environ_for("/"))
+    app = Middleware(hello_wsgi, listeners=keys)
+    one_wsgi_request(app, environ_for("/"))
     costs = {}
     for form in ("text", "prometheus", "json"):
         environ = environ_for("/_raindrops", f"format={form}")
         costs[form] = ns_per_op(
             "one_request(app, environ)",
-            {"one_request": one_request, "app": app, "environ": environ},
+            {"one_request": one_wsgi_request, "app": app, "environ": environ},
             repeats=3,
         )
     return costs, keys

@@ -233,9 +233,12 @@ class ServerBoard:
         name = name or os.environ.get("RAINDROPS_NAME") or None
         return cls(path, given=given, name=name, buckets=checked_buckets(buckets))
 
-    def scoreboard(self, server: Mapping[str, Any]) -> Scoreboard:
-        """This process's scoreboard; `server` says whether it runs several processes."""
-        return self.found.get(server)
+    def totals(self, server: Mapping[str, Any], capacity: Callable[[], int]) -> Totals:
+        """The server's totals, read by one of its workers: the reader claims its own slot (with
+        its capacity) first, as its first request would, so that a worker serving only the
+        endpoint still tells its capacity. `server` says whether it runs several processes."""
+        self.bind(server, capacity)
+        return self.found.get(server).totals()
 
     def bind(self, server: Mapping[str, Any], capacity: Callable[[], int]) -> Bound:
         """This process's board, claimed on its first request with this worker's capacity."""

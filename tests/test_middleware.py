@@ -19,7 +19,8 @@ from typing import Any
 import pytest
 
 from raindrops import Middleware, _process
-from raindrops.scoreboard import SLOT_FIELDS, Scoreboard
+from raindrops.counters import Raindrops
+from raindrops.scoreboard import SLOT_FIELDS, Scoreboard, ServerBoard
 from raindrops.segments import SHM_DIR, Server, remove_stale_segments
 from raindrops.slots import CLAIMING, slot_owner
 from raindrops.wsgi.middleware import NAME_PREFIX
@@ -288,6 +289,38 @@ def test_a_server_calling_from_c_with_no_python_frame_above_is_served() -> None:
     _thread.start_new_thread(app, (environ("/"), start_response))  # no Python caller frame
     assert done.wait(10) and statuses == ["200 OK"]
     assert counts(app)["calling"] == 0 and counts(app)["writing"] == 1
+
+
+def test_a_capacity_lookup_that_raises_leaves_the_capacity_unknown(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    board = ServerBoard("/_test_capacity_raises", given=Scoreboard())
+    bound = board.bind({}, lambda: 1 // 0)
+    assert board.totals({}, lambda: 1 // 0).capacity is None
+    assert bound is board.bind({}, lambda: 1)
+    assert "capacity is unknown (ZeroDivisionError" in caplog.text
+
+
+def test_enter_still_counts_when_every_update_slot_is_taken() -> None:
+    """Scoreboard.enter_step falls back to the pointer-passing call when no native update slot
+    is free."""
+    from raindrops import _native
+
+    spare = Raindrops(1)
+    taken = []
+    try:
+        while (slot := _native.slot_claim(_native.CounterPointer(spare.address(0)))) is not None:
+            taken.append(slot)
+        board = Scoreboard()
+        enter = board.enter_step()
+        enter()
+        enter()
+        assert board.totals().calling == 2
+        board.close()
+    finally:
+        for slot in taken:
+            _native.slot_release(slot)
+        spare.close()
 
 
 def test_the_endpoint_claims_the_readers_slot_with_its_capacity() -> None:

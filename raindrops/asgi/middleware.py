@@ -300,9 +300,8 @@ class Middleware:
         if refusal is not None:
             await answer.send(send, refusal)
             return
-        self._counts.bind(self._server(), self._capacity)  # this worker's slot, with its capacity
-        totals = self._counts.scoreboard(self._server()).totals()
-        websockets = self._websockets.scoreboard(self._server()).totals()
+        totals = self._counts.totals(self._server(), self._capacity)
+        websockets = self._websockets.totals(self._server(), _unknown_capacity)
         notices = (self._counts.found.notice(), self._websockets.found.notice())
         reasons = tuple(dict.fromkeys(notices[0].reasons + notices[1].reasons))
         headers = notices[0].headers or notices[1].headers

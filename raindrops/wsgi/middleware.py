@@ -199,14 +199,16 @@ class Middleware:
     def stats(self) -> Scoreboard:
         return self._counts.found.current
 
+    def _capacity(self) -> Callable[[], int]:
+        """This worker's capacity, found from the frames above __call__ (none when a server
+        calls it from C, as uWSGI's threads do) unless given."""
+        given = self._worker_capacity
+        server_frame = sys._getframe(2).f_back  # _capacity <- _bind or _endpoint <- __call__
+        return lambda: given if given else capacity.of_this_worker(server_frame)
+
     def _bind(self, environ: Environ) -> scoreboard.Bound:
         """This process's board in the scoreboard it shares with its server's other workers."""
-        # whoever called __call__ (none when a server calls it from C, as uWSGI's threads do)
-        server_frame = sys._getframe(1).f_back
-        given = self._worker_capacity
-        return self._counts.bind(
-            environ, lambda: given if given else capacity.of_this_worker(server_frame)
-        )
+        return self._counts.bind(environ, self._capacity())
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         if environ.get("PATH_INFO") == self.path:
@@ -232,6 +234,7 @@ class Middleware:
             raise
         if result.__class__ is not list:
             return self._other_body(result, request, environ)
+        # request.respond(None), inlined for the most common body: two calls fewer per request
         request.extend(result)
         request._close = None  # a list has no close()
         status = request._status
@@ -259,9 +262,7 @@ class Middleware:
         form, refusal = http.endpoint_request(environ, start_response, self._access)
         if refusal is not None:
             return refusal
-        if self._bound.current() is None:
-            self._bind(environ)  # claims this worker's slot with its capacity, as a request does
-        totals = self._counts.scoreboard(environ).totals()
+        totals = self._counts.totals(environ, self._capacity())
         degraded = self._counts.found.notice()
         report = exposition.MiddlewareReport(totals, self._listeners.read(), degraded.reasons)
         method = environ.get("REQUEST_METHOD", "GET")
