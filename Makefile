@@ -28,6 +28,7 @@ $(LIBRARY): $(ZIG_SOURCES) | $(INSTALLED)
 
 # .test-skips collects one line per check skipped for a missing tool; pytest's summary shows them.
 test: test-skips-reset build lint zig-test pytest
+test: export RAINDROPS_KEEP_SKIP_LOG = 1
 
 # Style is checked, not fixed: `ruff format .` and `python -m ziglang fmt zig build.zig` fix it.
 lint: | $(INSTALLED)

@@ -48,6 +48,14 @@ class CustomBuildHook(BuildHookInterface):  # type: ignore[type-arg]
         root = Path(self.root)
         elfcheck = load_elfcheck(root)
         host = platform.machine()
+        if sys.platform != "linux" and (
+            version == "editable" or not os.environ.get(TARGET_VARIABLE)
+        ):
+            self.app.abort(  # exits
+                f"raindrops: runs on Linux only, not {sys.platform}; set {TARGET_VARIABLE}="
+                "x86_64 or aarch64 to build a Linux wheel here"
+            )
+            return
         requested = os.environ.get(TARGET_VARIABLE) or host
         try:
             arch = elfcheck.target_arch(requested)

@@ -13,6 +13,7 @@ qemu).
 from __future__ import annotations
 
 import collections
+import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -27,6 +28,8 @@ LEFTOVERS: list[str] = []
 def pytest_configure(config: pytest.Config) -> None:
     processes.restore_default_sigint()
     processes.adopt_orphans()
+    if not os.environ.get(programs.KEEP_SKIP_LOG):  # a run of its own: no older run's lines
+        programs.SKIP_LOG.unlink(missing_ok=True)
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

@@ -78,3 +78,32 @@ def test_counts_beyond_the_successes_need_a_kill_and_a_cut_request(
     failures = {"transport": transport, "status": 0, "body": 0, "other": 0}
     verdict = Verdict(measured, [], None, failures, [])
     assert _killed_after_start("requests_total", 100, counted, verdict).ok is ok
+
+
+@pytest.mark.parametrize("ci", [False, True])
+def test_without_promtool_the_strict_parser_checks_and_says_so(
+    ci: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from loadtests.runner import _check_exposition
+
+    monkeypatch.setenv("PATH", str(tmp_path / "no-programs"))
+    monkeypatch.setenv("CI", "true" if ci else "false")
+    good = tmp_path / "good.prom"
+    good.write_text("# HELP a_total A.\n# TYPE a_total counter\na_total 1\n")
+    bad = tmp_path / "bad.prom"
+    bad.write_text("a_total 1\n")
+    if ci:
+        assert _check_exposition(good)[1:] == (127, _ci_requires("promtool"))
+        return
+    assert _check_exposition(good)[1:] == (
+        0,
+        f"{programs.missing_message('promtool')}: 1 samples checked by the strict parser instead",
+    )
+    assert _check_exposition(bad)[1:] == (
+        1,
+        "strict parser: sample without a TYPE line before it: 'a_total 1'",
+    )
+
+
+def _ci_requires(program: str) -> str:
+    return f"{programs.missing_message(program)}: CI=true requires it (.ci/run installs it)"

@@ -14,6 +14,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 SKIP_LOG = ROOT / ".test-skips"
+KEEP_SKIP_LOG = "RAINDROPS_KEEP_SKIP_LOG"
+"""Set by `make test`, whose steps before pytest log their skips: pytest keeps the log, where a
+run of its own starts it afresh."""
 
 # program -> the Debian package that brings it
 PACKAGES = {
