@@ -7,6 +7,11 @@ requests and durations by method and code, 5xx errors, busy time, shared by
 all workers); and the same metrics from prometheus_client in multiprocess
 mode (an in-progress Gauge, labelled Counter and Histogram, an error Counter:
 the usual instrumentation).
+Two floors measured in the same run show what any WSGI middleware built on
+ctypes costs before it counts anything: a wrapper that only captures the
+status (its own start_response, a list body, a close()), and that wrapper
+plus three argument-free native calls (the fewest that keep `calling` and
+`writing` apart: enter, response start, end).
 Then the time to render the endpoint in each format with 4 live listeners.
 """
 
@@ -24,12 +29,14 @@ from _bench import hello_wsgi, ns_per_op, one_wsgi_request, prometheus_multiproc
 _PROMETHEUS_DIR = prometheus_multiprocess_dir("prometheus")
 from prometheus_client import Counter, Gauge, Histogram  # noqa: E402
 
-from raindrops import Middleware  # noqa: E402
+from raindrops import Middleware, Raindrops, _native  # noqa: E402
 
 ADDED_US_MAX = 0.8  # issue 15; Ruby raindrops' middleware adds about 0.8 us
 PROMETHEUS_RATIO_MAX = 0.5
 RENDER_MS_MAX = 1.0
 LISTENERS = 4
+FLOOR_WRAPPER = "floor: a wrapper that sees the status, counts nothing"
+FLOOR_NATIVE = "floor: that wrapper + 3 argument-free native calls"
 
 Environ = dict[str, Any]
 App = Callable[[Environ, Callable[..., Any]], Iterable[bytes]]
@@ -79,12 +86,52 @@ def environ_for(path: str, query: str = "") -> Environ:
     }
 
 
+class _Captured(list):  # type: ignore[type-arg]
+    """The least a counting WSGI middleware does: the application's start_response (to see the
+    status), the list body, and a close() that ends the request."""
+
+    __slots__ = ("start_response", "status", "ended")
+
+    def __call__(self, status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+        self.status = status
+        return self.start_response(status, headers, exc_info)
+
+    def close(self) -> None:
+        self.ended()
+
+
+def floor_middleware(app: App, steps: tuple[Callable[[], object], ...] | None) -> App:
+    """A middleware that counts nothing (steps None) or makes three argument-free native calls."""
+    enter, respond, end = steps or (object, object, object)
+
+    def middleware(environ: Environ, start_response: Callable[..., Any]) -> Iterable[bytes]:
+        request = _Captured()
+        request.start_response = start_response
+        request.ended = end
+        enter()
+        request.extend(app(environ, request))
+        respond()
+        return request
+
+    return middleware
+
+
+def _native_steps(counters: Raindrops) -> tuple[Callable[[], object], ...]:
+    slots = [_native.slot_claim(_native.CounterPointer(counters.address(i))) for i in range(3)]
+    if None in slots:
+        raise SystemExit("no free native update slot for the floor")
+    return tuple(_native.slot_steps(slot)[0] for slot in slots if slot is not None)
+
+
 def request_costs() -> dict[str, float]:
     environ = environ_for("/")
+    floor_counters = Raindrops(3)
     apps: dict[str, App] = {
         "bare application": hello_wsgi,
         "raindrops.Middleware": Middleware(hello_wsgi, listeners=[]),
         "prometheus_client multiprocess": prometheus_instrumented(hello_wsgi),
+        FLOOR_WRAPPER: floor_middleware(hello_wsgi, None),
+        FLOOR_NATIVE: floor_middleware(hello_wsgi, _native_steps(floor_counters)),
     }
     return {
         name: ns_per_op(
@@ -169,6 +216,13 @@ def main() -> int:
                 ],
             ],
         )
+    )
+    floor = added[FLOOR_NATIVE] / 1000
+    print(
+        f"\nThe floor of a counting middleware on ctypes in this run: {floor:.2f} us added "
+        f"({added[FLOOR_WRAPPER] / 1000:.2f} us of Python wrapper, "
+        f"{(added[FLOOR_NATIVE] - added[FLOOR_WRAPPER]) / 1000:.2f} us for 3 argument-free "
+        f"native calls); raindrops.Middleware is {ours / floor:.2f}x that floor."
     )
     return 0
 
