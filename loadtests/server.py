@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from loadtests.config import Variant
+from raindrops.watcher.sampler import THREAD_NAME
 from testsupport.gunicorn import Master, launch, segment_name
 from testsupport.processes import stat_fields
 
@@ -96,9 +97,19 @@ def _syscall(pid: int, tid: int) -> int | None:
 
 def request_threads(pid: int, threaded: bool) -> list[int]:
     """The threads that run requests: the main thread of a sync worker, the pool threads of
-    gthread."""
+    gthread (not the Watcher's sampler thread, which names itself)."""
     tasks = _tasks(pid)
-    return [tid for tid in tasks if tid != pid] if threaded else [pid] if pid in tasks else []
+    if not threaded:
+        return [pid] if pid in tasks else []
+    return [tid for tid in tasks if tid != pid and _name(pid, tid) != THREAD_NAME]
+
+
+def _name(pid: int, tid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/task/{tid}/comm", encoding="ascii", errors="replace") as comm:
+            return comm.read().strip()
+    except OSError:
+        return ""
 
 
 def kill_if_sleeping(pid: int, threaded: bool) -> bool:

@@ -12,7 +12,7 @@ import ctypes
 import errno
 import functools
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -160,12 +160,31 @@ except AttributeError as _error:  # a library older than this package
         f"raindrops: {LIBRARY_PATH} does not match this package ({_error})"
     ) from _error
 # One past its table the library answers 0, so a longer table is caught too.
-_library_codes = tuple(_status_code(index) for index in range(len(_VALIDATION_CODES) + 1))
-if _library_codes != (*_VALIDATION_CODES, 0):
-    raise ImportError(
-        f"raindrops: {LIBRARY_PATH} does not match this package "
-        f"(status codes {_library_codes} differ from {(*_VALIDATION_CODES, 0)})"
-    )
+for _index, _code in enumerate((*_VALIDATION_CODES, 0)):
+    if _status_code(_index) != _code:
+        raise ImportError(
+            f"raindrops: {LIBRARY_PATH} does not match this package (status code {_index} is "
+            f"{_code} here but {_status_code(_index)} in the library: zig/status.zig)"
+        )
+
+
+def mirrored(name: str, value: int) -> int:
+    """`value`, a constant that a module copies from the library, once the library's
+    raindrops_`name`() says the same: a difference means a library of another build, so the
+    import fails, naming the constant."""
+    try:
+        found = _declare(_lib, name, _c.c_uint64, [])()
+    except AttributeError as error:
+        raise ImportError(
+            f"raindrops: {LIBRARY_PATH} does not match this package ({error})"
+        ) from error
+    if found != value:
+        raise ImportError(
+            f"raindrops: {LIBRARY_PATH} does not match this package "
+            f"(constant {name} is {value} here but {found} in the library)"
+        )
+    return value
+
 
 STRIDE: int = _stride()
 COUNTERS_MAX: int = _counters_max()
@@ -630,6 +649,27 @@ def _without_argtypes(name: str) -> Any:
 board_leave = _without_argtypes("board_leave")
 board_leave_counting = _without_argtypes("board_leave_counting")
 board_fail = _without_argtypes("board_fail")
+
+
+U64Array = ctypes.Array[ctypes.c_uint64]
+F64Array = ctypes.Array[ctypes.c_double]
+
+
+def u64_array(values: Sequence[int]) -> U64Array:
+    """`values` (0 .. 2**64 - 1) as a C array for a descriptor to point at (a Series' bounds);
+    the caller keeps it alive as long as the descriptor."""
+    return (ctypes.c_uint64 * len(values))(*values)
+
+
+def f64_array(values: Sequence[float]) -> F64Array:
+    """`values` as a C array of doubles for a descriptor to point at (a Buckets' bounds); the
+    caller keeps it alive as long as the descriptor."""
+    return (ctypes.c_double * len(values))(*values)
+
+
+def address_of(array: U64Array | F64Array) -> int:
+    """Where an array made by u64_array() or f64_array() is, for a descriptor's field."""
+    return ctypes.addressof(array)
 
 
 def histogram_observe(histogram_pointer: CounterPointer, value: int) -> None:

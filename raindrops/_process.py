@@ -18,7 +18,7 @@ import os
 import threading
 import weakref
 from collections.abc import Callable
-from typing import Any, Generic, TypeVar
+from typing import Generic, TypeVar
 
 T = TypeVar("T")
 
@@ -112,26 +112,25 @@ def proc_is_ours() -> bool:
         return False
 
 
-class PerProcess(Generic[T]):
-    """A value made by the process that uses it; a forked child makes its own on first use.
+class ProcessLock:
+    """A lock of this process only: a forked child gets a new one at its first use here.
 
-    Hot paths read `value` directly when `pid == PROCESS.pid`; everything else
-    calls get(). Making is serialized by a lock that a child gets anew, so a
-    fork while another thread was making cannot leave the child locked out.
+    A lock that another thread held at fork stays held in the child, where
+    that thread does not exist: the child would wait for it for good. Use it
+    as `with lock.here():`, so the lock released is the one taken even when
+    the block forks.
     """
 
-    __slots__ = ("value", "pid", "_lock", "__weakref__")
+    __slots__ = ("_lock", "__weakref__")
 
     def __init__(self) -> None:
-        self.value: T | None = None
-        self.pid = 0
         self._lock: threading.Lock | None = None
-        _EVERY.add(self)
+        _LOCKS.add(self)
 
-    def _lock_here(self) -> threading.Lock:
+    def here(self) -> threading.Lock:
         """This process's lock, made at first use: made in the fork hook, before gevent patches
         threading (gunicorn --preload), a real lock would block every greenlet of the worker
-        while `make` yields."""
+        while its holder yields."""
         lock = self._lock
         if lock is None:
             with _LOCKS_LOCK[0]:
@@ -140,12 +139,28 @@ class PerProcess(Generic[T]):
                     lock = self._lock = threading.Lock()
         return lock
 
+
+class PerProcess(Generic[T]):
+    """A value made by the process that uses it; a forked child makes its own on first use.
+
+    Hot paths read `value` directly when `pid == PROCESS.pid`; everything else
+    calls get(). Making is serialized by a ProcessLock, so a fork while
+    another thread was making cannot leave the child locked out.
+    """
+
+    __slots__ = ("value", "pid", "_lock")
+
+    def __init__(self) -> None:
+        self.value: T | None = None
+        self.pid = 0
+        self._lock = ProcessLock()
+
     def get(self, make: Callable[[], T]) -> T:
         """This process's value, made by `make` if this process has none yet."""
         value = self.value
         if self.pid == PROCESS.pid and value is not None:
             return value
-        with self._lock_here():
+        with self._lock.here():
             if self.pid != PROCESS.pid or self.value is None:
                 self.value = make()
                 self.pid = PROCESS.pid
@@ -157,22 +172,35 @@ class PerProcess(Generic[T]):
 
     def take(self) -> T | None:
         """Removes and returns this process's value, for closing it; None if there is none."""
-        with self._lock_here():
+        with self._lock.here():
             value = self.current()
             self.value, self.pid = None, 0
             return value
 
 
-_EVERY: weakref.WeakSet[PerProcess[Any]] = weakref.WeakSet()
+_LOCKS: weakref.WeakSet[ProcessLock] = weakref.WeakSet()
 _LOCKS_LOCK = [threading.Lock()]  # held only while a lock is made, never while waiting
+
+
+_CHILD_HOOKS: list[Callable[[], object]] = []
+
+
+def at_fork_in_child(hook: Callable[[], object]) -> None:
+    """Runs `hook` in every forked child, after this module's own fork logic, whichever way the
+    child was forked: for what a child must do at once rather than on first use (the Watcher
+    starts its sampler thread there). Hooks are kept for good: register a module's function
+    once, at import; it must not raise."""
+    _CHILD_HOOKS.append(hook)
 
 
 def _after_fork_in_child() -> None:
     """What every forked child does first, whichever way it was forked (os.fork or C)."""
     PROCESS.refresh()
     _LOCKS_LOCK[0] = threading.Lock()
-    for holder in list(_EVERY):
-        holder._lock = None
+    for lock in list(_LOCKS):
+        lock._lock = None
+    for hook in list(_CHILD_HOOKS):
+        hook()
 
 
 def _chain_uwsgi_post_fork() -> None:

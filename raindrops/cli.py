@@ -3,7 +3,9 @@
 `raindrops listeners` prints listener statistics like raindrops'
 linux-listener-stats example: every TCP and unix listener of the host by
 default, once or every --interval seconds. `raindrops watch` serves the
-Watcher's dashboard and endpoints for the host's listeners.
+Watcher's dashboard and endpoints for the host's listeners. `raindrops
+cleanup` removes this user's shared memory segments of a stopped server (a
+server's exit hook runs it: uWSGI's --exec-as-user-atexit).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from datetime import datetime, timezone
 from typing import NoReturn, TextIO
 
 import raindrops
-from raindrops import exposition, linux
+from raindrops import exposition, linux, segments
 from raindrops.watcher import Watcher
 from raindrops.watcher.server import make_server
 
@@ -98,6 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     listeners.add_argument("--format", choices=("text", "json", "prometheus"), default="text")
     _add_watch(commands)
+    _add_cleanup(commands)
     return parser
 
 
@@ -241,11 +244,52 @@ def run_watch(options: argparse.Namespace, err: TextIO) -> int:
     return 0
 
 
+# `raindrops cleanup`: a stopped server's segments, for servers without a Python exit hook.
+
+
+def _add_cleanup(commands: argparse._SubParsersAction[_Parser]) -> None:
+    cleanup = commands.add_parser(
+        "cleanup",
+        help="remove this user's shared memory segments of a server that stops",
+        description="Remove the segments in /dev/shm that the workers of the server whose master "
+        "is PID named after it (run it as that server's last act: uWSGI's "
+        "--exec-as-user-atexit 'raindrops cleanup --master $PPID'); without --master, those of "
+        "every master of this PID namespace that is gone. Only regular files of this user go. "
+        "Prints each name it removes.",
+    )
+    cleanup.add_argument(
+        "--master",
+        type=_count(1),
+        metavar="PID",
+        help="the running master whose segments go (its start time tells it from a process "
+        "that got the pid of an earlier one)",
+    )
+
+
+def run_cleanup(options: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    if options.master is None:
+        removed = segments.remove_stale_segments()
+    else:
+        master = segments.Server.running(options.master)
+        if master is None:
+            err.write(
+                f"raindrops: no process {options.master} runs here, or /proc cannot tell its "
+                "start time: nothing removed (`raindrops cleanup` removes those of stopped "
+                "masters)\n"
+            )
+            return 1
+        removed = segments.remove_server_segments(master)
+    out.writelines(name + "\n" for name in removed)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     options = build_parser().parse_args(argv)
     try:
         if options.command == "watch":
             return run_watch(options, sys.stderr)
+        if options.command == "cleanup":
+            return run_cleanup(options, sys.stdout, sys.stderr)
         return run_listeners(options, sys.stdout, sys.stderr)
     except BrokenPipeError:
         # The reader left (`| head`): stop quietly, and keep Python's exit-time

@@ -15,12 +15,12 @@ from __future__ import annotations
 import keyword
 import mmap
 import operator
-import threading
 import weakref
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from raindrops import _native
+from raindrops._process import ProcessLock
 
 MAX: int = 2**64 - 1
 """The largest value a counter holds; arithmetic wraps modulo MAX + 1."""
@@ -32,7 +32,8 @@ PAGE_SIZE: int = mmap.PAGESIZE
 # Pointer objects cost about 100 bytes each; past this size counters are
 # reached through a pointer built per call instead of a prepared table.
 _PREPARED_POINTERS_MAX = 1 << 16
-_MODE_ALLOWED = 0o744  # zig/shm.zig mode_allowed
+_MODE_ALLOWED = _native.mirrored("mode_allowed", 0o744)  # zig/shm.zig
+_MODE_REQUIRED = _native.mirrored("mode_required", 0o600)  # zig/shm.zig
 _ONE = 1  # `n is _ONE` selects the argument-free native call for the default n.
 _INCR = 0  # positions in a counter's (increment, decrement) steps
 _DECR = 1
@@ -94,6 +95,11 @@ def _checked_mode(mode: object) -> int:
         raise ValueError(
             f"mode {number:#o} gives group or others more than read permission: a segment's "
             "mode is the owner's bits plus at most read for them (0o600, 0o640, 0o644)"
+        )
+    if number & _MODE_REQUIRED != _MODE_REQUIRED:
+        raise ValueError(
+            f"mode {number:#o} does not give the owner read and write permission: the creator "
+            "could not attach to the segment it creates (0o600, 0o640, 0o644)"
         )
     return number
 
@@ -208,7 +214,7 @@ class Raindrops:
         self._segment: _native.Segment | None = segment
         self._name = name
         self._subject = "anonymous segment" if name is None else f"shared memory segment {name!r}"
-        self._lock = threading.Lock()
+        self._lock = ProcessLock()  # a thread holding it at fork does not lock the child out
         # Every view this object mapped, the current one included: all stay mapped until the
         # object is unreachable, so a pointer taken from any of them never dangles.
         self._views: list[tuple[int, int]] = [(segment.base, segment.bytes)]
@@ -232,7 +238,7 @@ class Raindrops:
         return segment
 
     def _sync(self) -> int:
-        with self._lock:
+        with self._lock.here():
             return self._sync_locked(self._live())
 
     def _sync_locked(self, segment: _native.Segment) -> int:
@@ -278,7 +284,7 @@ class Raindrops:
     def _pointer(self, index: object) -> _native.CounterPointer:
         """The checked slow path behind every indexed operation."""
         self._live()
-        with self._lock:
+        with self._lock.here():
             return self._located(index)[1]
 
     def _located(self, index: object) -> tuple[int, _native.CounterPointer]:
@@ -303,7 +309,7 @@ class Raindrops:
         would be); without a free slot, or past the prepared maximum, the steps pass the
         counter's pointer."""
         self._live()
-        with self._lock:
+        with self._lock.here():
             steps = self._steps
             prepared = len(steps)
             if type(index) is int and -prepared <= index < prepared:
@@ -390,7 +396,7 @@ class Raindrops:
 
     def to_list(self) -> list[int]:
         """A snapshot of every counter, each read atomically."""
-        with self._lock:
+        with self._lock.here():
             segment = self._live()
             return _native.snapshot(segment, self._sync_locked(segment))
 
@@ -409,7 +415,7 @@ class Raindrops:
         self._resize(_checked_size(size), grow_only=False)
 
     def _resize(self, size: int, *, grow_only: bool) -> None:
-        with self._lock:
+        with self._lock.here():
             segment = self._live()
             self._remapping(segment, _native.resize, segment, size, grow_only, self._subject)
             self._sync_locked(segment)
@@ -417,7 +423,7 @@ class Raindrops:
     @property
     def capa(self) -> int:
         """How many counters fit in this process's mapping without remapping."""
-        with self._lock:
+        with self._lock.here():
             segment = self._live()
             self._sync_locked(segment)
             return int(segment.capacity)
@@ -443,13 +449,13 @@ class Raindrops:
         counter). The counters live on in other processes and, for a named
         segment, in the system until unlink().
         """
-        with self._lock:
+        with self._lock.here():
             segment = self._segment
             if segment is None:
                 return
             self._segment = None
-            self._pointers = []
-            self._steps = []
+            self._pointers.clear()  # in place: a Struct's methods index these very lists
+            self._steps.clear()
             self._words = _EMPTY_WORDS
             _native.close(segment)
 
@@ -498,8 +504,12 @@ class StructBase:
                 f"{type(self).__name__} takes at most {len(members)} values, got {len(values)}"
             )
         self._raindrops = Raindrops(len(members), name=name, mode=mode)
-        self._pointers = [self._raindrops._pointer(index) for index in range(len(members))]
-        self._steps = [self._raindrops._bound_steps(index) for index in range(len(members))]
+        for index in range(len(members)):
+            self._raindrops._bound_steps(index)
+        # The Raindrops' own prepared lists, not copies: whatever empties them (close(), a
+        # shrink by another process) sends the generated methods to the checked path.
+        self._pointers = self._raindrops._pointers
+        self._steps = self._raindrops._steps
         for index, value in enumerate(values):
             self._raindrops[index] = value
 
@@ -520,8 +530,6 @@ class StructBase:
         return dict(zip(type(self).MEMBERS, values, strict=True))
 
     def close(self) -> None:
-        self._pointers = []
-        self._steps = []
         self._raindrops.close()
 
     def unlink(self) -> None:
@@ -564,7 +572,7 @@ def _member_updater(
     def update(self: StructBase, n: int = 1) -> int:
         try:
             if n is _ONE:
-                return self._steps[index][which]()
+                return self._steps[index][which]()  # type: ignore[index]  # None: unbound
             return step(self._pointers[index], _delta(n))
         except (IndexError, TypeError):
             return getattr(self._raindrops, slow)(index, n)  # type: ignore[no-any-return]

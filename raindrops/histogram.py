@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from raindrops import _native
 from raindrops.counters import MAX, SIZE, Raindrops
 
-FIELDS_BEFORE_BUCKETS = 5  # count, sum, sum of squares, ~min, max (zig/histogram.zig)
+# count, sum, sum of squares, ~min, max (zig/histogram.zig)
+FIELDS_BEFORE_BUCKETS = _native.mirrored("fields_before_buckets", 5)
 
 
 @dataclass(frozen=True, slots=True)

@@ -46,14 +46,13 @@ import os
 import re
 import socket
 import stat
-import threading
 import time
 import weakref
 from collections.abc import Iterable
 from typing import NamedTuple, Union
 
 from raindrops import _native
-from raindrops._process import PerProcess
+from raindrops._process import PerProcess, ProcessLock
 
 __all__ = [
     "InetDiagSocket",
@@ -104,7 +103,7 @@ class InetDiagSocket:
     """
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
+        self._lock = ProcessLock()  # a thread holding it at fork does not lock the child out
         self._fd: int | None = _native.diag_open()
         # Closes the fd if the object is dropped without close(): no fd leak in loops. Not at
         # interpreter exit, where the process's end closes it anyway: closing it earlier could
@@ -124,7 +123,7 @@ class InetDiagSocket:
 
     def close(self) -> None:
         """Closes the socket; closing twice is harmless."""
-        with self._lock:
+        with self._lock.here():
             self._fd = None
             self._finalizer()
 
@@ -141,19 +140,19 @@ class InetDiagSocket:
     def _tcp_stats(
         self, queries: list[_native.TcpQuery], states: int = _native.TCP_STATES_ALL
     ) -> list[_native.TcpResult]:
-        with self._lock:
+        with self._lock.here():
             return _native.tcp_stats(self.fileno(), queries, states)
 
     def _tcp_all_listeners(self) -> list[_native.TcpResult]:
-        with self._lock:
+        with self._lock.here():
             return _native.tcp_all_listeners(self.fileno())
 
     def _unix_stats(self, entries: list[_native.UnixEntry]) -> list[_native.UnixEntry]:
-        with self._lock:
+        with self._lock.here():
             return _native.unix_stats(self.fileno(), entries)
 
     def _unix_all_listeners(self) -> list[_native.UnixEntry]:
-        with self._lock:
+        with self._lock.here():
             return _native.unix_all_listeners(self.fileno())
 
 

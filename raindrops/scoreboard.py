@@ -193,8 +193,9 @@ class Bound(NamedTuple):
     """(method, status line) -> the prepared pointer of its entry."""
     routed: Callable[[object, str, str | int], Series]
     """(route name, method, status line) -> the prepared pointer of its entry."""
-    by_status: dict[tuple[str, str | int], Series]
-    """What `series` has already answered, read by hot paths without a call."""
+    by_status: dict[str, dict[str | int, Series]]
+    """What `series` has already answered (method -> status -> pointer), read by hot paths
+    without a call."""
     enter: Callable[[], object]
     """enter(board) without arguments (Scoreboard.enter_step)."""
 

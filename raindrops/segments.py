@@ -16,10 +16,14 @@ create any name first (a squatted, corrupt or oversized file), fill the file
 system, or plant names that no parser expects. None of that may fail a
 request, so the first request of a worker that cannot use the server-wide
 segment counts into a private one, logs one warning and lets its endpoint say
-what is degraded (`ServerWide.degraded`). Named segments outlive a killed
-master: each start removes those of masters that are gone (in our PID
-namespace, owned by us), and a server's clean exit removes its own
-(raindrops.gunicorn, or uWSGI's atexit below).
+what is degraded (`ServerWide.degraded`); an endpoint that cannot read the
+segment later (a process of the same user wrote over its header) answers
+without the numbers and says why (`ServerWide.report`). Named segments
+outlive a killed master: each start removes those of masters that are gone
+(in our PID namespace, owned by us), and a server's clean exit removes its own
+(raindrops.gunicorn's on_exit; under uWSGI, `raindrops cleanup --master
+$PPID` run by --exec-as-user-atexit: uWSGI calls no Python exit hook in its
+master).
 """
 
 from __future__ import annotations
@@ -77,6 +81,13 @@ class Server(NamedTuple):
         """This process's master (a worker's parent)."""
         start = _process.parent_start_ticks() or 0
         return cls(os.getppid(), _process.pid_namespace(), start)
+
+    @classmethod
+    def running(cls, pid: int) -> Server | None:
+        """The master `pid` of our PID namespace as it runs now; None when /proc cannot tell
+        its start time (no such process, a zombie, /proc of another namespace)."""
+        start = _process.start_ticks(pid) if _process.proc_is_ours() else None
+        return None if start is None else cls(pid, _process.pid_namespace(), start)
 
     @classmethod
     def this_process(cls) -> Server:
@@ -175,12 +186,17 @@ def _master_gone(server: Server, host: _Host) -> bool:
     return _process.start_ticks(server.pid) != server.start_ticks  # a reused pid, or a zombie
 
 
-def _unlink_ours(path: str, owners: frozenset[int]) -> bool:
-    """Unlinks `path` if it is a regular file of `owners` (lstat: a link or directory is not)."""
+def _ours(entry: os.DirEntry[str], owners: frozenset[int]) -> bool:
+    """Whether `entry` is a regular file of `owners` (lstat: a link or directory is not)."""
     try:
-        info = os.lstat(path)
-        if not stat.S_ISREG(info.st_mode) or info.st_uid not in owners:
-            return False
+        info = entry.stat(follow_symlinks=False)
+    except OSError:
+        return False
+    return stat.S_ISREG(info.st_mode) and info.st_uid in owners
+
+
+def _unlink(path: str) -> bool:
+    try:
         os.unlink(path)
     except OSError:
         return False
@@ -192,7 +208,10 @@ def _sweep(
 ) -> list[str]:
     """Unlinks per-master segments of `kinds` whose master `select` picks; never raises OSError.
 
-    Only regular files owned by this process's euid (or one of `owners`) go.
+    Only regular files owned by this process's euid (or one of `owners`) go,
+    and a file's owner is checked before its master is judged: names that
+    others plant cost one lstat each, not a kill() and a /proc read, and each
+    master is judged once per sweep however many names carry it.
 
     At most SHM_SCAN_MAX entries are looked at: a directory that others fill
     leaves some segments for a later sweep rather than slowing a request.
@@ -200,14 +219,19 @@ def _sweep(
     wanted = frozenset(kinds)
     host = _Host.now()
     uids = frozenset((host.euid, *owners))
+    verdicts: dict[Server, bool] = {}
     removed = []
     try:
         with os.scandir(SHM_DIR) as entries:
             for entry in itertools.islice(entries, SHM_SCAN_MAX):
                 parsed = parse_segment_name(entry.name, host.pid_max)
-                if parsed is None or parsed[0] not in wanted or not select(parsed[1], host):
+                if parsed is None or parsed[0] not in wanted or not _ours(entry, uids):
                     continue
-                if _unlink_ours(entry.path, uids):
+                master = parsed[1]
+                selected = verdicts.get(master)
+                if selected is None:
+                    selected = verdicts[master] = select(master, host)
+                if selected and _unlink(entry.path):
                     removed.append("/" + entry.name)
     except OSError:
         pass  # no /dev/shm, or it went away while being read: nothing (more) to sweep
@@ -270,11 +294,18 @@ class Notice(NamedTuple):
     headers: list[tuple[str, str]]
 
 
+def _notice(reasons: tuple[str, ...]) -> Notice:
+    """The notice of `reasons` (each once); the header lists them, comma-separated."""
+    unique = tuple(dict.fromkeys(reasons))
+    return Notice(unique, [(DEGRADED_HEADER, ", ".join(unique))] if unique else [])
+
+
 class _Closable(Protocol):
     def close(self) -> None: ...
 
 
 C = TypeVar("C", bound=_Closable)
+R = TypeVar("R")
 
 
 def _nothing(_: object) -> None:
@@ -314,6 +345,7 @@ class ServerWide(Generic[C]):
         self._path = path
         self._bound: PerProcess[C] = PerProcess()
         self.degraded: str | None = None
+        self._unreadable_logged: set[tuple[int, str]] = set()  # (pid, reason) already logged
         if given is not None:
             self.current = given
         elif name is not None:
@@ -328,10 +360,37 @@ class ServerWide(Generic[C]):
 
     def notice(self) -> Notice:
         """Why this process's numbers may not be the server's, for its endpoint (or nothing)."""
-        reason = self.degraded
-        if reason is None:
-            return Notice((), [])
-        return Notice((reason,), [(DEGRADED_HEADER, reason)])
+        return _notice(() if self.degraded is None else (self.degraded,))
+
+    def report(self, read: Callable[[], R], unreadable: Callable[[C], R]) -> tuple[R, Notice]:
+        """What `read()` finds, and this process's notice, for an endpoint.
+
+        When reading fails (a process of the same user wrote over the header
+        of the segment after this process attached it), the endpoint answers
+        anyway: `unreadable(current)` is what it can say without the numbers,
+        and the notice names the reason. Logged once per process and reason:
+        an endpoint that is scraped every few seconds must not flood the log.
+        """
+        try:
+            return read(), self.notice()
+        except SEGMENT_ERRORS as error:
+            reason = degraded_reason(error)
+            self._log_unreadable(error, reason)
+            return unreadable(self.current), _notice((*self.notice().reasons, reason))
+
+    def _log_unreadable(self, error: BaseException, reason: str) -> None:
+        key = (PROCESS.pid, reason)
+        if key in self._unreadable_logged:
+            return
+        self._unreadable_logged.add(key)
+        _log.warning(
+            "raindrops: the numbers of process %d cannot be read (%s: %s); its endpoint "
+            "reports without them (%s)",
+            PROCESS.pid,
+            type(error).__name__,
+            error,
+            reason,
+        )
 
     def _named_or_anonymous(self, name: str) -> C:
         """The caller's named segment; anonymous memory (shared with later forks) if it is unusable.
@@ -390,34 +449,6 @@ class ServerWide(Generic[C]):
             self.degraded,
         )
 
-
-def _chain_uwsgi_atexit() -> None:
-    """In a uWSGI master, removes this master's segments when it exits (uwsgi.atexit).
-
-    uWSGI calls uwsgi.atexit in every process; only the master's call removes
-    anything, after its workers are gone. Nothing happens outside uWSGI.
-    """
-    try:
-        import uwsgi  # type: ignore[import-not-found,import-untyped,unused-ignore]
-    except ImportError:
-        return
-    master_pid = os.getpid()
-    if getattr(uwsgi, "masterpid", lambda: 0)() != master_pid:
-        return
-    previous = getattr(uwsgi, "atexit", None)
-
-    def atexit() -> None:
-        try:
-            if callable(previous):
-                previous()
-        finally:
-            if os.getpid() == master_pid:
-                remove_server_segments()
-
-    uwsgi.atexit = atexit
-
-
-_chain_uwsgi_atexit()
 
 __all__ = [
     "DEGRADED_HEADER",

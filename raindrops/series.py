@@ -17,7 +17,6 @@ entry with a key no writer makes is skipped.
 
 from __future__ import annotations
 
-import ctypes
 import math
 from collections.abc import Iterable
 from typing import NamedTuple
@@ -42,6 +41,7 @@ _OTHER_METHOD = len(METHODS)
 _OVERFLOW_KEY = (_OTHER_METHOD + 1) << _CODE_BITS  # (other, other): always the last entry
 _US_PER_SECOND = 1_000_000
 _STATUS_LINES_MAX = 4096
+_NOTHING_CACHED: dict[str | int, _native.CounterPointer] = {}
 
 
 def checked_buckets(buckets: Iterable[float]) -> tuple[float, ...]:
@@ -141,9 +141,12 @@ class SeriesTable:
         self.first = first
         self.buckets = buckets
         self._errors_index = errors_index
-        self._bounds_us = (ctypes.c_uint64 * len(buckets))(*map(_microseconds, buckets))
+        self._bounds_us = _native.u64_array([_microseconds(bound) for bound in buckets])
         self._prepared: dict[int, tuple[_native.Series, _native.CounterPointer]] = {}
-        self.by_status: dict[tuple[str, str | int], _native.CounterPointer] = {}
+        self.by_status: dict[str, dict[str | int, _native.CounterPointer]] = {}
+        """method -> status -> what pointer() answered: two lookups of interned strings, cheaper
+        on the hot path than one of a (method, status) tuple made per request."""
+        self._cached = 0
 
     def pointer(
         self, method: str, status: str | int, route: int = OTHER_ROUTE
@@ -152,12 +155,13 @@ class SeriesTable:
         a route index (raindrops.routes), of (route, method, status)."""
         if route != OTHER_ROUTE:
             return self._prepared_pointer(key_of(method, status, route))
-        pointer = self.by_status.get((method, status))
+        pointer = self.by_status.get(method, _NOTHING_CACHED).get(status)
         if pointer is not None:
             return pointer
         pointer = self._prepared_pointer(key_of(method, status))
-        if len(self.by_status) < _STATUS_LINES_MAX:  # status lines are the app's: bounded here
-            self.by_status[(method, status)] = pointer
+        if self._cached < _STATUS_LINES_MAX:  # methods and status lines come from outside
+            self.by_status.setdefault(method, {})[status] = pointer
+            self._cached += 1
         return pointer
 
     def _prepared_pointer(self, key: int) -> _native.CounterPointer:
@@ -177,7 +181,7 @@ class SeriesTable:
             first_bucket=counters.address(base + _FIRST_BUCKET),
             stride=counters.address(base + _FIRST_BUCKET + 1)
             - counters.address(base + _FIRST_BUCKET),
-            bounds_us=ctypes.addressof(self._bounds_us),
+            bounds_us=_native.address_of(self._bounds_us),
             bounds=len(self.buckets),
         )
         return series, _native.descriptor_pointer(series)  # valid while `series` lives

@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from load import Load
 
 from testsupport import processes, programs, users
 from testsupport.gunicorn import SHM_DIR, segment_name
@@ -95,3 +96,11 @@ def shm_name() -> Iterator[Callable[[], str]]:
     yield make
     for name in made:
         (SHM_DIR / name[1:]).unlink(missing_ok=True)
+
+
+@pytest.fixture
+def load() -> Iterator[Load]:
+    """A loopback listener with 2 active and 1 queued connections, for the Watcher's tests."""
+    with Load() as listener:
+        listener.set(active=2, queued=1)
+        yield listener

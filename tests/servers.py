@@ -132,6 +132,15 @@ def run_threads(count: int, target: Callable[[int], T], timeout: float = 120.0) 
 
 # gunicorn.
 
+SERVER_VARIANTS: dict[str, list[str]] = {
+    "sync": ["--worker-class", "sync"],
+    "sync-preload": ["--worker-class", "sync", "--preload"],
+    "gthread": ["--worker-class", "gthread", "--threads", "4"],
+    "gthread-preload": ["--worker-class", "gthread", "--threads", "4", "--preload"],
+}
+"""The set-ups issue 12's endpoints are checked under (each with 4 workers): the Watcher and
+the middleware built in each worker after fork, or once before fork; one thread or four."""
+
 
 @dataclass
 class Gunicorn(Master):

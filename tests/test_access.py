@@ -2,9 +2,10 @@
 
 The rule is checked in process on crafted environs (every forwarding header, trusted and
 untrusted peers, unix socket peers, malformed headers) and under a real gunicorn with four
-workers serving examples.demo: through a real proxy (a thread that forwards bytes and adds
-X-Forwarded-For as nginx does) and through gunicorn's own unix socket. The Watcher's reset,
-its one state-changing request, must come from a page of the same origin.
+workers serving examples.demo (sync and gthread, with and without --preload): through a real
+proxy (a thread that forwards bytes and adds X-Forwarded-For as nginx does) and through
+gunicorn's own unix socket. The Watcher's reset, its one state-changing request, must come
+from a page of the same origin.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from urllib.parse import quote, unquote, urljoin, urlsplit
 
 import pytest
 from load import Load
-from servers import Gunicorn, gunicorn
+from servers import SERVER_VARIANTS, Gunicorn, gunicorn
 from test_dashboard import BROWSERS, run_browser
 
 from raindrops import LastDataRecv, Middleware, Watcher
@@ -42,7 +43,8 @@ def hello(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[b
 
 
 def status_of(app: Any, path: str, method: str = "GET", **extra: Any) -> int:
-    """The status code `app` answers for a request to `path` with `extra` environ keys."""
+    """The status code `app` answers for a request to `path` with `extra` environ keys (a key
+    given None is left out)."""
     environ: dict[str, Any] = {
         "REQUEST_METHOD": method,
         "PATH_INFO": unquote(path, "iso-8859-1"),  # as a server decodes it
@@ -57,6 +59,7 @@ def status_of(app: Any, path: str, method: str = "GET", **extra: Any) -> int:
         "wsgi.multiprocess": False,
     }
     environ.update(extra)
+    environ = {key: value for key, value in environ.items() if value is not None}
     seen: list[str] = []
     body = app(environ, lambda status, headers, exc_info=None: seen.append(status))
     b"".join(body)
@@ -87,15 +90,18 @@ def endpoint(kind: str, **rule: Any) -> Iterator[Callable[..., int]]:
 
 
 XFF = "HTTP_X_FORWARDED_FOR"
-UNIX_PEER = {"REMOTE_ADDR": ""}
+UNIX_PEER: dict[str, str | None] = {"REMOTE_ADDR": ""}
+NO_PEER: dict[str, str | None] = {"REMOTE_ADDR": None}
+"""A server that does not say who the peer is: not a unix socket peer."""
 
 # (environ keys, expected status) under the default rule: loopback, no trusted proxy.
-DEFAULT_CASES: list[tuple[dict[str, str], int]] = [
+DEFAULT_CASES: list[tuple[dict[str, str | None], int]] = [
     ({"REMOTE_ADDR": "127.0.0.1"}, 200),
     ({"REMOTE_ADDR": "127.9.9.9"}, 200),
     ({"REMOTE_ADDR": "::1"}, 200),
     ({"REMOTE_ADDR": "::ffff:127.0.0.1"}, 200),
     (UNIX_PEER, 200),  # a unix socket peer is on this host
+    (NO_PEER, 403),
     ({"REMOTE_ADDR": "192.0.2.7"}, 403),
     ({"REMOTE_ADDR": "not an address"}, 403),
     # A local proxy forwards for anyone: not trusted unless configured.
@@ -116,7 +122,7 @@ def test_default_rule_loopback_and_local_proxies_refused(kind: str) -> None:
 
 TRUSTED = ["127.0.0.1/32", "unix"]
 # (environ keys, expected status) with trusted_proxies=TRUSTED and the default allow.
-TRUSTED_CASES: list[tuple[dict[str, str], int]] = [
+TRUSTED_CASES: list[tuple[dict[str, str | None], int]] = [
     ({}, 200),  # no forwarding header: the peer asks for itself
     ({XFF: "127.0.0.1"}, 200),  # a local client through the proxy
     ({XFF: "::1"}, 200),
@@ -138,6 +144,8 @@ TRUSTED_CASES: list[tuple[dict[str, str], int]] = [
     ({XFF: ",".join(["127.0.0.1"] * 40)}, 403),  # longer than any real chain: not walked
     ({**UNIX_PEER, XFF: "127.0.0.1"}, 200),
     ({**UNIX_PEER, XFF: SPOOFED}, 403),
+    (NO_PEER, 403),
+    ({**NO_PEER, XFF: "127.0.0.1"}, 403),  # no peer: not the trusted "unix" proxy either
     ({"REMOTE_ADDR": "127.0.0.2", XFF: "127.0.0.1"}, 403),  # loopback, but not a trusted proxy
     ({"REMOTE_ADDR": "192.0.2.7", XFF: "127.0.0.1"}, 403),
 ]
@@ -164,6 +172,8 @@ def test_a_proxy_network_in_front_of_a_private_network() -> None:
     assert not allows("127.0.0.1")  # allow replaces the loopback default
     assert allows("")  # a unix socket peer is local
     assert not allows("", HTTP_X_FORWARDED_FOR="10.1.1.1")  # "unix" is not a trusted proxy here
+    assert not rule.allows({})  # no REMOTE_ADDR at all: nobody to judge, refused
+    assert not AccessRule(trusted_proxies=["unix"]).allows({"HTTP_X_FORWARDED_FOR": "127.0.0.1"})
 
 
 @pytest.mark.parametrize("kind", list(ENDPOINTS))
@@ -185,13 +195,6 @@ def test_bad_settings_fail_at_construction_naming_them(kind: str) -> None:
 
 
 # The Watcher's reset: a POST from a page of the same origin only.
-
-
-@pytest.fixture
-def load() -> Iterator[Load]:
-    with Load() as listener:
-        listener.set(active=1, queued=0)
-        yield listener
 
 
 @pytest.fixture
@@ -239,7 +242,8 @@ def test_a_refused_reset_changes_nothing(watcher: Watcher, load: Load) -> None:
     assert status_of(watcher, path, "POST", **remote) == 403
 
 
-# Under a real gunicorn: examples.demo with four workers, a real proxy, a real unix socket.
+# Under a real gunicorn: examples.demo with four workers of each variant, a real proxy, a real
+# unix socket. One server per variant and fixture for the whole module.
 
 DEMO_ENDPOINTS = ("/_raindrops", "/_raindrops/last_data_recv", "/watch/", "/watch/series.json")
 
@@ -340,13 +344,27 @@ def through(proxy: Proxy, path: str, headers: dict[str, str] | None = None) -> R
     )
 
 
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Gunicorn, Path]]:
-    """examples.demo under gunicorn, 4 workers, on loopback TCP and on a unix socket."""
-    work = tmp_path_factory.mktemp("access")
+def demo_server(
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    env: dict[str, str] | None = None,
+) -> Iterator[tuple[Gunicorn, Path]]:
+    """examples.demo under gunicorn, 4 workers of the variant `request.param` (servers'
+    SERVER_VARIANTS), on loopback TCP and on a unix socket."""
+    variant = request.param
+    work = tmp_path_factory.mktemp(variant)
     unix = work / "app.sock"
-    with gunicorn(work, ["--bind", f"unix:{unix}"], workers=4) as server:
+    args = ["--bind", f"unix:{unix}", *SERVER_VARIANTS[variant]]
+    with gunicorn(work, args, workers=4, env=env) as server:
+        server.label = variant
         yield server, unix
+
+
+@pytest.fixture(scope="module", params=list(SERVER_VARIANTS))
+def demo(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[Gunicorn, Path]]:
+    yield from demo_server(request, tmp_path_factory)
 
 
 def test_gunicorn_a_local_proxy_does_not_make_its_clients_local(
@@ -364,14 +382,13 @@ def test_gunicorn_a_local_proxy_does_not_make_its_clients_local(
         assert through(internet, "/").status == 200, "the application itself is not guarded"
 
 
-@pytest.fixture(scope="module")
-def trusting(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Gunicorn, Path]]:
+@pytest.fixture(scope="module", params=list(SERVER_VARIANTS))
+def trusting(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[Gunicorn, Path]]:
     """The demo told that 127.0.0.1 and its unix socket are its proxies."""
-    work = tmp_path_factory.mktemp("trusting")
-    unix = work / "app.sock"
     env = {"RAINDROPS_DEMO_TRUSTED_PROXIES": "127.0.0.1/32,unix"}
-    with gunicorn(work, ["--bind", f"unix:{unix}"], workers=4, env=env) as server:
-        yield server, unix
+    yield from demo_server(request, tmp_path_factory, env)
 
 
 def test_gunicorn_trusted_proxies_are_judged_by_their_client(
@@ -410,6 +427,7 @@ def test_gunicorn_reset_needs_the_same_origin(demo: tuple[Gunicorn, Path]) -> No
 LINK = re.compile(r"""(?:href|action)=['"]([^'"]*)['"]""")
 
 
+@pytest.mark.parametrize("demo", ["sync"], indirect=True)  # links do not depend on the workers
 def test_gunicorn_watch_redirects_to_its_slash_and_every_link_resolves(
     demo: tuple[Gunicorn, Path],
 ) -> None:

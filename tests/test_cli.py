@@ -1,4 +1,4 @@
-"""`raindrops listeners` end to end, as a user runs it."""
+"""`raindrops listeners` and `raindrops watch` end to end, as a user runs them."""
 
 from __future__ import annotations
 
@@ -10,8 +10,10 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
+from load import Load, raindrops_watch
 
 from raindrops.cli import main
 from testsupport import processes
@@ -139,3 +141,47 @@ def test_closed_pipe_ends_quietly(busy_listener: str) -> None:
 def test_main_in_process(busy_listener: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["listeners", busy_listener, "--format", "json"]) == 0
     assert json.loads(capsys.readouterr().out)["listeners"][busy_listener]["queued"] == 2
+
+
+def watch_request(port: int, path: str, forwarded_for: str | None = None) -> socket.socket:
+    """GET `path` from `raindrops watch` on 127.0.0.1:port; the open connection."""
+    client = socket.create_connection(("127.0.0.1", port), timeout=10)
+    forwarded = "" if forwarded_for is None else f"X-Forwarded-For: {forwarded_for}\r\n"
+    client.sendall(f"GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n{forwarded}\r\n".encode())
+    return client
+
+
+def status_line(client: socket.socket) -> str:
+    """The status line of a response that may go on (a /tail stream): read up to its end."""
+    data = b""
+    while b"\r\n" not in data:
+        chunk = client.recv(1)
+        assert chunk, data
+        data += chunk
+    return data.decode("latin-1").strip()
+
+
+def test_watch_allow_trusted_proxy_and_tail_streams_take_effect(load: Load) -> None:
+    """--allow replaces the loopback default, --trusted-proxy makes 127.0.0.1 a proxy whose
+    X-Forwarded-For names the client, and --tail-streams bounds the /tail streams."""
+    args = ["--delay", "0.05", "--allow", "10.0.0.0/8", "--trusted-proxy", "127.0.0.1/32"]
+    args += ["--tail-streams", "1", load.address]
+    with raindrops_watch(*args) as (_, port):
+
+        def status(path: str, forwarded_for: str | None = None) -> str:
+            with watch_request(port, path, forwarded_for) as client:
+                return status_line(client)
+
+        assert status("/series.json").endswith(" 403 Forbidden")  # loopback is not in --allow
+        assert status("/series.json", "10.1.2.3").endswith(" 200 OK")
+        assert status("/series.json", "203.0.113.9").endswith(" 403 Forbidden")
+        assert status("/series.json", "10.1.2.3, 203.0.113.9").endswith(" 403 Forbidden")
+        tail = f"/tail/{quote(load.address, safe='')}.txt"
+        with watch_request(port, tail, "10.1.2.3") as streaming:
+            assert status_line(streaming).endswith(" 200 OK")
+            with watch_request(port, tail, "10.1.2.3") as refused:
+                response = b"".join(iter(lambda: refused.recv(4096), b""))
+            head, _, body = response.partition(b"\r\n\r\n")
+            assert head.split(b"\r\n")[0].endswith(b" 503 Service Unavailable"), response
+            assert b"\r\nRetry-After: " in head, response
+            assert b"at most 1 /tail stream per process" in body, response

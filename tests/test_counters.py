@@ -289,6 +289,26 @@ def test_struct_members_and_methods() -> None:
         _ = stats.calling
 
 
+def test_a_struct_whose_raindrops_was_closed_refuses_updates_like_raindrops() -> None:
+    """Closing `struct.raindrops` closes the struct: its generated methods must not go on
+    counting through pointers of their own."""
+    Stats = raindrops.Struct("Stats", "calling writing")
+    stats = Stats()
+    assert stats.incr_calling() == 1 and stats.incr_writing(3) == 3
+    stats.raindrops.close()
+    for operation in (
+        stats.incr_calling,
+        stats.decr_calling,
+        lambda: stats.incr_writing(2),
+        lambda: stats.decr_writing(n=2**40),
+        lambda: stats.calling,
+        stats.to_dict,
+    ):
+        with pytest.raises(ValueError, match="closed"):
+            operation()
+    stats.close()  # idempotent, as Raindrops.close() is
+
+
 def test_struct_initial_values_and_named_segment(shm_name: Callable[[], str]) -> None:
     Stats = raindrops.Struct("Stats", "calling writing")
     name = shm_name()

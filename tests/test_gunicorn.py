@@ -23,7 +23,7 @@ from typing import Any
 from urllib.parse import quote
 
 import pytest
-from servers import ROOT, Background, Gunicorn, gunicorn, run_threads, wait_for
+from servers import ROOT, SERVER_VARIANTS, Background, Gunicorn, gunicorn, run_threads, wait_for
 from test_server_segments import NOBODY, need_root, segment_bytes, squat
 
 from examples.demo import application
@@ -581,7 +581,8 @@ def test_a_clean_stop_removes_every_segment_of_the_server(variant: str, tmp_path
         named = sorted(
             path.name.split("-")[1] for path in SHM_DIR.glob(f"raindrops-*-{server.pid}-*")
         )
-        assert named == ([] if "--preload" in extra else ["ldr", "mw"])
+        # after fork each worker's Watcher (the demo's /watch) joins its segment as it is built
+        assert named == ([] if "--preload" in extra else ["ldr", "mw", "watch"])
         _stop(server)
         assert list(SHM_DIR.glob(f"raindrops-*-{server.pid}-*")) == []
         removed = f"raindrops: removed {len(named)} segment(s) of this server"
@@ -596,7 +597,7 @@ def test_the_demo_configuration_leaves_nothing_after_a_clean_stop(tmp_path: Path
         try:
             assert [server.get("/count").body for _ in range(3)] == [b"1\n", b"2\n", b"3\n"]
             assert counter.exists()
-            assert len(list(SHM_DIR.glob(f"raindrops-*-{server.pid}-*"))) == 2
+            assert len(list(SHM_DIR.glob(f"raindrops-*-{server.pid}-*"))) == 3  # mw, ldr, watch
             _stop(server)
             assert not counter.exists()
             assert list(SHM_DIR.glob(f"raindrops-*-{server.pid}-*")) == []
@@ -606,10 +607,15 @@ def test_the_demo_configuration_leaves_nothing_after_a_clean_stop(tmp_path: Path
 
 # Issue 12: /tail streams of the Watcher (mounted at /watch by the demo) are bounded per worker.
 
-# name -> (gunicorn arguments, workers, /tail requests made, streams the workers may hold)
-TAIL_VARIANTS: dict[str, tuple[list[str], int, int, int]] = {
-    "sync": (["--worker-class", "sync"], 2, 4, 0),  # one thread per worker: no stream at all
-    "gthread": (["--worker-class", "gthread", "--threads", "4"], 2, 8, 2),  # one per worker
+TAIL_WORKERS = 4
+# name -> (gunicorn arguments, /tail requests made, streams the 4 workers may hold). By default
+# a worker runs (threads - 1) // 2 streams: none with one or two threads, one with four.
+TAIL_VARIANTS: dict[str, tuple[list[str], int, int]] = {
+    "sync": (SERVER_VARIANTS["sync"], 4, 0),
+    "sync-preload": (SERVER_VARIANTS["sync-preload"], 4, 0),
+    "gthread": (SERVER_VARIANTS["gthread"], 8, TAIL_WORKERS),
+    "gthread-preload": (SERVER_VARIANTS["gthread-preload"], 8, TAIL_WORKERS),
+    "gthread-1-thread": (["--worker-class", "gthread", "--threads", "1"], 4, 0),
 }
 TAIL_STATUS_TIMEOUT = 10.0  # a stream's status line comes with its first line (one per second)
 APP_ANSWER_SECONDS = 2.0
@@ -641,8 +647,8 @@ def _tail(port: int, address: str, opened: list[socket.socket]) -> tuple[int, st
 
 @pytest.mark.parametrize("variant", list(TAIL_VARIANTS))
 def test_tail_streams_are_bounded_and_the_app_keeps_answering(variant: str, tmp_path: Path) -> None:
-    args, workers, tails, streams_max = TAIL_VARIANTS[variant]
-    with gunicorn(tmp_path, args, workers=workers) as server:
+    args, tails, streams_max = TAIL_VARIANTS[variant]
+    with gunicorn(tmp_path, args, workers=TAIL_WORKERS) as server:
         opened: list[socket.socket] = []
         try:
             # The server-wide sampler has seen the listener (a fresh server may not have yet).

@@ -254,6 +254,7 @@ def watcher_get(app: Watcher, path: str) -> tuple[str, Any]:
         "SCRIPT_NAME": "",
         "SERVER_NAME": "watch.test",
         "SERVER_PORT": "80",
+        "REMOTE_ADDR": "127.0.0.1",
         "wsgi.url_scheme": "http",
     }
     body = app(environ, start_response)

@@ -11,11 +11,12 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
+from servers import wait_for
 
 from raindrops import TCPInfo, _native, linux
 from raindrops.linux import ListenStats
@@ -60,13 +61,13 @@ def port_of(server: socket.socket) -> int:
     return int(server.getsockname()[1])
 
 
-def wait_for(predicate: object, timeout_s: float = 5.0) -> None:
-    """Polls until the kernel's view settles (a handshake completes asynchronously)."""
-    deadline = time.monotonic() + timeout_s
-    while not predicate():  # type: ignore[operator]
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached")
-        time.sleep(0.005)
+SETTLE_TIMEOUT = 5.0
+
+
+def settle(keys: str | list[str], done: Callable[[dict[str, ListenStats]], bool]) -> None:
+    """Waits until done(the counts of `keys`) holds: a handshake completes asynchronously."""
+    what = f"the kernel's listener counts of {keys}"
+    wait_for(lambda: linux.tcp_listener_stats(keys), done, SETTLE_TIMEOUT, what)
 
 
 def test_listen_stats_is_a_named_tuple_with_total() -> None:
@@ -82,7 +83,7 @@ def test_ipv4_exact_wildcard_and_all(sockets: ExitStack) -> None:
     accept(sockets, server)
     connect(sockets, "127.0.0.1", port)
     key = f"127.0.0.1:{port}"
-    wait_for(lambda: linux.tcp_listener_stats(key).get(key) == (1, 1))
+    settle(key, lambda stats: stats.get(key) == (1, 1))
     assert linux.tcp_listener_stats([key]) == {key: (1, 1)}
     assert linux.tcp_listener_stats(f"0.0.0.0:{port}") == {f"0.0.0.0:{port}": (1, 1)}
     both = linux.tcp_listener_stats([f"0.0.0.0:{port}", key])
@@ -100,7 +101,7 @@ def test_ipv4_wildcard_listener(sockets: ExitStack) -> None:
     accept(sockets, server)
     connect(sockets, "127.0.0.1", port)
     key = f"0.0.0.0:{port}"
-    wait_for(lambda: linux.tcp_listener_stats(key).get(key) == (1, 1))
+    settle(key, lambda stats: stats.get(key) == (1, 1))
     everything = linux.tcp_listener_stats()
     assert everything[key] == (1, 1)
     assert f"127.0.0.1:{port}" not in everything, (
@@ -117,7 +118,7 @@ def test_ipv6_loopback(sockets: ExitStack) -> None:
     connect(sockets, "::1", port)
     connect(sockets, "::1", port)
     key = f"[::1]:{port}"
-    wait_for(lambda: linux.tcp_listener_stats(key).get(key) == (1, 2))
+    settle(key, lambda stats: stats.get(key) == (1, 2))
     assert linux.tcp_listener_stats(f"[::]:{port}") == {f"[::]:{port}": (1, 2)}
     assert linux.tcp_listener_stats(f"[0:0:0:0:0:0:0:1]:{port}") == {key: (1, 2)}, (
         "keys are canonical"
@@ -134,7 +135,7 @@ def test_dual_stack_listener_counts_both_families(sockets: ExitStack) -> None:
     accept(sockets, server)
     connect(sockets, "127.0.0.1", port)
     key = f"[::]:{port}"
-    wait_for(lambda: linux.tcp_listener_stats(key).get(key) == (2, 1))
+    settle(key, lambda stats: stats.get(key) == (2, 1))
     assert linux.tcp_listener_stats()[key] == (2, 1)
     assert linux.tcp_listener_stats(f"[0:0::0]:{port}") == {key: (2, 1)}
     assert linux.tcp_listener_stats([f"[0::0]:{port}", key]) == {key: (2, 1)}, "duplicates collapse"
@@ -147,7 +148,7 @@ def test_queued_becomes_active_as_connections_are_accepted_and_closed(sockets: E
     assert linux.tcp_listener_stats(key) == {key: (0, 0)}
     for _ in range(3):
         connect(sockets, "127.0.0.1", port)
-    wait_for(lambda: linux.tcp_listener_stats(key)[key] == (0, 3))
+    settle(key, lambda stats: stats.get(key) == (0, 3))
     first = accept(sockets, server)
     accept(sockets, server)
     assert linux.tcp_listener_stats(key)[key] == (2, 1)
@@ -164,7 +165,7 @@ def test_reuseport_group_is_one_entry_with_summed_queue(sockets: ExitStack) -> N
     for _ in range(12):
         connect(sockets, "127.0.0.1", port)
     key = f"127.0.0.1:{port}"
-    wait_for(lambda: linux.tcp_listener_stats(key)[key].queued == 12)
+    settle(key, lambda stats: key in stats and stats[key].queued == 12)
     accepted = 0
     for server in group:
         server.setblocking(False)
@@ -243,7 +244,7 @@ def test_four_threads_share_one_socket(sockets: ExitStack) -> None:
         for _ in range(index):
             connect(sockets, "127.0.0.1", port_of(server))
     expected = {key: ListenStats(0, index) for index, key in enumerate(keys)}
-    wait_for(lambda: linux.tcp_listener_stats(keys) == expected)
+    settle(keys, lambda stats: stats == expected)
     errors: list[str] = []
     with linux.InetDiagSocket() as diag:
 
@@ -614,7 +615,7 @@ def test_a_full_accept_queue_from_tcp_info_equals_inet_diag(sockets: ExitStack, 
     key = f"[{host}]:{port}" if family == V6 else f"{host}:{port}"
     for _ in range(backlog + 1):
         connect(sockets, host, port)
-    wait_for(lambda: linux.tcp_listener_stats(key).get(key) == (0, backlog + 1))
+    settle(key, lambda stats: stats.get(key) == (0, backlog + 1))
     late = sockets.enter_context(socket.socket(family, socket.SOCK_STREAM))
     late.setblocking(False)
     late.connect_ex((host, port))  # the queue is full: its handshake does not complete
@@ -653,7 +654,7 @@ def test_every_kind_of_held_listener_reads_as_netlink_does(sockets: ExitStack) -
         key = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         expected[key] = ListenStats(accepted, 1)
     keys = list(expected)
-    wait_for(lambda: linux.tcp_listener_stats(keys) == expected)
+    settle(keys, lambda stats: stats == expected)
     assert own_queues(*keys) == {key: 1 for key in keys}
     assert netlink_paths(keys) == [expected] * 3
     assert own_paths(keys) == [expected] * 2
@@ -674,7 +675,7 @@ def test_a_v4_address_counts_a_v4_mapped_listener_and_its_connections(sockets: E
     accept(sockets, server)
     keys = [f"127.0.0.1:{port}", f"0.0.0.0:{port}", f"[::ffff:127.0.0.1]:{port}"]
     expected = {key: ListenStats(2, 1) for key in keys}
-    wait_for(lambda: linux.tcp_listener_stats(keys) == expected)
+    settle(keys, lambda stats: stats == expected)
     assert netlink_paths(keys)[:2] == [expected] * 2
     assert linux.tcp_listener_stats(None)[keys[2]] == (2, 1)
     assert own_paths(keys)[0] == expected
@@ -689,7 +690,7 @@ def test_a_reuseport_group_is_read_over_netlink(sockets: ExitStack) -> None:
     for _ in range(12):
         connect(sockets, "127.0.0.1", port)
     key = f"127.0.0.1:{port}"
-    wait_for(lambda: linux.tcp_listener_stats(key)[key].queued == 12)
+    settle(key, lambda stats: key in stats and stats[key].queued == 12)
     assert sum(_native.tcp_listener(server.fileno()).queued for server in group) == 12
     assert own_queues(key) == {}, "no socket of the group answers for the address alone"
     assert own_paths([key]) == [{key: ListenStats(0, 12)}] * 2
@@ -709,7 +710,7 @@ def test_a_v6only_wildcard_is_not_alone_beside_a_v4_mapped_listener(sockets: Exi
     for _ in range(2):
         connect(sockets, "127.0.0.1", port)
     key = f"[::]:{port}"
-    wait_for(lambda: linux.tcp_listener_stats(key).get(key) == (0, 3))
+    settle(key, lambda stats: stats.get(key) == (0, 3))
     assert _native.tcp_listener(wildcard.fileno()).queued == 1
     assert own_queues(key) == {}
     assert own_paths([key]) == [{key: ListenStats(0, 3)}] * 2
@@ -727,7 +728,7 @@ def test_a_device_bound_listener_is_read_over_netlink(sockets: ExitStack) -> Non
     server.listen(8)
     connect(sockets, "127.0.0.1", port_of(server))
     key = f"127.0.0.1:{port_of(server)}"
-    wait_for(lambda: linux.tcp_listener_stats(key).get(key) == (0, 1))
+    settle(key, lambda stats: stats.get(key) == (0, 1))
     assert _native.tcp_listener(server.fileno()).device_bound == 1
     assert own_queues(key) == {}
     assert own_paths([key]) == [{key: ListenStats(0, 1)}] * 2
@@ -739,7 +740,7 @@ def test_held_queues_need_no_netlink(sockets: ExitStack, monkeypatch: pytest.Mon
     for server in servers:
         connect(sockets, *server.getsockname()[:2])
     keys = [f"127.0.0.1:{port_of(servers[0])}", f"[::1]:{port_of(servers[1])}"]
-    wait_for(lambda: linux.tcp_listener_stats(keys) == {key: (0, 1) for key in keys})
+    settle(keys, lambda stats: stats == {key: (0, 1) for key in keys})
 
     def no_netlink(self: linux.ListenerSet) -> linux.InetDiagSocket:
         raise AssertionError("a netlink socket was asked for")
@@ -770,7 +771,7 @@ def test_a_closed_listener_drops_out_and_its_reused_descriptor_is_not_trusted(
     second.listen(8)
     connect(sockets, "127.0.0.1", port_of(second))
     new_key = f"127.0.0.1:{port_of(second)}"
-    wait_for(lambda: linux.tcp_listener_stats(new_key).get(new_key) == (0, 1))
+    settle(new_key, lambda stats: stats.get(new_key) == (0, 1))
     found = own.read()
     assert old_key not in found and found[new_key] == (0, 1)
     assert explicit.read() == {} and explicit.queued() == {}

@@ -133,6 +133,51 @@ def test_a_segment_that_others_can_write_is_refused(mode: int, shm_name: Callabl
     assert path.read_bytes() == content
 
 
+NOT_REGULAR = {
+    "fifo": 'umask 0; mkfifo "$1"',
+    "directory": 'umask 0; mkdir "$1"',
+    "symlink": 'ln -s /dev/null "$1"',
+    "socket": 'umask 0; exec "$2" -c '
+    '"import socket, sys; socket.socket(socket.AF_UNIX).bind(sys.argv[1])" "$1"',
+}
+
+
+def plant(kind: str, path: Path, owner: str) -> None:
+    """Makes a file of `kind` (not a regular file) at `path` as `owner` (us, or uid 65534)."""
+    prefix = [] if owner == "us" else users.prefix()
+    interpreter = sys.executable if owner == "us" else users.interpreter()
+    made = processes.run(
+        [*prefix, "sh", "-c", NOT_REGULAR[kind], "sh", str(path), interpreter], timeout=60
+    )
+    assert made.returncode == 0, made.stderr
+    assert path.lstat().st_uid == (os.geteuid() if owner == "us" else NOBODY)
+
+
+@pytest.mark.parametrize("owner", ["us", "nobody"])
+@pytest.mark.parametrize("kind", sorted(NOT_REGULAR))
+def test_a_name_that_is_not_a_regular_file_is_refused_by_name(
+    kind: str, owner: str, shm_name: Callable[[], str]
+) -> None:
+    """Ours: ValueError ("not a raindrops segment"), another user's: PermissionError, like any
+    file of theirs. Never an OSError of the open or the read (ELOOP, EISDIR, ESPIPE, ENXIO), and
+    a FIFO never blocks."""
+    name = shm_name()
+    path = SHM_DIR / name[1:]
+    plant(kind, path, owner)
+    try:
+        for attach in (lambda: Raindrops.open(name), lambda: Raindrops(3, name=name)):
+            if owner == "us":
+                with pytest.raises(ValueError, match=f"{name}' is not a raindrops segment"):
+                    attach()
+            else:
+                with pytest.raises(PermissionError, match=f"{name}'.*owner uid {NOBODY} is not"):
+                    attach()
+        assert stat.S_IFMT(path.lstat().st_mode) != stat.S_IFREG, "left as it was"
+    finally:
+        if path.is_dir() and not path.is_symlink():
+            path.rmdir()
+
+
 @pytest.mark.parametrize("mode", [0o666, 0o660, 0o606, 0o622, 0o611, 0o4600], ids=oct)
 def test_the_creating_mode_may_not_grant_write_to_others(
     mode: int, shm_name: Callable[[], str]
@@ -141,6 +186,37 @@ def test_the_creating_mode_may_not_grant_write_to_others(
     with pytest.raises(ValueError, match=f"mode {mode:#o}"):
         Raindrops(1, name=name, mode=mode)
     assert not (SHM_DIR / name[1:]).exists()
+
+
+OWNER_CANNOT_USE = [0o400, 0o000, 0o200, 0o100, 0o500, 0o440, 0o244]
+
+CREATE_WITH_MODE = """
+    import os, sys
+    from raindrops import Raindrops
+    name, mode = sys.argv[1], int(sys.argv[2], 8)
+    try:
+        Raindrops(1, name=name, mode=mode)
+    except Exception as error:
+        print(type(error).__name__, error)
+    print(os.path.exists("/dev/shm" + name))
+    """
+
+
+@pytest.mark.parametrize("user", ["us", "nobody"])
+@pytest.mark.parametrize("mode", OWNER_CANNOT_USE, ids=oct)
+def test_a_creating_mode_without_owner_read_and_write_is_refused_first(
+    mode: int, user: str, shm_name: Callable[[], str]
+) -> None:
+    """Such a segment could not be attached by its own creator (without root's override): it
+    used to be created, then refused with PermissionError, and left behind."""
+    name = shm_name()
+    run = run_python if user == "us" else run_as_nobody
+    result = run(CREATE_WITH_MODE, name, f"{mode:o}")
+    assert result.returncode == 0, result.stderr
+    refusal, exists = result.stdout.splitlines()
+    assert refusal.startswith(f"ValueError mode {mode:#o}"), refusal
+    assert "owner" in refusal and "read and write" in refusal, refusal
+    assert exists == "False", "nothing is created"
 
 
 @pytest.mark.parametrize("mode", [0o600, 0o640, 0o644, 0o604], ids=oct)
@@ -539,6 +615,64 @@ def test_a_counter_regrown_after_a_shrink_starts_at_zero(shm_name: Callable[[], 
             assert rd.to_list() == [100, 101, 102, 103, 104, 0, 0, 0, 0, 0]
             code, _, stderr = finish(other)
         assert code == 0, stderr
+
+
+FULL_AFTER_A_SHRINK = """
+    import os, subprocess, sys
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", "/dev/shm"], check=True)
+    from raindrops import Raindrops
+
+    def fill():
+        # Another user takes every free page of /dev/shm.
+        with open(f"/dev/shm/filler-{os.urandom(4).hex()}", "xb", buffering=0) as filler:
+            try:
+                while True:
+                    filler.write(b"x" * 4096)
+            except OSError:
+                pass
+
+    def attempt(what, operation):
+        try:
+            print(what, operation(), flush=True)
+        except MemoryError as error:
+            print(what, "MemoryError", error, flush=True)
+
+    shrinker = Raindrops(2000, name="/victim")
+    stale = Raindrops.open("/victim")  # a view prepared for 2000 counters
+    for index in range(2000):
+        stale.incr(index)
+    fill()
+    shrinker.size = 1
+    fill()  # whatever the shrink gave back is taken at once
+    attempt("stale incr", lambda: stale.incr(1000))
+    attempt("stale get", lambda: stale[1999])
+    attempt("regrow", lambda: setattr(shrinker, "size", 2000) or shrinker.size)
+    attempt("regrown", lambda: (shrinker[1000], shrinker[1999]))
+    for name in os.listdir("/dev/shm"):
+        if name.startswith("filler-"):
+            os.unlink("/dev/shm/" + name)
+    small = Raindrops(1, name="/small")  # one page: room for 63 counters
+    fill()
+    attempt("grow small", lambda: setattr(small, "size", 100) or small.size)
+    attempt("small after", lambda: (len(small), small.incr(0)))
+    print("survived", flush=True)
+    """
+
+
+def test_a_full_dev_shm_after_a_shrink_never_crashes_a_stale_view() -> None:
+    """A shrink must not give pages back: another user can take them, and a process still
+    counting through its view of the old size would then die of SIGBUS. Growing on a full
+    /dev/shm is a MemoryError before any counter is touched. A tiny tmpfs over /dev/shm in a
+    private mount namespace: nothing else sees it."""
+    command = ["unshare", "--mount", *python(FULL_AFTER_A_SHRINK)]
+    result = processes.run(command, timeout=120, text=True)
+    if result.returncode != 0 and "unshare failed" in result.stderr:
+        pytest.skip(f"the kernel refuses a mount namespace: {result.stderr.strip()}")
+    assert result.returncode == 0, f"died with {result.returncode}: {result.stdout}{result.stderr}"
+    lines = result.stdout.splitlines()
+    assert lines[:4] == ["stale incr 1", "stale get 0", "regrow 2000", "regrown (0, 0)"], lines
+    assert lines[4].startswith("grow small MemoryError") and "/small" in lines[4], lines
+    assert lines[5:] == ["small after (1, 1)", "survived"], lines
 
 
 # 10. Old views are never unmapped.

@@ -57,10 +57,17 @@ def _command(args: list[str], port: int) -> list[str]:
     return [UWSGI, *bind, "--die-on-term", "--need-app", "--disable-logging", *args]
 
 
+CLEANUP_AT_EXIT = ["--exec-as-user-atexit", f"{sys.executable} -m raindrops cleanup --master $PPID"]
+"""What the README tells uWSGI users to add: the master, at its exit, runs the command (through
+/bin/sh, so $PPID is the master), which removes the segments its workers named after it."""
+
+
 @contextlib.contextmanager
-def uwsgi(log_dir: Path, mode: str) -> Iterator[UWsgi]:
-    """uWSGI in `mode` on a free loopback port, once every worker runs and the endpoint answers."""
+def uwsgi(log_dir: Path, mode: str, extra: tuple[str, ...] = ()) -> Iterator[UWsgi]:
+    """uWSGI in `mode` (plus `extra` arguments) on a free loopback port, once every worker runs
+    and the endpoint answers."""
     args, workers, _ = MODES[mode]
+    args = [*args, *extra]
     log_dir.mkdir(parents=True, exist_ok=True)
     log = log_dir / "uwsgi.log"
     counter = segment_name("test-demo")
@@ -168,7 +175,8 @@ def test_a_graceful_stop_leaves_no_segment_of_the_server(tmp_path: Path, mode: s
 
 def test_lazy_apps_segments_of_a_stopped_master_go_at_the_next_start(tmp_path: Path) -> None:
     """A --lazy-apps master never imports the app, and uWSGI 2.0.30 calls uwsgi.atexit only in
-    workers: what its workers named after it stays until a later server sweeps stale segments."""
+    workers: without `raindrops cleanup` at exit (below), what its workers named after it stays
+    until a later server sweeps stale segments."""
     with uwsgi(tmp_path / "first", "lazy-apps") as first:
         first.settle(SETTLE_TIMEOUT)
         assert list(SHM_DIR.glob(f"raindrops-*-{first.pid}-*")), "the workers' shared segment"
@@ -177,3 +185,18 @@ def test_lazy_apps_segments_of_a_stopped_master_go_at_the_next_start(tmp_path: P
         with uwsgi(tmp_path / "second", "lazy-apps") as second:
             second.settle(SETTLE_TIMEOUT)
             assert list(SHM_DIR.glob(f"raindrops-*-{first.pid}-*")) == []
+
+
+@pytest.mark.parametrize("mode", ["lazy-apps", "lazy-apps-no-master"])
+def test_lazy_apps_with_the_cleanup_at_exit_leave_nothing_after_a_clean_stop(
+    tmp_path: Path, mode: str
+) -> None:
+    """`raindrops cleanup --master $PPID` in --exec-as-user-atexit: uWSGI runs it once, in the
+    master (without --master: the first worker, which the segments are named after), after
+    its workers are gone."""
+    with uwsgi(tmp_path, mode, tuple(CLEANUP_AT_EXIT)) as server:
+        server.settle(SETTLE_TIMEOUT)
+        assert list(SHM_DIR.glob(f"raindrops-*-{server.pid}-*")), "the workers' shared segment"
+        server.process.send_signal(signal.SIGINT)
+        server.process.wait(30)
+        assert list(SHM_DIR.glob(f"raindrops-*-{server.pid}-*")) == [], server.log_text()

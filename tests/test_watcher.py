@@ -71,6 +71,7 @@ def call(app: Watcher, path: str, method: str = "GET", query: str = "", **extra:
         "SERVER_NAME": "watch.test",
         "SERVER_PORT": "80",
         "HTTP_HOST": "watch.test",
+        "REMOTE_ADDR": "127.0.0.1",
         "wsgi.url_scheme": "http",
     }
     environ.update(extra)
@@ -103,13 +104,6 @@ def sigpipe_ignored() -> Iterator[None]:
 
 
 @pytest.fixture
-def load() -> Iterator[Load]:
-    with Load() as listener:
-        listener.set(active=2, queued=1)
-        yield listener
-
-
-@pytest.fixture
 def watcher(load: Load) -> Iterator[Watcher]:
     with Watcher([load.address], delay=DELAY, tail_streams_max=4) as app:
         yield app
@@ -123,6 +117,26 @@ def samples(app: Watcher, address: str, count: int) -> None:
         return view is not None and view.snapshot.count >= count
 
     wait_until(enough, what=f"{count} samples")
+
+
+def _thread_names() -> list[str]:
+    names = []
+    for tid in os.listdir("/proc/self/task"):
+        with contextlib.suppress(OSError), open(f"/proc/self/task/{tid}/comm") as comm:
+            names.append(comm.read().strip())
+    return names
+
+
+def test_the_sampler_thread_has_a_kernel_name(watcher: Watcher, load: Load) -> None:
+    """ps -L and top -H tell it from the server's threads (the load test spares workers by it)."""
+    before = _thread_names().count("raindrops-watch")  # other Watchers' of this process
+    assert call(watcher, "/").status.startswith("200")
+    wait_until(
+        lambda: _thread_names().count("raindrops-watch") == before + 1,
+        what="the named sampler thread",
+    )
+    watcher.close()
+    wait_until(lambda: _thread_names().count("raindrops-watch") == before, what="the thread to end")
 
 
 def test_stats_headers_histogram_and_head(watcher: Watcher, load: Load) -> None:
@@ -518,6 +532,7 @@ class Opened:
             "SCRIPT_NAME": "",
             "SERVER_NAME": "watch.test",
             "SERVER_PORT": "80",
+            "REMOTE_ADDR": "127.0.0.1",
             "wsgi.url_scheme": "http",
             "wsgi.multithread": True,
         }

@@ -13,11 +13,14 @@ from __future__ import annotations
 import contextlib
 import http.client
 import json
+import logging
 import os
 import random
 import re
 import select
 import signal
+import struct
+import sys
 import time
 import traceback
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -28,11 +31,14 @@ from urllib.parse import quote, unquote
 
 import pytest
 from load import Load, wait_until
-from servers import Gunicorn, gunicorn
+from servers import SERVER_VARIANTS, Gunicorn, gunicorn
+from test_segment_safety import CAPACITY_OFFSET, SIZE_OFFSET
 
 from raindrops import ListenStats, Watcher
+from raindrops.segments import DEGRADED_HEADER as DEGRADED
+from raindrops.watcher import app as watcher_app
 from raindrops.watcher import shared
-from testsupport.gunicorn import Response
+from testsupport.gunicorn import SHM_DIR, Response
 
 DELAY = 0.2
 """The forked workers' sampling interval (seconds)."""
@@ -128,7 +134,14 @@ class Answer:
         return json.loads(self.body)
 
 
-def wsgi_call(app: Watcher, method: str, path: str, headers: Mapping[str, str]) -> Answer:
+def wsgi_call(
+    app: Watcher,
+    method: str,
+    path: str,
+    headers: Mapping[str, str],
+    *,
+    multiprocess: bool = True,
+) -> Answer:
     raw_path, _, query = path.partition("?")
     environ: dict[str, Any] = {
         "REQUEST_METHOD": method,
@@ -142,7 +155,7 @@ def wsgi_call(app: Watcher, method: str, path: str, headers: Mapping[str, str]) 
         "HTTP_HOST": "watch.test",
         "wsgi.url_scheme": "http",
         "wsgi.multithread": True,
-        "wsgi.multiprocess": True,
+        "wsgi.multiprocess": multiprocess,
     }
     environ.update(
         {"HTTP_" + name.upper().replace("-", "_"): value for name, value in headers.items()}
@@ -266,18 +279,22 @@ class Forks:
         return kernel_samplers(self.pids, self.inherited)
 
 
-@pytest.fixture
-def load() -> Iterator[Load]:
-    with Load() as listener:
-        listener.set(active=2, queued=1)
-        yield listener
+def alone(app: Watcher) -> Watcher:
+    """`app`, after every other Watcher of this process is closed. A forked child starts the
+    sampler of each Watcher it inherits that is not closed, and the tests here count the
+    processes that sample: examples.demo's Watcher, built when another test module imports the
+    demo, lives as long as this process (a later request to it starts it again)."""
+    for other in list(watcher_app._STARTED_IN_CHILDREN):
+        if other is not app:
+            other.close()
+    return app
 
 
 @pytest.fixture
 def forks(load: Load) -> Iterator[Forks]:
     """WORKERS processes forked with one Watcher made here (never used here: this process does
-    not sample), each started by a first request."""
-    app = Watcher([load.address], delay=DELAY)
+    not sample), each sampling or watching the lease from its fork on, and answering."""
+    app = alone(Watcher([load.address], delay=DELAY))
     forked = Forks(app, [], socket_inodes(os.getpid()))
     try:
         for _ in range(WORKERS):
@@ -380,7 +397,7 @@ def test_a_stuck_sampler_is_replaced_and_stops_when_it_wakes(forks: Forks, load:
         lambda: len([p for p in observer.json("/series.json")["points"] if p[0] > woke_at]) >= 6,
         what="samples after the stuck process woke",
     )
-    assert forks.samplers() == [successor]
+    assert forks.samplers() == [successor], (stuck, successor)
     points = [p for p in observer.json("/series.json")["points"] if p[0] > woke_at]
     assert_sampled_once_per_interval(points, DELAY)
 
@@ -402,6 +419,47 @@ def test_a_closed_sampler_hands_the_lease_back_at_once(forks: Forks, load: Load)
     )[0]
     assert first - closed_at <= 2 * DELAY + HANDOVER_SLACK
     wait_until(lambda: sampling not in forks.samplers(), timeout=5, what="its socket to close")
+
+
+def test_a_forked_worker_watches_the_lease_before_its_first_request(
+    load: Load, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A child forked with the Watcher inherited (a worker of a preloaded server) starts its
+    sampler at fork: it takes the free lease and samples without serving any request. (A process
+    with a greenlet library loaded waits for the first request instead; test_gevent.py imports
+    gevent into this process, so it is hidden here.)"""
+    for greenlets in ("gevent", "eventlet"):
+        monkeypatch.delitem(sys.modules, greenlets, raising=False)
+    with alone(Watcher([load.address], delay=DELAY)) as app:
+        child = Forked(app)
+        try:
+            inherited = socket_inodes(os.getpid())
+            wait_until(
+                lambda: kernel_samplers([child.pid], inherited) == [child.pid],
+                timeout=5,
+                what="the child to sample without a request",
+            )
+        finally:
+            child.stop()
+
+
+def test_a_request_that_finds_the_sampler_dead_takes_the_lease_at_once(load: Load) -> None:
+    """A process whose sampler has not looked at the lease yet (its first request here) and
+    finds the holder gone with its sample overdue takes over at once: its answer is fresh and
+    names it, not the dead sampler. (This process and its child share the Watcher's own segment,
+    as the master and the workers of a preloaded server do.)"""
+    with alone(Watcher([load.address], delay=DELAY)) as app:
+        child = Forked(app)
+        try:
+            wait_until(lambda: child.json("/series.json")["sampler"] == child.pid)
+            child.kill()
+            killed_at = time.time()
+            time.sleep(1.5 * DELAY)  # its next sample is overdue
+            answer = wsgi_call(app, "GET", "/series.json", {}, multiprocess=False).json()
+        finally:
+            child.stop()
+        assert answer["sampler"] == os.getpid()
+        assert answer["points"][-1][0] > killed_at, answer["points"][-3:]
 
 
 def in_child(work: Callable[[], Any], timeout: float = ANSWER_TIMEOUT) -> Any:
@@ -459,6 +517,82 @@ def test_a_worker_whose_segment_is_unusable_serves_its_own_samples_and_says_so(
     assert result["headers"]["X-Raindrops-Degraded"] == "segment_invalid"
     assert result["body"]["degraded"] == ["segment_invalid"]
     assert result["body"]["listeners"] == {load.address: {"active": 2, "queued": 1}}
+
+
+class Warnings(logging.Handler):
+    """The warnings logged, as text."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
+POISONS: dict[str, tuple[dict[int, int], str | None]] = {
+    # header fields written -> what the answers say
+    "size": ({SIZE_OFFSET: 10**6}, "segment_invalid"),
+    "capacity": ({CAPACITY_OFFSET: 2**60}, None),  # read at attach and growth only: still shared
+    "both": ({CAPACITY_OFFSET: 2**60, SIZE_OFFSET: 2**40}, "segment_invalid"),
+}
+
+
+@pytest.mark.parametrize("poison", list(POISONS))
+def test_a_segment_corrupted_after_attach_leaves_every_answer_served(
+    poison: str, load: Load
+) -> None:
+    """A same-uid process writes nonsense into the header of the segment the workers share.
+    Reads within what a worker has mapped go on; the next change of the listener table (here:
+    a listener gone for longer than the history) makes every worker read the segment's size
+    again. Where that fails, a worker's request falls back to its own private samples: every
+    endpoint answers and says so (X-Raindrops-Degraded, series.json's degraded), logged once."""
+    fields, expected = POISONS[poison]
+    address = escaped(load.address)
+    paths = ["/", "/series.json", f"/active/{address}.json", f"/queued/{address}.txt"]
+    paths.append(f"/active/{address}.html")
+
+    def poisoned() -> dict[str, Any]:
+        warnings = Warnings()
+        logging.getLogger("raindrops.watcher").addHandler(warnings)
+        leaving = Load()
+        with Watcher(None, delay=DELAY, history=2) as app:
+            assert wsgi_call(app, "GET", "/series.json", {}).status == 200  # the named segment
+            name = app._boards.current.name
+            try:
+                wait_until(lambda: leaving.address in app.stats(), what="the leaving listener")
+                with open(SHM_DIR / name[1:], "r+b") as segment:
+                    for offset, value in fields.items():
+                        segment.seek(offset)
+                        segment.write(struct.pack("<Q", value))
+                leaving.close()
+
+                def table_changed() -> bool:
+                    answer = wsgi_call(app, "GET", "/series.json", {})
+                    assert answer.status == 200, answer
+                    return leaving.address not in app._running().state().slots
+
+                wait_until(table_changed, what="the listener table to change")
+                rounds = [{path: wsgi_call(app, "GET", path, {}) for path in paths}]
+                rounds.append({path: wsgi_call(app, "GET", path, {}) for path in paths})
+                tail = wsgi_call(app, "HEAD", f"/tail/{address}.txt", {})
+            finally:
+                (SHM_DIR / name[1:]).unlink()
+        return {
+            "statuses": [[answer.status for answer in one.values()] for one in rounds],
+            "headers": [answer.headers.get(DEGRADED) for one in rounds for answer in one.values()],
+            "series": rounds[-1]["/series.json"].json(),
+            "tail": tail.status,
+            "warnings": [line for line in warnings.lines if "went bad" in line],
+        }
+
+    result = in_child(poisoned)
+    assert result["statuses"] == [[200] * len(paths)] * 2, result
+    assert result["headers"] == [expected] * 2 * len(paths), result
+    assert result["series"]["degraded"] == ([] if expected is None else [expected])
+    assert result["series"]["listeners"][load.address] == {"active": 2, "queued": 1}
+    assert result["tail"] == 200
+    assert len(result["warnings"]) == (0 if expected is None else 1), result["warnings"]
 
 
 def test_workers_building_their_own_watcher_meet_in_one_named_segment(load: Load) -> None:
@@ -690,21 +824,15 @@ def test_garbage_in_the_segment_never_breaks_an_answer(load: Load) -> None:
 
 # Real gunicorn, 4 workers.
 
-VARIANTS: dict[str, list[str]] = {
-    "sync": ["--worker-class", "sync"],
-    "sync-preload": ["--worker-class", "sync", "--preload"],
-    "gthread": ["--worker-class", "gthread", "--threads", "4"],
-    "gthread-preload": ["--worker-class", "gthread", "--threads", "4", "--preload"],
-}
 ANSWERS_MAX = 50  # requests made to reach every worker
 
 
-@pytest.fixture(scope="module", params=list(VARIANTS))
+@pytest.fixture(scope="module", params=list(SERVER_VARIANTS))
 def server(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Gunicorn]:
     log_dir: Path = tmp_path_factory.mktemp(request.param)
-    with gunicorn(log_dir, VARIANTS[request.param], workers=WORKERS) as running:
+    with gunicorn(log_dir, SERVER_VARIANTS[request.param], workers=WORKERS) as running:
         running.label = request.param
         yield running
 
@@ -770,15 +898,28 @@ def from_every_worker_of(server: Gunicorn, path: str, workers: int) -> dict[int,
     raise AssertionError(f"only workers {sorted(answers)} answered {path}")
 
 
+STEADY_HEADERS = ("x-last-reset", "x-first-peak-at", "x-min", "x-max", "x-current")
+"""raindrops' X-* headers that do not change between two samples of a steady listener."""
+
+
+def header_identity(reply: Response) -> tuple[str, ...]:
+    """What a reply's X-* headers say of a steady listener: every worker must say the same."""
+    assert DEGRADED.lower() not in reply.headers, reply.headers
+    return tuple(reply.headers[name] for name in STEADY_HEADERS)
+
+
 def agreeing_views(server: Gunicorn, path: str) -> dict[int, Any]:
-    """Every worker's view of a steady listener; views of one round can differ only by a sample
-    taken between two answers, so a few rounds are allowed to agree."""
+    """Every worker's view of a steady listener, in its JSON and its X-* headers; views of one
+    round can differ only by a sample taken between two answers, so a few rounds are allowed to
+    agree."""
     views: dict[int, Any] = {}
     for _ in range(5):
-        views = {
-            pid: json.loads(reply.body) for pid, reply in from_every_worker(server, path).items()
+        replies = from_every_worker(server, path)
+        views = {pid: json.loads(reply.body) for pid, reply in replies.items()}
+        seen = {
+            (view_identity(views[pid]), header_identity(reply)) for pid, reply in replies.items()
         }
-        if len({view_identity(view) for view in views.values()}) == 1:
+        if len(seen) == 1:
             return views
     raise AssertionError(f"the workers disagree: {views}")
 
@@ -835,6 +976,29 @@ def test_sigkill_of_the_sampling_gunicorn_worker_hands_sampling_over(server: Gun
     assert first - killed_at <= 2 * DEMO_DELAY + HANDOVER_SLACK, first - killed_at
     successor = server.get("/watch/series.json").json()["sampler"]
     assert successor != sampling and successor in server.worker_pids()
+
+
+@pytest.mark.parametrize("preload", [False, True], ids=["after-fork", "preload"])
+def test_sigkill_of_the_sampler_when_no_other_worker_served_the_watcher(
+    preload: bool, tmp_path: Path
+) -> None:
+    """Only one worker has served the Watcher (one request) when the sampling worker is killed:
+    the others, which never served it, take over sampling within two intervals all the same,
+    and the next answer names a live sampler."""
+    args = ["--worker-class", "sync", *(["--preload"] if preload else [])]
+    with gunicorn(tmp_path, args, workers=WORKERS) as server:
+        _, first = worker_request(server, "/watch/series.json")
+        sampling = first.json()["sampler"]
+        assert sampling in server.worker_pids(), sampling
+        killed_at = time.time()
+        os.kill(sampling, signal.SIGKILL)
+        time.sleep(2 * DEMO_DELAY + HANDOVER_SLACK)
+        answer = server.get("/watch/series.json").json()
+        later = [when for when, _ in answer["points"] if when > killed_at]
+        assert later, f"no sample in the {time.time() - killed_at:.1f} s after the kill"
+        assert later[0] - killed_at <= 2 * DEMO_DELAY + HANDOVER_SLACK, later[0] - killed_at
+        assert answer["sampler"] not in (0, sampling), answer["sampler"]
+        assert answer["sampler"] in server.worker_pids()
 
 
 def test_a_clean_stop_with_the_hooks_removes_the_watcher_segment(tmp_path: Path) -> None:

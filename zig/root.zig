@@ -27,6 +27,16 @@ export fn raindrops_status_code(index: u32) Status {
     return status.validationCode(index);
 }
 
+/// The creating modes' allowed bits, which raindrops/counters.py copies and checks at import.
+export fn raindrops_mode_allowed() u64 {
+    return shm.mode_allowed;
+}
+
+/// The bits every creating mode must have, which raindrops/counters.py copies and checks at import.
+export fn raindrops_mode_required() u64 {
+    return shm.mode_required;
+}
+
 export fn raindrops_anonymous_create(size: u64, segment: *Segment) Status {
     return shm.createAnonymous(size, segment);
 }
@@ -252,6 +262,11 @@ export fn raindrops_board_bytes() u32 {
 
 export fn raindrops_histogram_bytes() u32 {
     return @sizeOf(histogram.Histogram);
+}
+
+/// The words before a histogram's buckets, which raindrops/histogram.py copies and checks at import.
+export fn raindrops_fields_before_buckets() u64 {
+    return histogram.fields_before_buckets;
 }
 
 /// Compare-and-swap on one counter; returns the value found (== expected on success).

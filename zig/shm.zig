@@ -16,7 +16,9 @@
 //!   owns, or that group or others may write;
 //! - every size and capacity read from a header is checked against what this
 //!   process mapped and against the file's real size before a view is mapped
-//!   or a counter is addressed; the file never shrinks.
+//!   or a counter is addressed; the file never shrinks, and the pages of its
+//!   counters are reserved before they are used and never given back (a full
+//!   /dev/shm is ENOSPC at a resize, never SIGBUS at a write).
 //! Resizing is serialized by an flock; a view is never unmapped while its
 //! owner lives (another thread may be using it), so capacity grows at least
 //! geometrically and the number of views stays logarithmic.
@@ -43,6 +45,9 @@ pub const name_bytes_max: usize = 255;
 /// The permission bits a segment may be created with: the owner's, and read
 /// for group and others.
 pub const mode_allowed: u32 = 0o744;
+/// The owner's read and write: without them the creator could not attach to
+/// the segment it creates (except as root), and would leave it behind.
+pub const mode_required: u32 = 0o600;
 /// Write permission for group or others: such a file is refused at attach.
 pub const mode_writable_by_others: u32 = 0o022;
 const shm_dir = "/dev/shm";
@@ -190,10 +195,11 @@ pub fn validateSizes(stride: u32, capacity: u64, size: u64, file_bytes: u64) Sta
 }
 
 /// Whether a process of effective uid `euid` may use the file: a regular file
-/// of its own that no other user can write.
+/// of its own that no other user can write. Whatever another user owns is
+/// refused as theirs, whatever its kind.
 pub fn validateOwner(info: FileInfo, euid: u32) Status {
-    if (!info.regular) return status.not_raindrops;
     if (info.owner_uid != euid) return status.foreign_owner;
+    if (!info.regular) return status.not_raindrops;
     if (info.mode & mode_writable_by_others != 0) return status.writable_by_others;
     return status.ok;
 }
@@ -244,9 +250,18 @@ pub fn unmap(base: [*]u8, bytes: u64) Status {
 }
 
 fn fileInfo(fd: i32, info: *FileInfo) Status {
+    return statxInfo(fd, "", linux.AT.EMPTY_PATH, info);
+}
+
+/// What the name `path` itself is (a symlink is not followed).
+fn pathInfo(path: [:0]const u8, info: *FileInfo) Status {
+    return statxInfo(linux.AT.FDCWD, path, linux.AT.SYMLINK_NOFOLLOW, info);
+}
+
+fn statxInfo(dirfd: i32, path: [*:0]const u8, flags: u32, info: *FileInfo) Status {
     var buffer: linux.Statx = undefined;
     const mask: linux.STATX = .{ .TYPE = true, .MODE = true, .UID = true, .SIZE = true };
-    const result = status.fromSyscall(linux.statx(fd, "", linux.AT.EMPTY_PATH, mask, &buffer));
+    const result = status.fromSyscall(linux.statx(dirfd, path, flags, mask, &buffer));
     if (result != status.ok) return result;
     const got = buffer.mask;
     if (!(got.TYPE and got.MODE and got.UID and got.SIZE)) return status.fromErrno(.OPNOTSUPP);
@@ -315,6 +330,7 @@ pub fn openNamed(name: []const u8, size: u64, mode: u32, create: bool, segment: 
     if (!validName(name)) return invalid;
     if (create and (size == 0 or size > counters_max)) return invalid;
     if (mode & ~mode_allowed != 0) return invalid;
+    if (create and mode & mode_required != mode_required) return invalid;
     var path_buffer: PathBuffer = undefined;
     const path = shmPath(name, &path_buffer);
     var attempt: u32 = 0;
@@ -327,14 +343,35 @@ pub fn openNamed(name: []const u8, size: u64, mode: u32, create: bool, segment: 
     return status.fromErrno(.AGAIN);
 }
 
+/// Opens and maps the segment at `path`. O_NONBLOCK: opening a FIFO never waits
+/// for a writer; the type check that follows refuses it.
 fn attach(path: [:0]const u8, segment: *Segment) Status {
     const rc = linux.open(path, .{ .ACCMODE = .RDWR, .NOFOLLOW = true, .NONBLOCK = true, .CLOEXEC = true }, 0);
     const opened = status.fromSyscall(rc);
-    if (opened != status.ok) return opened;
+    if (opened != status.ok) return openRefused(path, opened, segment);
     const fd: i32 = @intCast(rc);
     const attached = attachFd(fd, segment);
     if (attached != status.ok) _ = linux.close(fd);
     return attached;
+}
+
+/// Why opening `path` failed (`opened`), told as attaching tells it where open
+/// refuses the kind of file (a symlink: ELOOP, a directory: EISDIR, a socket:
+/// ENXIO) or another user's permission bits (EACCES): the name's owner and kind
+/// decide, so that the caller hears "another user's" or "not a segment". Only
+/// the error depends on this second look at the name; nothing is opened.
+fn openRefused(path: [:0]const u8, opened: Status, segment: *Segment) Status {
+    assert(opened < 0);
+    const kinds = [_]linux.E{ .LOOP, .ISDIR, .NXIO, .ACCES };
+    for (kinds) |kind| {
+        if (status.isErrno(opened, kind)) break;
+    } else return opened;
+    var info: FileInfo = undefined;
+    if (pathInfo(path, &info) != status.ok) return opened;
+    segment.owner_uid = info.owner_uid;
+    segment.mode = info.mode;
+    const refused = validateOwner(info, linux.geteuid());
+    return if (refused == status.ok) opened else refused;
 }
 
 /// Validates the file behind `fd` and maps it. A header that fails validation
@@ -354,22 +391,32 @@ fn attachFd(fd: i32, segment: *Segment) Status {
     return result;
 }
 
-/// Reads the header, then the file's size (a growth extends the file before it
-/// publishes the new capacity, so this order never sees a capacity the file
-/// does not hold yet), and validates both.
+/// Checks the file's owner and kind (a FIFO cannot be read at an offset, and
+/// another user's file is not read at all), reads the header, then the file's
+/// size (a growth extends the file before it publishes the new capacity, so
+/// this order never sees a capacity the file does not hold yet), and validates
+/// both.
 fn readValidHeader(fd: i32, header: *Header, info: *FileInfo, segment: *Segment) Status {
+    const owner_status = ownedInfo(fd, info, segment);
+    if (owner_status != status.ok) return owner_status;
     const rc = linux.pread(fd, std.mem.asBytes(header), @sizeOf(Header), 0);
     const read_status = status.fromSyscall(rc);
     if (read_status != status.ok) return read_status;
     assert(rc <= @sizeOf(Header));
+    const size_status = ownedInfo(fd, info, segment);
+    if (size_status != status.ok) return size_status;
+    const read_bytes: usize = @intCast(@min(rc, info.bytes));
+    return validateHeader(std.mem.asBytes(header)[0..read_bytes], info.bytes);
+}
+
+/// The file's statx answer, refused unless it is a regular file of this user
+/// that no one else can write; the owner and mode go into `segment` either way.
+fn ownedInfo(fd: i32, info: *FileInfo, segment: *Segment) Status {
     const info_status = fileInfo(fd, info);
     if (info_status != status.ok) return info_status;
     segment.owner_uid = info.owner_uid;
     segment.mode = info.mode;
-    const owner_status = validateOwner(info.*, linux.geteuid());
-    if (owner_status != status.ok) return owner_status;
-    const read_bytes: usize = @intCast(@min(rc, info.bytes));
-    return validateHeader(std.mem.asBytes(header)[0..read_bytes], info.bytes);
+    return validateOwner(info.*, linux.geteuid());
 }
 
 /// Maps the header and `capacity` counters of `fd` and describes them in `segment`.
@@ -539,7 +586,10 @@ fn resizeLocked(segment: *Segment, size: u64, grow_only: bool) Status {
     const valid = validateSizes(segment.stride, capacity_header, size_old, info.bytes);
     if (valid != status.ok) return valid;
     if (grow_only and size <= size_old) return status.ok;
-    var capacity_file = capacityOf(segment.stride, info.bytes);
+    // The file never shrinks, so counters past its end now were never within any size: zero.
+    const capacity_used = capacityOf(segment.stride, info.bytes);
+    assert(size_old <= capacity_used);
+    var capacity_file = capacity_used;
     if (size > capacity_file) {
         const bytes = layoutBytes(segment.stride, capacityGrown(capacity_file, size));
         assert(bytes > info.bytes);
@@ -556,17 +606,19 @@ fn resizeLocked(segment: *Segment, size: u64, grow_only: bool) Status {
     }
     assert(size <= segment.capacity and size_old <= segment.capacity);
     if (size > size_old) {
-        zeroRange(segment, size_old, size);
+        // Pages before zeroes: a store into a page the file does not hold yet allocates it,
+        // and a full /dev/shm answers that with SIGBUS instead of an error.
         const reserved = reservePages(
             segment.fd,
             segment.counters_offset + size_old * segment.stride,
             layoutBytes(segment.stride, size),
         );
         if (reserved != status.ok) return reserved;
+        storeZeros(segment, size_old, @min(size, capacity_used));
         @atomicStore(u64, &header.size, size, .release);
     } else {
         @atomicStore(u64, &header.size, size, .release);
-        zeroRange(segment, size, size_old);
+        storeZeros(segment, size, size_old);
     }
     return status.ok;
 }
@@ -624,41 +676,10 @@ fn reservePages(fd: i32, begin_bytes: u64, end_bytes: u64) Status {
     return status.fromSyscall(rc);
 }
 
-/// Zeroes counters [begin, end): whole pages by punching a hole in the file
-/// (which frees them instead of touching them), the rest one by one.
-fn zeroRange(segment: *Segment, begin: u64, end: u64) void {
-    assert(begin <= end and end <= segment.capacity);
-    const pages = wholePages(segment, begin, end);
-    if (pages.begin < pages.end and punchHole(segment, pages.begin, pages.end)) {
-        storeZeros(segment, begin, pages.begin);
-        storeZeros(segment, pages.end, end);
-    } else {
-        storeZeros(segment, begin, end);
-    }
-}
-
-const Range = struct { begin: u64, end: u64 };
-
-/// The counters of [begin, end) that fill whole pages of the file, as a range
-/// of counter indexes (empty when there is none).
-fn wholePages(segment: *const Segment, begin: u64, end: u64) Range {
-    assert(page_bytes % segment.stride == 0 and segment.counters_offset % segment.stride == 0);
-    const offset = segment.counters_offset;
-    const first = std.mem.alignForward(u64, offset + begin * segment.stride, page_bytes);
-    const last = std.mem.alignBackward(u64, offset + end * segment.stride, page_bytes);
-    if (first >= last) return .{ .begin = begin, .end = begin };
-    return .{ .begin = (first - offset) / segment.stride, .end = (last - offset) / segment.stride };
-}
-
-fn punchHole(segment: *const Segment, begin: u64, end: u64) bool {
-    assert(begin < end and end <= segment.capacity);
-    const offset = segment.counters_offset + begin * segment.stride;
-    const length = (end - begin) * segment.stride;
-    const flags = linux.FALLOC.FL_PUNCH_HOLE | linux.FALLOC.FL_KEEP_SIZE;
-    const rc = linux.fallocate(segment.fd, flags, @intCast(offset), @intCast(length));
-    return status.fromSyscall(rc) == status.ok;
-}
-
+/// Zeroes counters [begin, end) with stores, whole pages included: punching a
+/// hole would be cheaper, but it gives the pages back, another user can take
+/// them, and a process still counting through a view of the old size would
+/// then die of SIGBUS. Pages once reserved stay with the file.
 fn storeZeros(segment: *Segment, begin: u64, end: u64) void {
     assert(end <= segment.capacity);
     var index = begin;
@@ -846,28 +867,9 @@ test "validateOwner: a regular file of this user that nobody else can write" {
     var directory = mine;
     directory.regular = false;
     try testing.expectEqual(status.not_raindrops, validateOwner(directory, 1000));
-}
-
-test "wholePages: the counters that fill whole pages, none across the header" {
-    var segment: Segment = .{
-        .base = null,
-        .bytes = 1 << 20,
-        .capacity = 16383,
-        .counters_offset = 64,
-        .stride = 64,
-        .fd = -1,
-        .owner_uid = 0,
-        .mode = 0o600,
-    };
-    // Counter i sits at 64 + 64 * i: page 1 begins at counter 63.
-    try testing.expectEqual(Range{ .begin = 63, .end = 127 }, wholePages(&segment, 0, 127));
-    try testing.expectEqual(Range{ .begin = 63, .end = 127 }, wholePages(&segment, 63, 130));
-    try testing.expectEqual(Range{ .begin = 64, .end = 64 }, wholePages(&segment, 64, 126));
-    try testing.expectEqual(Range{ .begin = 5, .end = 5 }, wholePages(&segment, 5, 5));
-    try testing.expectEqual(Range{ .begin = 63, .end = 191 }, wholePages(&segment, 10, 200));
-    segment.stride = 128;
-    segment.counters_offset = 128;
-    try testing.expectEqual(Range{ .begin = 31, .end = 63 }, wholePages(&segment, 0, 63));
+    directory.mode = 0o777;
+    try testing.expectEqual(status.not_raindrops, validateOwner(directory, 1000));
+    try testing.expectEqual(status.foreign_owner, validateOwner(directory, 65534));
 }
 
 test "anonymous segment: grow keeps values, shrink and regrow start counters at 0" {
@@ -899,6 +901,26 @@ test "anonymous segment: grow keeps values, shrink and regrow start counters at 
     try testing.expectEqual(@as(u64, 0), counters.load(segment.counter(2)));
     try testing.expect(resize(&segment, 0, false) < 0);
     try testing.expect(resize(&segment, counters_max + 1, false) < 0);
+}
+
+/// Bytes of memory the file holds (statx blocks are 512 bytes).
+fn allocatedBytes(fd: i32) !u64 {
+    var buffer: linux.Statx = undefined;
+    const rc = linux.statx(fd, "", linux.AT.EMPTY_PATH, .{ .BLOCKS = true }, &buffer);
+    try testing.expectEqual(status.ok, status.fromSyscall(rc));
+    return buffer.blocks * 512;
+}
+
+test "a shrink gives no page back: another user could take it from a stale view" {
+    var segment: Segment = undefined;
+    try testing.expectEqual(status.ok, createAnonymous(1000, &segment));
+    defer release(&segment);
+    const reserved = try allocatedBytes(segment.fd);
+    try testing.expect(reserved >= layoutBytes(segment.stride, 1000));
+    _ = counters.add(segment.counter(999), 3);
+    try testing.expectEqual(status.ok, resize(&segment, 1, false));
+    try testing.expectEqual(reserved, try allocatedBytes(segment.fd));
+    try testing.expectEqual(@as(u64, 0), counters.load(segment.counter(999)));
 }
 
 test "resize with grow_only never shrinks" {
@@ -1008,6 +1030,9 @@ test "named segment: invalid names, modes and a file that is not a segment" {
     try testing.expect(openNamed("/ok", 1, 0o7777, true, &segment) < 0);
     try testing.expect(openNamed("/ok", 1, 0o666, true, &segment) < 0);
     try testing.expect(openNamed("/ok", 1, 0o620, true, &segment) < 0);
+    for ([_]u32{ 0o400, 0o200, 0o100, 0, 0o444, 0o500 }) |mode| {
+        try testing.expect(status.isErrno(openNamed("/ok", 1, mode, true, &segment), .INVAL));
+    }
     var name_buffer: [64]u8 = undefined;
     const name = try std.fmt.bufPrint(&name_buffer, "/raindrops-zighostile-{d}", .{linux.getpid()});
     var path_buffer: PathBuffer = undefined;
@@ -1021,4 +1046,27 @@ test "named segment: invalid names, modes and a file that is not a segment" {
     try testing.expectEqual(status.writable_by_others, openNamed(name, 1, 0o600, true, &segment));
     try testing.expectEqual(@as(u32, 0o666), segment.mode);
     _ = linux.close(fd);
+}
+
+test "named segment: a name that is not a regular file is not a segment, and never blocks" {
+    var name_buffer: [64]u8 = undefined;
+    const name = try std.fmt.bufPrint(&name_buffer, "/raindrops-zigkinds-{d}", .{linux.getpid()});
+    var path_buffer: PathBuffer = undefined;
+    const path = shmPath(name, &path_buffer);
+    _ = unlinkNamed(name);
+    const Kind = enum { fifo, directory, symlink };
+    for ([_]Kind{ .fifo, .directory, .symlink }) |kind| {
+        const rc = switch (kind) {
+            .fifo => linux.mknod(path, linux.S.IFIFO | 0o600, 0),
+            .directory => linux.mkdir(path, 0o700),
+            .symlink => linux.symlink("/dev/null", path),
+        };
+        try testing.expectEqual(status.ok, status.fromSyscall(rc));
+        var segment: Segment = undefined;
+        try testing.expectEqual(status.not_raindrops, openNamed(name, 0, 0, false, &segment));
+        try testing.expectEqual(status.not_raindrops, openNamed(name, 1, 0o600, true, &segment));
+        try testing.expectEqual(linux.geteuid(), segment.owner_uid);
+        const removed = if (kind == .directory) linux.rmdir(path) else linux.unlink(path);
+        try testing.expectEqual(status.ok, status.fromSyscall(removed));
+    }
 }

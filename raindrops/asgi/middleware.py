@@ -26,6 +26,7 @@ from raindrops.scoreboard import Scoreboard
 from raindrops.series import DEFAULT_BUCKETS
 from raindrops.wsgi import http
 from raindrops.wsgi.http import DEFAULT_ALLOW
+from raindrops.wsgi.middleware import no_totals
 from raindrops.wsgi.settings import middleware_settings
 
 Scope = MutableMapping[str, Any]
@@ -300,11 +301,15 @@ class Middleware:
         if refusal is not None:
             await answer.send(send, refusal)
             return
-        totals = self._counts.totals(self._server(), self._capacity)
-        websockets = self._websockets.totals(self._server(), _unknown_capacity)
-        notices = (self._counts.found.notice(), self._websockets.found.notice())
-        reasons = tuple(dict.fromkeys(notices[0].reasons + notices[1].reasons))
-        headers = notices[0].headers or notices[1].headers
+        server = self._server()
+        totals, notice = self._counts.found.report(
+            lambda: self._counts.totals(server, self._capacity), no_totals
+        )
+        websockets, websockets_notice = self._websockets.found.report(
+            lambda: self._websockets.totals(server, _unknown_capacity), no_totals
+        )
+        reasons = tuple(dict.fromkeys(notice.reasons + websockets_notice.reasons))
+        headers = notice.headers or websockets_notice.headers
         requests = exposition.MiddlewareReport(totals, self._listeners.read(), reasons)
         report = Report(requests, websockets.calling + websockets.writing)
         body = http.serve(answer, environ["REQUEST_METHOD"], form, with_metrics(report), headers)

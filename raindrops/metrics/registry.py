@@ -12,10 +12,10 @@ logged once.
 from __future__ import annotations
 
 import logging
-import threading
 from typing import NamedTuple, Protocol
 
 from raindrops import exposition
+from raindrops._process import ProcessLock
 from raindrops.metrics import render
 from raindrops.metrics.render import Family, Sample
 from raindrops.slots import owner_alive
@@ -77,12 +77,12 @@ class Registry:
     def __init__(self) -> None:
         self._metrics: dict[str, Collectable] = {}
         self._owners: dict[str, str] = {}
-        self._lock = threading.Lock()
+        self._lock = ProcessLock()
         self._failed: dict[str, str] = {}
 
     def register(self, metric: Collectable) -> None:
         names = metric.sample_names()
-        with self._lock:
+        with self._lock.here():
             taken = sorted(name for name in names if name in self._owners)
             if taken:
                 owner = self._owners[taken[0]]
@@ -95,7 +95,7 @@ class Registry:
                 self._owners[name] = metric.name
 
     def unregister(self, metric: Collectable) -> None:
-        with self._lock:
+        with self._lock.here():
             if self._metrics.get(metric.name) is not metric:
                 raise KeyError(f"{metric.name!r} is not in this registry")
             del self._metrics[metric.name]
@@ -103,7 +103,7 @@ class Registry:
                 self._owners.pop(name, None)
 
     def metrics(self) -> list[Collectable]:
-        with self._lock:
+        with self._lock.here():
             return list(self._metrics.values())
 
     def describe(self) -> list[Family]:

@@ -7,7 +7,7 @@ Endpoints (relative links, so the app can be mounted under a prefix):
                                  histogram with raindrops' X-* headers
   GET /tail/ADDR.txt?active_min=N&queued_min=M
                                  one line per sample passing the filters, until the client leaves
-                                 or tail_seconds_max; 503 beyond tail_streams_max per process
+                                 or tail_seconds_max; 503 beyond the streams a process may run
   POST /reset/ADDR               forget ADDR's statistics and peaks, 302 back; only from a page of
                                  the same origin (Origin, else Referer), else 403
   (the mount point without its slash)
@@ -32,6 +32,7 @@ import json
 import math
 import select
 import socket
+import sys
 import threading
 import time
 import weakref
@@ -39,14 +40,15 @@ import wsgiref.util
 from collections.abc import Generator, Iterable, Iterator, Sequence
 from datetime import datetime, timezone
 from email.utils import formatdate
+from types import FrameType
 from typing import Any, NamedTuple
 from urllib.parse import parse_qs, urlsplit
 
-from raindrops import exposition, linux, segments
+from raindrops import _process, capacity, exposition, linux, segments
 from raindrops._process import PerProcess
 from raindrops.linux import ListenStats
 from raindrops.watcher import pages, shared
-from raindrops.watcher.sampler import KINDS, View, _Sampler
+from raindrops.watcher.sampler import KINDS, LOG, View, _Sampler
 from raindrops.wsgi import http
 from raindrops.wsgi.http import DEFAULT_ALLOW, Environ, StartResponse
 
@@ -59,7 +61,8 @@ TAIL_SECONDS_MAX = 300.0
 """How long a /tail stream runs at most by default: then it ends, and the client asks again."""
 TAIL_SECONDS_LIMIT = 86_400.0
 TAIL_STREAMS_THREADED = 1
-"""/tail streams per process by default when the server runs threads: the others serve the app."""
+"""/tail streams per process by default when the server runs threads but does not say how many:
+the others serve the app. Where it says (raindrops.capacity), (capacity - 1) // 2."""
 TAIL_STREAMS_LIMIT = 1024
 _CLIENT_CHECK = 0.25  # seconds between checks that a /tail client is still there
 _RESET_WAIT_MAX = 10.0
@@ -247,22 +250,25 @@ def _tail_lines(
     `end_monotonic`, or when the Watcher is closed.
     """
     width = min(len(address), _TAIL_ADDRESS_WIDTH_MAX)
-    seen = sampler.state().sequence
-    while not sampler.stopped:
-        left = end_monotonic - time.monotonic()
-        if left <= 0:
-            return
-        fresh = sampler.wait_next(seen, min(sampler.delay, _CLIENT_CHECK, left))
-        if client is not None and _client_gone(client):
-            return
-        if not fresh:
-            continue
-        state = sampler.state()
-        seen, taken, stat = state.sequence, state.taken, state.latest.get(address)
-        if stat is not None and stat.active >= active_min and stat.queued >= queued_min:
-            stamp = isodate(taken)
-            line = exposition.tail_line(stamp, address, stat.active, stat.queued, width)
-            yield line.encode("utf-8")
+    try:
+        seen = sampler.state().sequence
+        while not sampler.stopped:
+            left = end_monotonic - time.monotonic()
+            if left <= 0:
+                return
+            fresh = sampler.wait_next(seen, min(sampler.delay, _CLIENT_CHECK, left))
+            if client is not None and _client_gone(client):
+                return
+            if not fresh:
+                continue
+            state = sampler.state()
+            seen, taken, stat = state.sequence, state.taken, state.latest.get(address)
+            if stat is not None and stat.active >= active_min and stat.queued >= queued_min:
+                stamp = isodate(taken)
+                line = exposition.tail_line(stamp, address, stat.active, stat.queued, width)
+                yield line.encode("utf-8")
+    except segments.SEGMENT_ERRORS:
+        return  # the segment went bad (logged by the sampler): the next request falls back
 
 
 class _TailSlots:
@@ -378,6 +384,31 @@ def _abandon(sampler: PerProcess[_Sampler]) -> None:
         running.abandon()
 
 
+def _greenlets() -> bool:
+    """Whether a greenlet library is loaded. There the sampler starts at the first request: a
+    thread started earlier (gunicorn's gevent worker patches threading after fork) would be a
+    real one, whose locks block every greenlet of the worker."""
+    return "gevent" in sys.modules or "eventlet" in sys.modules
+
+
+def _built_in_a_worker(frame: FrameType | None) -> bool:
+    """Whether a Watcher is being built in a worker of a prefork server, after fork (gunicorn
+    without --preload, uWSGI --lazy-apps), as the server tells: the gunicorn worker among the
+    calling frames (raindrops.capacity), uWSGI's worker number. A master building it before
+    fork is no worker: it never samples, its workers start as they are forked."""
+    uwsgi = sys.modules.get("uwsgi")
+    if uwsgi is not None:
+        return int(uwsgi.worker_id()) > 0
+    return capacity.of_this_worker(frame) != capacity.UNKNOWN
+
+
+class _Fallback(NamedTuple):
+    """A process's own board after the server's segment went bad under it, and why."""
+
+    board: shared.Board
+    notice: segments.Notice
+
+
 class Watcher:
     """A WSGI application: live dashboard and raindrops' per-listener endpoints.
 
@@ -389,16 +420,24 @@ class Watcher:
     use it, as for every raindrops endpoint (loopback by default).
 
     A /tail stream holds its server thread: each process runs at most
-    `tail_streams_max` of them (503 with Retry-After beyond), by default none
-    when the server runs one thread per worker (wsgi.multithread false: the
-    stream would hold the whole worker) and TAIL_STREAMS_THREADED otherwise,
-    and each ends after `tail_seconds_max`.
+    `tail_streams_max` of them (503 with Retry-After beyond), and each ends
+    after `tail_seconds_max`. By default most of a worker's threads stay with
+    the application: (capacity - 1) // 2 streams where the server tells its
+    capacity (raindrops.capacity: gunicorn --threads, uWSGI cores), so none
+    for one or two threads; elsewhere TAIL_STREAMS_THREADED when the server
+    runs threads and none when it does not (wsgi.multithread).
 
     Every worker of a server answers the same samples, peaks and resets: they
     live in shared memory found as the middleware's is (raindrops.segments:
     inherited when the Watcher is built before fork, named after the master
     otherwise), and one process at a time samples the kernel, holding a lease
     that another worker takes over when it dies (raindrops.watcher.shared).
+    Every worker watches the lease from its start, not from its first request
+    (a forked child of a process holding a Watcher, or a worker that builds its
+    own, as the server tells; under gevent and eventlet, from its first
+    request). A segment that goes bad under a process (a buggy process of the
+    same user wrote its header) leaves that process sampling alone in private
+    memory, saying so on every answer (X-Raindrops-Degraded).
     """
 
     def __init__(
@@ -421,19 +460,24 @@ class Watcher:
         )
         self._tails: PerProcess[_TailSlots] = PerProcess()
         self._listeners = _watched(listeners)
+        self._layout = shared.Layout.of(self._listeners, self.history)
         self._boards = segments.ServerWide(
-            shared.board_maker(shared.Layout.of(self._listeners, self.history)),
+            shared.board_maker(self._layout),
             given=None,
             name=None,
             kind=shared.KIND,
             path=_segment_path(self._listeners, self.delay, self.history),
         )
+        self._fallback: PerProcess[_Fallback] = PerProcess()
         self.hostname = socket.gethostname()
         self._sampler: PerProcess[_Sampler] = PerProcess()
         # A Watcher dropped without close() ends its thread, which closes its socket. The
         # finalizer holds the sampler's holder, never the Watcher, and the thread holds only
         # the sampler: nothing keeps a dropped Watcher alive.
         weakref.finalize(self, _abandon, self._sampler)
+        _STARTED_IN_CHILDREN.add(self)
+        if not _greenlets() and _built_in_a_worker(sys._getframe(1)):
+            self._start_early({"wsgi.multiprocess": True}, look_now=True)
 
     # The sampler.
 
@@ -443,22 +487,75 @@ class Watcher:
         tells whether there are several; without one, the Watcher's own segment)."""
         return self._sampler.get(lambda: self._start_sampler(environ or {}))
 
-    def _start_sampler(self, environ: Environ) -> _Sampler:
-        board = self._boards.get(environ)
+    def _start_sampler(self, environ: Environ, *, look_now: bool = True) -> _Sampler:
+        fallback = self._fallback.current()
+        board = self._boards.get(environ) if fallback is None else fallback.board
         listeners = linux.ListenerSet(self._listeners)
         sampler = _Sampler(board, listeners, self.delay, self.history)
-        sampler.start()
+        sampler.start(look_now=look_now)
+        _STARTED_IN_CHILDREN.add(self)
         return sampler
+
+    def _start_early(self, environ: Environ, *, look_now: bool) -> None:
+        """Starts this process's sampler before any request, so that it watches the lease from
+        now on; never raises (observability never breaks the app): the first request tries
+        again."""
+        try:
+            self._sampler.get(lambda: self._start_sampler(environ, look_now=look_now))
+        except Exception as error:  # noqa: BLE001 - logged, and retried by the first request
+            LOG.warning(
+                "raindrops.Watcher could not start sampling in process %d (%s: %s); "
+                "its first request starts it",
+                _process.PROCESS.pid,
+                type(error).__name__,
+                error,
+            )
 
     def start(self) -> None:
         """Starts sampling now rather than at the first request (a server of its own does this)."""
         self._running()
 
     def close(self) -> None:
-        """Stops the sampler thread and ends the /tail streams; a later request starts it again."""
+        """Stops the sampler thread and ends the /tail streams; a later request starts it again
+        (a child forked meanwhile does not start it)."""
+        _STARTED_IN_CHILDREN.discard(self)
         sampler = self._sampler.take()
         if sampler is not None:
             sampler.stop()
+
+    def _fall_back(self, error: BaseException) -> bool:
+        """After `error` from a request's work: when this process's board itself is broken (a
+        same-uid process wrote its header after attach), this process samples alone from now
+        on, in private memory, and its answers say so; False when the board is sound (the
+        error is not the segment's) or is that private memory already."""
+        sampler = self._sampler.current()
+        if sampler is None or self._fallback.current() is not None:
+            return False
+        try:
+            len(sampler.board.counters)
+        except segments.SEGMENT_ERRORS:
+            pass
+        else:
+            return False
+        self._fallback.get(lambda: self._private(error))
+        if self._sampler.current() is sampler:  # not replaced by another request meanwhile
+            broken = self._sampler.take()
+            if broken is not None:
+                broken.stop()
+        return True
+
+    def _private(self, error: BaseException) -> _Fallback:
+        reason = segments.degraded_reason(error)
+        LOG.warning(
+            "raindrops.Watcher: its shared memory went bad under process %d (%s: %s); this "
+            "process samples alone from now on (%s)",
+            _process.PROCESS.pid,
+            type(error).__name__,
+            error,
+            reason,
+        )
+        notice = segments.Notice((reason,), [(segments.DEGRADED_HEADER, reason)])
+        return _Fallback(shared.Board(self._layout), notice)
 
     def __enter__(self) -> Watcher:
         return self
@@ -501,7 +598,24 @@ class Watcher:
             return _redirect(start_response, method, _slash_url(environ))
         if route.name == "reset" and not http.same_origin(environ):
             return http.reply(start_response, method, "403 Forbidden", "text/plain", _CROSS_SITE)
+        server_frame = sys._getframe(1)  # the server's, where raindrops.capacity looks
+        try:
+            return self._answer(route, environ, start_response, method, server_frame)
+        except segments.SEGMENT_ERRORS as error:
+            if not self._fall_back(error):
+                raise
+        return self._answer(route, environ, start_response, method, server_frame)
+
+    def _answer(
+        self,
+        route: _Route,
+        environ: Environ,
+        start_response: StartResponse,
+        method: str,
+        server_frame: FrameType | None,
+    ) -> Any:
         sampler = self._running(environ)
+        sampler.claim_orphaned()
         if route.name == "index":
             return self._index(sampler, start_response, method)
         if route.name == "series":
@@ -509,16 +623,21 @@ class Watcher:
         if route.name == "reset":
             return self._reset(sampler, route.address, environ, start_response, method)
         if route.name == "tail":
-            return self._tail(sampler, route.address, environ, start_response, method)
+            return self._tail(sampler, route.address, environ, start_response, server_frame)
         return self._stats(sampler, route, start_response, method)
 
     def _expires(self, sampler: _Sampler) -> str:
         return httpdate(sampler.state().taken + self.delay)
 
+    def _notice(self) -> segments.Notice:
+        """Why this process's answers are its own samples, not the server's: it could not use
+        its server's segment, or that segment went bad under it."""
+        fallback = self._fallback.current()
+        return self._boards.notice() if fallback is None else fallback.notice
+
     def _degraded(self) -> list[tuple[str, str]]:
-        """X-Raindrops-Degraded when this process could not use its server's segment: its
-        answers are its own samples, not the server's."""
-        return self._boards.notice().headers
+        """X-Raindrops-Degraded when this process answers from its own samples."""
+        return self._notice().headers
 
     def _index(self, sampler: _Sampler, start_response: StartResponse, method: str) -> list[bytes]:
         state = sampler.state()
@@ -554,7 +673,7 @@ class Watcher:
             "points": sampler.points(state, since),
             "sampler": state.sampler,
             "left_out": state.left_out,
-            "degraded": list(self._boards.notice().reasons),
+            "degraded": list(self._notice().reasons),
         }
         data = json.dumps(body, separators=(",", ":")).encode()
         extra = [("Cache-Control", "no-store"), *self._degraded()]
@@ -604,8 +723,9 @@ class Watcher:
         address: str,
         environ: Environ,
         start_response: StartResponse,
-        method: str,
+        server_frame: FrameType | None,
     ) -> Any:
+        method = environ.get("REQUEST_METHOD", "GET")
         if address not in sampler.state().slots:
             return http.plain(start_response, method, "404 Not Found")
         query = parse_qs(environ.get("QUERY_STRING", ""))
@@ -614,16 +734,16 @@ class Watcher:
             queued_min = _non_negative(query, "queued_min")
         except ValueError:
             return http.plain(start_response, method, "400 Bad Request")
-        limit = self._tail_limit(environ)
+        limit, why = self._tail_limit(environ, server_frame)
         slots = self._tails.get(_TailSlots)
         if method == "HEAD":
             if len(slots) >= limit:
-                return self._tails_busy(slots, limit, start_response, method)
+                return self._tails_busy(slots, why, start_response, method)
             start_response("200 OK", list(_TAIL_HEADERS))
             return []
         end = slots.take(limit, self.tail_seconds_max)
         if end is None:
-            return self._tails_busy(slots, limit, start_response, method)
+            return self._tails_busy(slots, why, start_response, method)
         try:
             start_response("200 OK", list(_TAIL_HEADERS))
         except BaseException:
@@ -633,33 +753,64 @@ class Watcher:
         lines = _tail_lines(sampler, address, active_min, queued_min, client, end)
         return _TailBody(lines, slots, end)
 
-    def _tail_limit(self, environ: Environ) -> int:
-        """How many /tail streams this process may run: tail_streams_max when given, else none
-        where the server runs one thread per worker (a stream would hold the whole worker)."""
-        if self.tail_streams_max is not None:
-            return self.tail_streams_max
-        return TAIL_STREAMS_THREADED if environ.get("wsgi.multithread", True) else 0
-
-    def _tails_busy(
-        self, slots: _TailSlots, limit: int, start_response: StartResponse, method: str
-    ) -> list[bytes]:
-        """503: this process streams all the /tail responses it may; says when to ask again."""
-        if limit == 0:
-            reason = (
+    def _tail_limit(self, environ: Environ, server_frame: FrameType | None) -> tuple[int, str]:
+        """How many /tail streams this process may run, and why no more (for the 503):
+        tail_streams_max when given; else (capacity - 1) // 2 where the server tells how many
+        requests a worker serves at once (a stream holds one of them: most stay with the
+        application); else one with threads and none without (a stream would hold a whole
+        worker)."""
+        given = self.tail_streams_max
+        if given is not None:
+            return given, f"at most {_streams(given)} per process run at once (tail_streams_max)"
+        held = capacity.of_this_worker(server_frame)
+        if held != capacity.UNKNOWN:
+            limit = min((held - 1) // 2, TAIL_STREAMS_LIMIT)
+            plural = "" if held == 1 else "s"
+            return limit, (
+                f"this worker serves {held} request{plural} at once and keeps most of them for "
+                f"the application: at most {_streams(limit)} at once; "
+                "Watcher(tail_streams_max=N) allows N"
+            )
+        if not environ.get("wsgi.multithread", True):
+            return 0, (
                 "this server runs one thread per worker (wsgi.multithread is false), so a /tail "
                 "stream would hold a whole worker; Watcher(tail_streams_max=N) allows N"
             )
-        else:
-            plural = "" if limit == 1 else "s"
-            reason = (
-                f"at most {limit} /tail stream{plural} per process run at once, so that the "
-                "other threads serve the application; see Watcher(tail_streams_max=N)"
-            )
+        return TAIL_STREAMS_THREADED, (
+            f"at most {_streams(TAIL_STREAMS_THREADED)} per process run at once, so that the "
+            "other threads serve the application; see Watcher(tail_streams_max=N)"
+        )
+
+    def _tails_busy(
+        self, slots: _TailSlots, reason: str, start_response: StartResponse, method: str
+    ) -> list[bytes]:
+        """503: this process streams all the /tail responses it may; says when to ask again."""
         body = f"503 Service Unavailable: {reason}\n".encode()
         retry = [("Retry-After", str(slots.retry_after(self.tail_seconds_max)))]
         return http.reply(
             start_response, method, "503 Service Unavailable", "text/plain", body, retry
         )
+
+
+def _streams(count: int) -> str:
+    return f"{count} /tail stream{'' if count == 1 else 's'}"
+
+
+_STARTED_IN_CHILDREN: weakref.WeakSet[Watcher] = weakref.WeakSet()
+"""The Watchers (not closed) whose sampler a forked child starts at once."""
+
+
+def _start_in_child() -> None:
+    """In a forked child (a worker of a preloaded server): each Watcher it inherited starts its
+    sampler now, so that this worker takes over sampling when the sampler dies even if it never
+    serves the Watcher. The thread looks at the lease after half an interval: no I/O here."""
+    if _greenlets():
+        return
+    for watcher in list(_STARTED_IN_CHILDREN):
+        watcher._start_early({}, look_now=False)
+
+
+_process.at_fork_in_child(_start_in_child)
 
 
 __all__ = ["DELAY", "HISTORY", "View", "Watcher"]

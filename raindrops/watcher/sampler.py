@@ -1,7 +1,8 @@
 """The sampler thread of each process, and what the endpoints read through it.
 
-Every process that serves the Watcher runs one light thread (the Watcher
-holds it as a PerProcess value). Each interval the thread of the process
+Every process of a server runs one light thread per Watcher (the Watcher
+holds it as a PerProcess value and starts it in each worker before any
+request: raindrops.watcher.app). Each interval the thread of the process
 holding the board's lease (raindrops.watcher.shared) reads `active` and
 `queued` of the watched listeners through its own linux.ListenerSet and
 writes the sample into the board; the threads of the other processes only
@@ -12,7 +13,9 @@ samples. A process that loses the lease closes its netlink socket and waits.
 
 Request threads read the board's state (cached per process until the next
 sample) and wait for new samples by polling the board's sequence, woken at
-once in the sampling process.
+once in the sampling process. A request that finds the lease free, or its
+holder gone and its sample overdue, takes the lease itself (claim_orphaned),
+so that its answer is fresh and names a live sampler.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import logging
+import math
 import threading
 import time
 import weakref
@@ -39,6 +43,19 @@ _EXIT_JOIN_TIMEOUT = 2.0
 _BOARD_ERRORS = (*segments.SEGMENT_ERRORS, IndexError)
 
 LOG = logging.getLogger("raindrops.watcher")
+THREAD_NAME = "raindrops-watch"
+"""The sampler thread's name, also the kernel's (`top -H`, `ps -L`, /proc/PID/task/TID/comm)."""
+
+
+def _name_this_thread(name: str) -> None:
+    """Gives the calling thread its kernel name, so that tools (and the load test, which spares
+    no worker whose request threads are busy) tell it from the server's threads. Best effort:
+    a kernel without /proc/thread-self keeps the process's name."""
+    try:
+        with open("/proc/thread-self/comm", "w", encoding="ascii") as comm:
+            comm.write(name[:15])
+    except OSError:
+        pass
 
 
 def read_watched(listeners: linux.ListenerSet) -> dict[str, ListenStats]:
@@ -73,20 +90,24 @@ class _Sampler:
         self._slots: dict[str, int] | None = None  # the listener table, loaded when sampling
         self._seen = (0, 0)  # (holder, heartbeat) at the last look
         self._seen_at = time.monotonic()
+        self._sampled_at = -math.inf  # monotonic time of this process's last sample (or try)
         self._stuck = 0
         self._stale_s = STALE_INTERVALS * delay + STALE_GRACE_S
         self._poll_s = min(max(delay / 4, 0.001), _POLL_MAX_S)
         self._state = EMPTY
         self._stop = threading.Event()
+        self._ticking = threading.Lock()  # the thread and a request claiming the lease
         self._thread: threading.Thread | None = None
         self._last_error = ""
         self._left_out_logged = 0
 
-    def start(self) -> None:
-        """Looks at the lease now (and samples now if it is free, so the first request of a
-        server has data), then starts the thread."""
-        self._tick()
-        self._thread = threading.Thread(target=self._run, name="raindrops-watcher", daemon=True)
+    def start(self, *, look_now: bool = True) -> None:
+        """Starts the thread; with `look_now`, looks at the lease first (and samples now if it
+        is free, so the first request of a server has data). A forked child's fork hook starts
+        without looking: no I/O there (the child may be about to exec)."""
+        if look_now:
+            self._tick()
+        self._thread = threading.Thread(target=self._run, name=THREAD_NAME, daemon=True)
         _RUNNING.add(self)
         self._thread.start()
 
@@ -95,8 +116,9 @@ class _Sampler:
 
         The holder samples once per interval; the others look at the lease twice per interval,
         so that a dead holder's silence is seen within one interval of its last heartbeat."""
+        _name_this_thread(THREAD_NAME)
         try:
-            while not self._stop.wait(self.delay if self._holding else self.delay / 2):
+            while not self._stop.wait(self._next_look_s()):
                 self._tick()
         finally:
             self._resign()
@@ -104,16 +126,36 @@ class _Sampler:
             with self.changed:
                 self.changed.notify_all()
 
+    def _next_look_s(self) -> float:
+        """The holder samples an interval after its last sample, whether its thread or a request
+        that took the lease took that one; the others look twice per interval."""
+        if not self._holding:
+            return self.delay / 2
+        return max(0.0, self._sampled_at + self.delay - time.monotonic())
+
     def _tick(self) -> None:
-        """Samples if this process holds the lease or may take it; errors are logged and the
-        next interval tries again."""
-        try:
-            if self._lease():
-                self.board.beat()
-                self.sample()
-        except _BOARD_ERRORS as error:
-            self._slots = None  # a sample may have stopped half-way: reload the table
-            self._log_error("use the Watcher's shared memory", error)
+        """Samples if this process holds the lease or may take it, and did not sample within
+        the last half interval (a request took the lease and sampled while the thread waited);
+        errors are logged and the next interval tries again."""
+        with self._ticking:
+            try:
+                if self._lease() and time.monotonic() - self._sampled_at >= self.delay / 2:
+                    self._sampled_at = time.monotonic()
+                    self.board.beat()
+                    self.sample()
+            except _BOARD_ERRORS as error:
+                self._slots = None  # a sample may have stopped half-way: reload the table
+                self._log_error("use the Watcher's shared memory", error)
+
+    def claim_orphaned(self) -> None:
+        """A request's look at the lease (two words): free, or held by a process that missed
+        its sample and is gone, it is taken now rather than at the thread's next look, so that
+        this answer is fresh and names a live sampler."""
+        holder, _ = self.board.lease()
+        if holder == self._token or self._stop.is_set():
+            return
+        if holder == 0 or self._overdue():
+            self._tick()
 
     # The lease.
 
@@ -157,13 +199,17 @@ class _Sampler:
         return True
 
     def _abandoned(self, holder: int, beat: int) -> bool:
-        """The holder's heartbeat did not move since the last look, and it is gone or has been
-        silent for too long."""
+        """The holder is gone or has been silent for too long: its heartbeat did not move since
+        the last look, or (at a first look, as a request's) its latest sample is overdue."""
         now = time.monotonic()
         if (holder, beat) != self._seen:
             self._seen, self._seen_at = (holder, beat), now
-            return False
+            return self._overdue() and shared.holder_gone(holder)
         return shared.holder_gone(holder) or now - self._seen_at > self._stale_s
+
+    def _overdue(self) -> bool:
+        """No sample for more than an interval: its holder missed one (or none was taken)."""
+        return time.time() - self.board.taken() > self.delay
 
     def _took(self) -> None:
         self._holding = True

@@ -24,9 +24,10 @@ Layout, in counters of the segment (64-bit, each on its own cache line):
 The lease names the sampling process in one word, its start time (clock
 ticks) << 22 | its pid, taken with compare-and-swap: a pid alone may be
 reused. Its holder adds 1 to the heartbeat every interval. Another process
-takes the lease over when the holder is gone (an unchanged heartbeat and a
-pid that /proc shows dead or reused) or stuck (no heartbeat for several
-intervals); a holder that finds the lease taken stops sampling.
+takes the lease over when the holder is gone (an unchanged heartbeat, or a
+latest sample older than an interval, and a pid that /proc shows dead or
+reused) or stuck (no heartbeat for several intervals); a holder that finds
+the lease taken stops sampling.
 
 Samples are written inside a sequence lock: the holder makes the sequence
 odd with compare-and-swap (so two writers never interleave, even when a
@@ -52,7 +53,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import NamedTuple, TypeVar
 
-from raindrops import _native, _process, segments
+from raindrops import _native, _process, linux, segments
 from raindrops.counters import MAX, Raindrops
 from raindrops.histogram import HistogramSnapshot
 from raindrops.linux import ListenStats
@@ -255,7 +256,7 @@ def token_pid(token: int) -> int:
 def holder_gone(token: int) -> bool:
     """True when the lease's holder is certainly not running here: its pid is free, a zombie,
     or another process's (a start time that differs). A pid of another PID namespace may look
-    free: callers only ask when its heartbeat also stopped."""
+    free: callers only ask when its heartbeat also stopped, or its latest sample is overdue."""
     pid, start = token & _PID_MASK, token >> _PID_BITS
     if start and _process.proc_is_ours():
         now = _process.start_ticks(pid)
@@ -293,7 +294,7 @@ def _packed(stats: ListenStats) -> int:
 
 def _kept_first(name: str) -> tuple[bool, str]:
     """When listeners outnumber the slots, TCP ones are kept before unix ones."""
-    return name.startswith(("/", "@")), name
+    return linux.is_unix_name(name), name
 
 
 class Board:
@@ -359,6 +360,10 @@ class Board:
 
     def beat(self) -> None:
         self.counters.incr(_BEAT)
+
+    def taken(self) -> float:
+        """When the latest sample was taken (seconds since the epoch), 0.0 before the first."""
+        return _seconds(self.counters[_TAKEN_US])
 
     # The sequence lock.
 

@@ -143,8 +143,9 @@ class AccessRule:
     """Who may read an endpoint: `allow` (client networks, loopback by default), judged through
     the `trusted_proxies` (networks, or "unix" for a proxy on a unix socket).
 
-    - No forwarding header: the peer is the client. A unix socket peer is on this host and is
-      always allowed (the socket file's permissions say who may connect).
+    - No forwarding header: the peer is the client. A unix socket peer (an empty REMOTE_ADDR)
+      is on this host and is always allowed (the socket file's permissions say who may
+      connect). A request without REMOTE_ADDR names no peer: refused.
     - A forwarding header (Forwarded, X-Forwarded-For, X-Real-IP) from a peer that is not a
       trusted proxy: refused. A local proxy forwards for anyone, so its requests are not local.
     - From a trusted proxy: each header present is walked from the right past trusted proxies;
@@ -184,8 +185,12 @@ class AccessRule:
         return any(address in network for network in self.allow)
 
     def allows(self, environ: Environ) -> bool:
-        """Whether the client of this request may be answered."""
-        remote = environ.get("REMOTE_ADDR") or ""
+        """Whether the client of this request may be answered. A server that does not say who
+        the peer is (no REMOTE_ADDR at all) is refused: only an empty REMOTE_ADDR, which a
+        server sets for a unix socket peer, is one."""
+        remote = environ.get("REMOTE_ADDR")
+        if not isinstance(remote, str):
+            return False
         try:
             peer = parse_address(remote) if remote else None
             chains = forwarded_chains(environ)

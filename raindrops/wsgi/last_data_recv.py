@@ -96,8 +96,17 @@ class LastDataRecvStats:
     def snapshot(self) -> HistogramSnapshot:
         return self.histogram.snapshot()
 
+    def read(self) -> tuple[HistogramSnapshot, int]:
+        """The histogram and the requests not measured, for the endpoint."""
+        return self.histogram.snapshot(), self.skipped
+
     def close(self) -> None:
         self.counters.close()
+
+
+def _unreadable(_: LastDataRecvStats) -> tuple[HistogramSnapshot, int]:
+    """What the endpoint reports of a histogram it cannot read: no sample (the notice says why)."""
+    return HistogramSnapshot(0, 0, 0, None, None, (0,) * BUCKETS), 0
 
 
 class LastDataRecv:
@@ -149,9 +158,8 @@ class LastDataRecv:
         if refusal is not None:
             return refusal
         stats = self._histogram.get(environ)
-        snapshot = stats.snapshot()
-        degraded = self._histogram.notice()
-        report = exposition.LastDataRecvReport(snapshot, stats.skipped, degraded.reasons)
+        (snapshot, skipped), degraded = self._histogram.report(stats.read, _unreadable)
+        report = exposition.LastDataRecvReport(snapshot, skipped, degraded.reasons)
         headers = exposition.last_data_recv_headers(snapshot) if form == "text" else []
         return http.serve(
             start_response,

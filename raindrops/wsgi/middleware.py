@@ -9,7 +9,9 @@ memory that all workers of a preforking server find by themselves:
 - in a single-process server the segment is private to it.
 A worker that cannot use the server-wide segment (another user's, corrupt,
 no room in /dev/shm, every slot taken) serves on with a private scoreboard;
-its endpoint says so (raindrops.segments).
+its endpoint says so (raindrops.segments). An endpoint that cannot read the
+segment any more (its header overwritten after the attach) answers without
+its numbers, and says why.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ _leave_counting = scoreboard.leave_counting
 _fail = scoreboard.fail
 _clock_ns = time.perf_counter_ns
 _SERVER_ERROR = "500 Internal Server Error"
+_NOTHING_CACHED: dict[str | int, scoreboard.Series] = {}
 Route = Callable[[Environ], object]
 """The middleware's `route=`: names a request's route (a URL rule, not the path) from the
 environ after the application ran; None or anything but a short str is `other`."""
@@ -243,7 +246,9 @@ class Middleware:
             return request
         if route is None:
             method = environ.get("REQUEST_METHOD", "")
-            series = bound.by_status.get((method, status)) or bound.series(method, status)
+            series = bound.by_status.get(method, _NOTHING_CACHED).get(status) or bound.series(
+                method, status
+            )
         else:
             series = request._series_of(status)
         request._series = series
@@ -262,11 +267,19 @@ class Middleware:
         form, refusal = http.endpoint_request(environ, start_response, self._access)
         if refusal is not None:
             return refusal
-        totals = self._counts.totals(environ, self._capacity())
-        degraded = self._counts.found.notice()
+        capacity = self._capacity()
+        totals, degraded = self._counts.found.report(
+            lambda: self._counts.totals(environ, capacity), no_totals
+        )
         report = exposition.MiddlewareReport(totals, self._listeners.read(), degraded.reasons)
         method = environ.get("REQUEST_METHOD", "GET")
         return http.serve(start_response, method, form, with_metrics(report), degraded.headers)
 
 
-__all__ = ["Middleware", "NAME_PREFIX"]
+def no_totals(board: Scoreboard) -> scoreboard.Totals:
+    """What an endpoint reports of a scoreboard it cannot read: nothing counted, nobody known
+    (segments.ServerWide.report says why)."""
+    return scoreboard.Totals(0, 0, 0, 0, 0, 0, 0.0, (), board.series.buckets)
+
+
+__all__ = ["Middleware", "NAME_PREFIX", "no_totals"]
