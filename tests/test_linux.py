@@ -158,7 +158,9 @@ def test_queued_becomes_active_as_connections_are_accepted_and_closed(sockets: E
     assert linux.tcp_listener_stats(key)[key] == (2, 0)
 
 
-def test_reuseport_group_is_one_entry_with_summed_queue(sockets: ExitStack) -> None:
+def queued_reuseport_group(sockets: ExitStack) -> tuple[list[socket.socket], str]:
+    """Four SO_REUSEPORT listeners on one 127.0.0.1 port holding 12 unaccepted connections, and
+    the address's key, once the kernel reports them queued."""
     group = [listener(sockets, "127.0.0.1", reuse_port=True)]
     port = port_of(group[0])
     group += [listener(sockets, "127.0.0.1", port=port, reuse_port=True) for _ in range(3)]
@@ -166,6 +168,11 @@ def test_reuseport_group_is_one_entry_with_summed_queue(sockets: ExitStack) -> N
         connect(sockets, "127.0.0.1", port)
     key = f"127.0.0.1:{port}"
     settle(key, lambda stats: key in stats and stats[key].queued == 12)
+    return group, key
+
+
+def test_reuseport_group_is_one_entry_with_summed_queue(sockets: ExitStack) -> None:
+    group, key = queued_reuseport_group(sockets)
     accepted = 0
     for server in group:
         server.setblocking(False)
@@ -684,13 +691,7 @@ def test_a_v4_address_counts_a_v4_mapped_listener_and_its_connections(sockets: E
 
 def test_a_reuseport_group_is_read_over_netlink(sockets: ExitStack) -> None:
     """Each socket of an SO_REUSEPORT group has its own queue; the address's is their sum."""
-    group = [listener(sockets, "127.0.0.1", reuse_port=True)]
-    port = port_of(group[0])
-    group += [listener(sockets, "127.0.0.1", port=port, reuse_port=True) for _ in range(3)]
-    for _ in range(12):
-        connect(sockets, "127.0.0.1", port)
-    key = f"127.0.0.1:{port}"
-    settle(key, lambda stats: key in stats and stats[key].queued == 12)
+    group, key = queued_reuseport_group(sockets)
     assert sum(_native.tcp_listener(server.fileno()).queued for server in group) == 12
     assert own_queues(key) == {}, "no socket of the group answers for the address alone"
     assert own_paths([key]) == [{key: ListenStats(0, 12)}] * 2
