@@ -596,6 +596,8 @@ class Board(ctypes.Structure):
         ("errors", ctypes.c_void_p),
         ("exceptions", ctypes.c_void_p),
         ("busy_us", ctypes.c_void_p),
+        ("numbered", ctypes.c_void_p),
+        ("numbered_count", ctypes.c_uint64),
     ]
 
 
@@ -651,6 +653,66 @@ board_leave_counting = _without_argtypes("board_leave_counting")
 board_fail = _without_argtypes("board_fail")
 
 
+# The WSGI middleware's requests in flight (zig/requests.zig), each in a slot of this
+# process's table: enter answers the request's token (NO_SLOT when every slot is taken), the
+# other steps take it. Tokens are passed as Python ints and descriptors as prepared pointers,
+# without argtypes; None passes a null series.
+REQUESTS_MAX: int = _declare(_lib, "requests_max", _c.c_uint32, [])()
+TOKENS_MAX: int = _declare(_lib, "request_tokens_max", _c.c_uint32, [])()
+NO_SLOT = TOKENS_MAX
+SERIES_NUMBER_SHIFT = TOKENS_MAX.bit_length() - 1
+"""request_respond_numbered(token | (number + 1) << SERIES_NUMBER_SHIFT)."""
+request_enter = _declare(_fast, "request_enter", _c.c_int32, None)
+request_respond = _declare(_fast, "request_respond", None, None)
+request_respond_numbered = _declare(_fast, "request_respond_numbered", None, None)
+request_leave = _declare(_fast, "request_leave", None, None)
+request_fail = _declare(_fast, "request_fail", None, None)
+requests_reset = _declare(_fast, "requests_reset", None, [])
+_request_enter_step = _declare(_fast, "request_enter_step", _c.c_size_t, None)
+_request_leave_step = _declare(_lib, "request_leave_step", _c.c_size_t, [_c.c_uint32])
+_EnterStep = ctypes.PYFUNCTYPE(_c.c_int32)
+_LeaveStep = ctypes.PYFUNCTYPE(None)
+clock_ns = _declare(_fast, "clock_ns", _c.c_uint64, [])
+"""CLOCK_MONOTONIC in ns: the clock of the slots' durations."""
+_clock_vdso = _declare(_lib, "clock_vdso", _c.c_uint32, [])
+
+
+def clock_vdso() -> bool:
+    """Whether that clock is read without a system call (through the kernel's vDSO)."""
+    return bool(_clock_vdso())
+
+
+def request_enter_step(board: CounterPointer) -> Callable[[], int]:
+    """request_enter(board) as a call without arguments (a board slot's own function), or with
+    the argument when every board slot holds another board. The caller keeps the board alive
+    while it uses the step."""
+    address = _request_enter_step(board)
+    if address == 0:
+        return functools.partial(request_enter, board)
+    return _EnterStep(address)
+
+
+@functools.cache
+def request_leave_steps() -> tuple[Callable[[], None], ...]:
+    """Each token's argument-free leave(), by token: what the middleware gives the server as a
+    body's close()."""
+    return tuple(_LeaveStep(_request_leave_step(token)) for token in range(TOKENS_MAX))
+
+
+SeriesArray = ctypes.Array[Series]
+
+
+def series_array(count: int) -> SeriesArray:
+    """`count` empty Series descriptors in one C array, numbered by index (a Board's
+    `numbered`); an entry is prepared by storing a Series in it."""
+    return (Series * count)()
+
+
+def series_at(array: SeriesArray, number: int) -> CounterPointer:
+    """A prepared pointer to entry `number` of `array` once it holds a valid Series."""
+    return descriptor_pointer(array[number])
+
+
 U64Array = ctypes.Array[ctypes.c_uint64]
 F64Array = ctypes.Array[ctypes.c_double]
 
@@ -667,8 +729,9 @@ def f64_array(values: Sequence[float]) -> F64Array:
     return (ctypes.c_double * len(values))(*values)
 
 
-def address_of(array: U64Array | F64Array) -> int:
-    """Where an array made by u64_array() or f64_array() is, for a descriptor's field."""
+def address_of(array: U64Array | F64Array | SeriesArray) -> int:
+    """Where an array made by u64_array(), f64_array() or series_array() is, for a
+    descriptor's field."""
     return ctypes.addressof(array)
 
 

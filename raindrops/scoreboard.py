@@ -17,12 +17,18 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any, NamedTuple
 
 from raindrops import _native, segments
-from raindrops._process import PROCESS, PerProcess, start_ticks
+from raindrops._process import PROCESS, PerProcess, at_fork_in_child, start_ticks
 from raindrops.counters import Raindrops
 from raindrops.routes import COUNTERS as ROUTE_COUNTERS
 from raindrops.routes import RouteTable
 from raindrops.series import COUNTERS as SERIES_COUNTERS
-from raindrops.series import DEFAULT_BUCKETS, SeriesTable, SeriesTotals, checked_buckets
+from raindrops.series import (
+    DEFAULT_BUCKETS,
+    DESCRIPTORS_MAX,
+    SeriesTable,
+    SeriesTotals,
+    checked_buckets,
+)
 from raindrops.slots import ProcessSlots
 
 _log = logging.getLogger(__name__)
@@ -77,6 +83,26 @@ leave_counting = _duration_update(_native.board_leave_counting, _native.board_le
 duration observed."""
 fail = _duration_update(_native.board_fail, _native.board_fail_long)
 """The application raised: counted in `series` (a 500) and as an exception, calling - 1."""
+
+# The same steps for a request that holds a slot of this process's table of requests in flight
+# (zig/requests.zig), which keeps its board, series and start time natively: the middleware
+# passes the request's token, not the descriptors and a duration.
+NO_SLOT = _native.NO_SLOT
+request_enter: Callable[[Board], int] = _native.request_enter
+"""calling + 1, and a slot for the request: its token, or NO_SLOT when every slot is taken
+(then the steps above count the request). The caller keeps the board alive until leave."""
+request_respond: Callable[[int, Series | None], None] = _native.request_respond
+"""respond (series None) or respond_counted, for the request of that token."""
+request_leave: Callable[[int, Series | None], None] = _native.request_leave
+"""leave, or leave_counting in the given series if respond had none; the slot is freed. A
+second call, or a call with a token no longer in flight, changes nothing."""
+request_fail: Callable[[int, Series], None] = _native.request_fail
+"""fail, for the request of that token; the slot is freed."""
+request_respond_numbered: Callable[[int], None] = _native.request_respond_numbered
+"""request_respond with the series by number: token | Bound.numbered(method, status)."""
+request_leave_steps = _native.request_leave_steps
+"""request_leave(token, None) of each token as a call without arguments, by token."""
+at_fork_in_child(_native.requests_reset)  # a parent's requests in flight are not the child's
 
 
 class Totals(NamedTuple):
@@ -137,6 +163,8 @@ class Scoreboard:
             errors=counters.address(_ERRORS),
             exceptions=counters.address(_EXCEPTIONS),
             busy_us=counters.address(_BUSY_US),
+            numbered=_native.address_of(self.series.descriptors),
+            numbered_count=DESCRIPTORS_MAX,
         )
         # the pointer is valid while `board` lives
         return board, _native.descriptor_pointer(board), base
@@ -185,19 +213,47 @@ class Scoreboard:
         self.counters.close()
 
 
-class Bound(NamedTuple):
-    """What a middleware counts with in this process: its board and its series' pointers."""
+class Bound:
+    """What a middleware counts with in this process: its board, its series' pointers and
+    numbers, and its argument-free enter steps. A plain class with slots: hot paths read its
+    attributes, which costs less than a NamedTuple's."""
 
-    board: Board
-    series: Callable[[str, str | int], Series]
-    """(method, status line) -> the prepared pointer of its entry."""
-    routed: Callable[[object, str, str | int], Series]
-    """(route name, method, status line) -> the prepared pointer of its entry."""
-    by_status: dict[str, dict[str | int, Series]]
-    """What `series` has already answered (method -> status -> pointer), read by hot paths
-    without a call."""
-    enter: Callable[[], object]
-    """enter(board) without arguments (Scoreboard.enter_step)."""
+    __slots__ = (
+        "scoreboard",
+        "board",
+        "series",
+        "routed",
+        "by_status",
+        "enter",
+        "request_enter",
+        "numbered",
+        "numbered_by_status",
+    )
+
+    def __init__(self, scoreboard: Scoreboard, *, numbered: bool = True) -> None:
+        self.scoreboard = scoreboard
+        """Kept alive by each request that counts with this Bound: the native slot of a request
+        in flight points into its board and series descriptors."""
+        self.board: Board = scoreboard.board()
+        table = scoreboard.series
+        self.series: Callable[[str, str | int], Series] = table.pointer
+        """(method, status line) -> the prepared pointer of its entry."""
+        self.routed: Callable[[object, str, str | int], Series] = scoreboard.routed_series
+        """(route name, method, status line) -> the prepared pointer of its entry."""
+        self.by_status: dict[str, dict[str | int, Series]] = table.by_status
+        """What `series` has already answered (method -> status -> pointer), read by hot paths
+        without a call."""
+        self.enter: Callable[[], object] = scoreboard.enter_step()
+        """enter(board) without arguments (Scoreboard.enter_step)."""
+        self.request_enter: Callable[[], int] = _native.request_enter_step(self.board)
+        """request_enter(board), without arguments where a board slot was free."""
+        self.numbered: Callable[[str, str | int], int] = table.numbered
+        """(method, status line) -> its series' number for request_respond_numbered."""
+        self.numbered_by_status: dict[str, dict[str | int, int]] = (
+            table.numbered_by_status if numbered else {}
+        )
+        """What `numbered` has already answered (method -> status -> number), read by the WSGI
+        middleware's per-request path; always empty for a middleware that counts by route."""
 
 
 class ServerBoard:
@@ -215,7 +271,10 @@ class ServerBoard:
         given: Scoreboard | None = None,
         name: str | None = None,
         buckets: tuple[float, ...] = DEFAULT_BUCKETS,
+        routed: bool = False,
     ) -> None:
+        self.routed = routed
+        """Whether its requests are counted by route: then no series is reached by number."""
         self.found = segments.ServerWide(
             functools.partial(Scoreboard, buckets=buckets),
             given=given,
@@ -228,11 +287,16 @@ class ServerBoard:
 
     @classmethod
     def configured(
-        cls, path: str, given: Scoreboard | None, name: str | None, buckets: Iterable[float]
+        cls,
+        path: str,
+        given: Scoreboard | None,
+        name: str | None,
+        buckets: Iterable[float],
+        routed: bool,
     ) -> ServerBoard:
         """The middleware's own: `name`, else RAINDROPS_NAME, else found by itself."""
         name = name or os.environ.get("RAINDROPS_NAME") or None
-        return cls(path, given=given, name=name, buckets=checked_buckets(buckets))
+        return cls(path, given=given, name=name, buckets=checked_buckets(buckets), routed=routed)
 
     def totals(self, server: Mapping[str, Any], capacity: Callable[[], int]) -> Totals:
         """The server's totals, read by one of its workers: the reader claims its own slot (with
@@ -247,11 +311,9 @@ class ServerBoard:
 
     def _claim(self, server: Mapping[str, Any], capacity: Callable[[], int]) -> Bound:
         scoreboard = self.found.get(server)
-        board = scoreboard.board()
+        bound = Bound(scoreboard, numbered=not self.routed)
         scoreboard.declare_capacity(_capacity_or_unknown(capacity))
-        table = scoreboard.series
-        enter_step = scoreboard.enter_step()
-        return Bound(board, table.pointer, scoreboard.routed_series, table.by_status, enter_step)
+        return bound
 
 
 def _capacity_or_unknown(capacity: Callable[[], int]) -> int:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from raindrops import _native
 from raindrops.counters import Raindrops
@@ -34,6 +34,8 @@ ENTRIES_MAX = 256
 _KEY, _REQUESTS, _SUM_US, _FIRST_BUCKET = 0, 1, 2, 3
 ENTRY_FIELDS = _FIRST_BUCKET + BOUNDS_MAX + 1
 COUNTERS = ENTRIES_MAX * ENTRY_FIELDS
+DESCRIPTORS_MAX = ENTRIES_MAX * 2
+"""Native descriptors of a table: one per entry, and one more that also counts server errors."""
 _CODE_BITS = 10
 _ROUTE_SHIFT = 14  # above the code's 10 bits and the method's 4
 _METHOD_INDEX = {method: index for index, method in enumerate(METHODS)}
@@ -142,10 +144,14 @@ class SeriesTable:
         self.buckets = buckets
         self._errors_index = errors_index
         self._bounds_us = _native.u64_array([_microseconds(bound) for bound in buckets])
-        self._prepared: dict[int, tuple[_native.Series, _native.CounterPointer]] = {}
+        self.descriptors = _native.series_array(DESCRIPTORS_MAX)
+        """The prepared descriptors by number (_numbered), for a Board's `numbered`."""
+        self._prepared: dict[int, tuple[int, _native.CounterPointer]] = {}
         self.by_status: dict[str, dict[str | int, _native.CounterPointer]] = {}
         """method -> status -> what pointer() answered: two lookups of interned strings, cheaper
         on the hot path than one of a (method, status) tuple made per request."""
+        self.numbered_by_status: dict[str, dict[str | int, int]] = {}
+        """method -> status -> what numbered() answered, for the same hot paths."""
         self._cached = 0
 
     def pointer(
@@ -154,37 +160,58 @@ class SeriesTable:
         """A prepared pointer to the native descriptor of (method, status) in this process; with
         a route index (raindrops.routes), of (route, method, status)."""
         if route != OTHER_ROUTE:
-            return self._prepared_pointer(key_of(method, status, route))
+            return self._prepared_of(key_of(method, status, route))[1]
         pointer = self.by_status.get(method, _NOTHING_CACHED).get(status)
         if pointer is not None:
             return pointer
-        pointer = self._prepared_pointer(key_of(method, status))
-        if self._cached < _STATUS_LINES_MAX:  # methods and status lines come from outside
-            self.by_status.setdefault(method, {})[status] = pointer
-            self._cached += 1
+        pointer = self._prepared_of(key_of(method, status))[1]
+        self._cache(self.by_status, method, status, pointer)
         return pointer
 
-    def _prepared_pointer(self, key: int) -> _native.CounterPointer:
+    def numbered(self, method: str, status: str | int) -> int:
+        """The number of (method, status)'s descriptor, as a request slot's respond takes it
+        (_native.request_respond_numbered): (number + 1) << SERIES_NUMBER_SHIFT."""
+        numbered = self.numbered_by_status.get(method, _NOTHING_CACHED).get(status)
+        if numbered is not None:
+            return numbered  # type: ignore[return-value]
+        number = self._prepared_of(key_of(method, status))[0]
+        numbered = (number + 1) << _native.SERIES_NUMBER_SHIFT
+        self._cache(self.numbered_by_status, method, status, numbered)
+        return numbered
+
+    def _cache(
+        self, cache: dict[str, dict[str | int, Any]], method: str, status: str | int, value: Any
+    ) -> None:
+        if self._cached < _STATUS_LINES_MAX:  # methods and status lines come from outside
+            cache.setdefault(method, {})[status] = value
+            self._cached += 1
+
+    def _prepared_of(self, key: int) -> tuple[int, _native.CounterPointer]:
+        """The number and prepared pointer of key's descriptor; keys that share an entry (the
+        overflow entry) share a descriptor unless one counts server errors and one does not."""
         prepared = self._prepared.get(key)
         if prepared is None:
             prepared = self._prepare(key)
             self._prepared[key] = prepared  # bounded: routes x methods x codes
-        return prepared[1]
+        return prepared
 
-    def _prepare(self, key: int) -> tuple[_native.Series, _native.CounterPointer]:
+    def _prepare(self, key: int) -> tuple[int, _native.CounterPointer]:
         base = self._entry(key)
-        counters = self.counters
-        series = _native.Series(
-            requests=counters.address(base + _REQUESTS),
-            errors=counters.address(self._errors_index) if is_server_error(key) else None,
-            sum_us=counters.address(base + _SUM_US),
-            first_bucket=counters.address(base + _FIRST_BUCKET),
-            stride=counters.address(base + _FIRST_BUCKET + 1)
-            - counters.address(base + _FIRST_BUCKET),
-            bounds_us=_native.address_of(self._bounds_us),
-            bounds=len(self.buckets),
-        )
-        return series, _native.descriptor_pointer(series)  # valid while `series` lives
+        server_error = is_server_error(key)
+        number = (base - self.first) // ENTRY_FIELDS * 2 + server_error
+        if not self.descriptors[number].requests:
+            counters = self.counters
+            self.descriptors[number] = _native.Series(
+                requests=counters.address(base + _REQUESTS),
+                errors=counters.address(self._errors_index) if server_error else None,
+                sum_us=counters.address(base + _SUM_US),
+                first_bucket=counters.address(base + _FIRST_BUCKET),
+                stride=counters.address(base + _FIRST_BUCKET + 1)
+                - counters.address(base + _FIRST_BUCKET),
+                bounds_us=_native.address_of(self._bounds_us),
+                bounds=len(self.buckets),
+            )
+        return number, _native.series_at(self.descriptors, number)  # valid while the table lives
 
     def _entry(self, key: int) -> int:
         """The base index of key's entry, claimed if new; the last entry when the table is full."""

@@ -334,6 +334,77 @@ export fn raindrops_board_fail(
     scoreboard.fail(board, series, duration_us);
 }
 
+// The WSGI middleware's requests in flight (requests.zig): a slot per request, taken by
+// enter and given back by the token's own argument-free leave, which the server calls as the
+// body's close(). Tokens come from raindrops_request_enter; a token not in flight is ignored.
+
+const requests = @import("requests.zig");
+const clock = @import("clock.zig");
+
+export fn raindrops_requests_max() u32 {
+    return requests.requests_max;
+}
+
+/// Tokens of requests in flight: a token is below it.
+export fn raindrops_request_tokens_max() u32 {
+    return requests.tokens_max;
+}
+
+/// The request's token, or raindrops_request_tokens_max() when every slot is taken (it is
+/// counted in calling all the same).
+export fn raindrops_request_enter(board: *const scoreboard.Board) i32 {
+    return requests.enter(board);
+}
+
+/// The address of an `i32 f(void)` that is raindrops_request_enter(board); 0 when every board
+/// slot holds another board. The board must stay alive while the function can be called.
+export fn raindrops_request_enter_step(board: *const scoreboard.Board) usize {
+    if (!scoreboard.valid(board)) return 0;
+    const step = requests.enterStep(board) orelse return 0;
+    return @intFromPtr(step);
+}
+
+/// respond with the series by number: the token | (number + 1) << log2(tokens_max).
+export fn raindrops_request_respond_numbered(slot_and_series: u32) void {
+    requests.respondNumbered(slot_and_series);
+}
+
+/// `series` null: the status is not known yet (see raindrops_request_leave).
+export fn raindrops_request_respond(token: u32, series: ?*const scoreboard.Series) void {
+    requests.respond(token, series);
+}
+
+/// `late`: the series of a status known only at close; ignored if respond had one.
+export fn raindrops_request_leave(token: u32, late: ?*const scoreboard.Series) void {
+    requests.leave(token, late);
+}
+
+/// `series` is required: a null one changes nothing.
+export fn raindrops_request_fail(token: u32, series: ?*const scoreboard.Series) void {
+    requests.fail(token, series orelse return);
+}
+
+/// The address of token `token`'s `void f(void)` leave; 0 past the tokens.
+export fn raindrops_request_leave_step(token: u32) usize {
+    const step = requests.leaveStep(token) orelse return 0;
+    return @intFromPtr(step);
+}
+
+/// Called in a child after fork: its parent's requests in flight are not its own.
+export fn raindrops_requests_reset() void {
+    requests.reset();
+}
+
+/// The clock the request durations are measured with, in nanoseconds (CLOCK_MONOTONIC).
+export fn raindrops_clock_ns() u64 {
+    return clock.monotonicNs();
+}
+
+/// 1 when that clock is read through the kernel's vDSO, without a system call.
+export fn raindrops_clock_vdso() u32 {
+    return @intFromBool(clock.vdsoPresent());
+}
+
 // ---------------------------------------------------------------------------
 // raindrops.metrics: f64 values and histograms with explicit upper bounds
 // (float.zig). Value words are prepared pointers into a segment view that
@@ -402,4 +473,6 @@ test {
     _ = counters;
     _ = shm;
     _ = float;
+    _ = clock;
+    _ = requests;
 }

@@ -16,6 +16,18 @@ pub const Board = extern struct {
     errors: ?*u64,
     exceptions: ?*u64,
     busy_us: ?*u64,
+    /// The series descriptors of this board's table by number (requests.zig), null when the
+    /// caller numbers none; entries it has not prepared have a null `requests`.
+    numbered: ?[*]const Series = null,
+    numbered_count: u64 = 0,
+
+    /// Series `number` of the table, or null when there is no such prepared descriptor.
+    pub fn seriesNumbered(board: *const Board, number: u64) ?*const Series {
+        const numbered = board.numbered orelse return null;
+        if (number >= board.numbered_count) return null;
+        const series = &numbered[number];
+        return if (series.requests == null) null else series;
+    }
 };
 
 /// One (method, status code) of the shared table: its request count, and the
@@ -88,6 +100,12 @@ pub fn leave(board: *const Board, series: *const Series, duration_us: u64, count
     assert(valid(board));
     if (!counted) count(series);
     observe(board, series, duration_us);
+    _ = counters.sub(board.writing.?, 1);
+}
+
+/// The body was closed with no status known: writing - 1, nothing counted.
+pub fn leaveUncounted(board: *const Board) void {
+    assert(valid(board));
     _ = counters.sub(board.writing.?, 1);
 }
 

@@ -35,14 +35,18 @@ NAME_PREFIX = segments.PREFIX + "mw-"
 """Start of the names of the per-master segments (see raindrops.segments)."""
 _respond = scoreboard.respond
 _respond_counted = scoreboard.respond_counted
-_leave = scoreboard.leave
-_leave_small = scoreboard.leave_small
-_SMALL_INT_MAX = scoreboard.SMALL_INT_MAX
 _leave_counting = scoreboard.leave_counting
+_leave = scoreboard.leave
 _fail = scoreboard.fail
+_NO_SLOT = scoreboard.NO_SLOT
+_request_respond = scoreboard.request_respond
+_request_respond_numbered = scoreboard.request_respond_numbered
+_request_leave = scoreboard.request_leave
+_request_fail = scoreboard.request_fail
+_LEAVE_STEPS = scoreboard.request_leave_steps()
 _clock_ns = time.perf_counter_ns
 _SERVER_ERROR = "500 Internal Server Error"
-_NOTHING_CACHED: dict[str | int, scoreboard.Series] = {}
+_NO_NUMBERS: dict[str, dict[str | int, int]] = {}
 Route = Callable[[Environ], object]
 """The middleware's `route=`: names a request's route (a URL rule, not the path) from the
 environ after the application ran; None or anything but a short str is `other`."""
@@ -52,34 +56,42 @@ class _Request(list):  # type: ignore[type-arg]
     """One request: the application's start_response (it sees the status) and then the
     response body, whose close() ends the request once.
 
-    A list response is copied into this list, so that the server iterates it in
-    C; any other response is wrapped by a _Stream. The request is counted by
-    method and status when the application returns with its response started,
-    else when the body closes (a generator that starts its response while
-    iterated). Its attributes are set by Middleware.__call__, without an
-    __init__ call.
+    The request holds a slot of this process's table of requests in flight
+    (scoreboard.request_enter), named by its token, which keeps its board,
+    series and start time natively; `_bound` keeps what the slot points at
+    alive. A list response whose series has a number is copied into this list,
+    so that the server iterates it in C, and its close() is the token's own
+    native leave: no Python runs after the application returns. Any other
+    response is wrapped by a _Stream, or keeps its wsgi.file_wrapper, and _end()
+    closes it first. A request that found no free slot (its token is _NO_SLOT)
+    is counted with its board and a duration measured here. Attributes are set
+    by Middleware.__call__, without an __init__ call.
     """
 
     __slots__ = (
         "_start_response",
         "_bound",
+        "_token",
+        "_status",
         "_environ",
         "_route",
-        "_status",
         "_series",
         "_started_ns",
         "_close",
         "_open",
+        "close",
     )
     _start_response: StartResponse
     _bound: scoreboard.Bound
+    _token: int
+    _status: str
     _environ: Environ
     _route: Route | None
-    _status: str | None
     _series: scoreboard.Series | None
     _started_ns: int
     _close: Callable[[], object] | None
     _open: bool
+    close: Callable[[], None]
 
     def __call__(self, status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
         self._status = status
@@ -87,30 +99,48 @@ class _Request(list):  # type: ignore[type-arg]
             return self._start_response(status, headers)
         return self._start_response(status, headers, exc_info)
 
+    def begin(self, token: int, environ: Environ, route: Route | None) -> None:
+        """What the paths other than the common one need, set only when they run."""
+        self._token = token
+        self._environ = environ
+        self._route = route
+
     def respond(self, close: Callable[[], object] | None) -> None:
-        """The application returned: the request moves from calling to writing."""
+        """The application returned: the request moves from calling to writing; close() ends
+        it after closing the application's body (`close`)."""
         self._close = close
-        status = self._status
-        if status is None:
+        self._open = True
+        self.close = self._end
+        status = getattr(self, "_status", None)
+        series = self._series = None if status is None else self._series_of(status)
+        if self._token != _NO_SLOT:
+            _request_respond(self._token, series)
+        elif series is None:
             _respond(self._bound.board)
-            return
-        series = self._series = self._series_of(status)
-        _respond_counted(self._bound.board, series)
+        else:
+            _respond_counted(self._bound.board, series)
 
     def _series_of(self, status: str) -> scoreboard.Series:
         bound = self._bound
         method = self._environ.get("REQUEST_METHOD", "")
-        if self._route is None:
-            return bound.series(method, status)
-        return bound.routed(route_name(self._route, self._environ), method, status)
+        if self._route is not None:
+            return bound.routed(route_name(self._route, self._environ), method, status)
+        bound.numbered(method, status)  # the next such request takes the common path
+        return bound.series(method, status)
 
     def fail(self) -> None:
         """The application raised: a 500 and an exception, without a body."""
         series = self._series_of(_SERVER_ERROR)
-        _fail(self._bound.board, series, (_clock_ns() - self._started_ns) // 1000)
+        if self._token != _NO_SLOT:
+            _request_fail(self._token, series)
+        else:
+            _fail(self._bound.board, series, self._elapsed_us())
 
-    def close(self) -> None:
-        """Ends the request; a second close() changes nothing (PEP 3333)."""
+    def _elapsed_us(self) -> int:
+        return (_clock_ns() - self._started_ns) // 1000
+
+    def _end(self) -> None:
+        """Ends the request; a second call changes nothing (PEP 3333)."""
         if not self._open:
             return
         self._open = False
@@ -118,15 +148,17 @@ class _Request(list):  # type: ignore[type-arg]
             if self._close is not None:
                 self._close()
         finally:
-            elapsed_us = (_clock_ns() - self._started_ns) // 1000
             series = self._series
-            board = self._bound.board
-            if series is None:
-                _leave_counting(board, self._series_of(self._status or ""), elapsed_us)
-            elif elapsed_us <= _SMALL_INT_MAX:
-                _leave_small(board, series, elapsed_us)
+            if series is None:  # the status came late, or never: counted now
+                late = self._series_of(getattr(self, "_status", None) or "")
+                if self._token != _NO_SLOT:
+                    _request_leave(self._token, late)
+                else:
+                    _leave_counting(self._bound.board, late, self._elapsed_us())
+            elif self._token != _NO_SLOT:
+                _request_leave(self._token, None)
             else:
-                _leave(board, series, elapsed_us)
+                _leave(self._bound.board, series, self._elapsed_us())
 
 
 class _Stream:
@@ -196,7 +228,10 @@ class Middleware:
         self.app = app
         self.path, self._access, self._listeners, self._counts, self._route = settings[:5]
         self._worker_capacity = settings.worker_capacity
-        self._bound = self._counts.bound  # read by the per-request path without a call
+        self._bound: scoreboard.Bound | None = None
+        self._bound_pid = 0
+        """This process's Bound once made, and the process that made it (after fork a child
+        makes its own): read by the per-request path without a call."""
 
     @property
     def stats(self) -> Scoreboard:
@@ -211,49 +246,45 @@ class Middleware:
 
     def _bind(self, environ: Environ) -> scoreboard.Bound:
         """This process's board in the scoreboard it shares with its server's other workers."""
-        return self._counts.bind(environ, self._capacity())
+        bound = self._bound = self._counts.bind(environ, self._capacity())
+        self._bound_pid = PROCESS.pid
+        return bound
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         if environ.get("PATH_INFO") == self.path:
             return self._endpoint(environ, start_response)
-        holder = self._bound
-        bound = holder.value if holder.pid == PROCESS.pid else None
-        if bound is None:
+        bound = self._bound
+        if self._bound_pid != PROCESS.pid or bound is None:
             bound = self._bind(environ)
         request = _Request()
         request._start_response = start_response
         request._bound = bound
-        request._environ = environ
-        request._route = route = self._route
-        request._status = request._series = None
-        request._open = True
-        board = bound.board
-        request._started_ns = _clock_ns()
-        bound.enter()
+        numbers = bound.numbered_by_status
+        token = bound.request_enter()
+        try:
+            request.close = _LEAVE_STEPS[token]
+        except IndexError:  # no free slot: counted with the board, timed here, never by number
+            request._started_ns = _clock_ns()
+            numbers = _NO_NUMBERS
         try:
             result = self.app(environ, request)
         except BaseException:
+            request.begin(token, environ, self._route)
             request.fail()
             raise
-        if result.__class__ is not list:
-            return self._other_body(result, request, environ)
-        # request.respond(None), inlined for the most common body: two calls fewer per request
-        request.extend(result)
-        request._close = None  # a list has no close()
-        status = request._status
-        if status is None:
-            _respond(board)
-            return request
-        if route is None:
-            method = environ.get("REQUEST_METHOD", "")
-            series = bound.by_status.get(method, _NOTHING_CACHED).get(status) or bound.series(
-                method, status
-            )
-        else:
-            series = request._series_of(status)
-        request._series = series
-        _respond_counted(board, series)
-        return request
+        if result.__class__ is list:
+            # The common response: a list, a slot, a status whose series has a number. Any
+            # other raises LookupError (no number, no slot) or AttributeError (no status).
+            try:
+                numbered = numbers[environ["REQUEST_METHOD"]][request._status]
+            except (LookupError, AttributeError):
+                pass
+            else:
+                request.extend(result)
+                _request_respond_numbered(token | numbered)
+                return request
+        request.begin(token, environ, self._route)
+        return self._other_body(result, request, environ)
 
     @staticmethod
     def _other_body(result: Any, request: _Request, environ: Environ) -> Iterable[bytes]:

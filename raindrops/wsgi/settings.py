@@ -42,5 +42,5 @@ def middleware_settings(
     given_capacity = capacity.checked(worker_capacity)
     path, access = http.endpoint_settings(path, allow, trusted_proxies)
     own_listeners = linux.ListenerSet.own_or(listeners)  # bad addresses fail now
-    counts = scoreboard.ServerBoard.configured(path, stats, name, buckets)
+    counts = scoreboard.ServerBoard.configured(path, stats, name, buckets, route is not None)
     return Settings(path, access, own_listeners, counts, route, given_capacity)
