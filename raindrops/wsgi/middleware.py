@@ -251,7 +251,11 @@ class Middleware:
         return bound
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
-        if environ.get("PATH_INFO") == self.path:
+        try:
+            endpoint = environ["PATH_INFO"] == self.path
+        except KeyError:  # PEP 3333 lets a server leave out an empty PATH_INFO
+            endpoint = False
+        if endpoint:
             return self._endpoint(environ, start_response)
         bound = self._bound
         if self._bound_pid != PROCESS.pid or bound is None:
