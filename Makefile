@@ -19,8 +19,10 @@ build: $(INSTALLED) $(LIBRARY)
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 
-# Build tools first, then the project in editable mode with its pinned test, bench, loadtest and dist extras.
+# A pinned pip (a distribution's venv brings an old one, which cannot install into Python 3.12),
+# build tools, then the project in editable mode with its pinned test, bench, loadtest and dist extras.
 $(INSTALLED): pyproject.toml hatch_build.py tools/elfcheck.py | $(PY)
+	$(PY) -m pip install --quiet --disable-pip-version-check pip==24.3.1
 	$(PY) -m pip install --quiet --disable-pip-version-check hatchling==1.33.0 ziglang==0.17.0
 	@echo "raindrops: installing the project; its build compiles libraindrops.so with Zig (about 2 minutes on a machine's first build, seconds later)"
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-build-isolation --editable '.[test,bench,loadtest,dist]'
