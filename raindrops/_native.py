@@ -659,6 +659,7 @@ board_fail = _without_argtypes("board_fail")
 # without argtypes; None passes a null series.
 REQUESTS_MAX: int = _declare(_lib, "requests_max", _c.c_uint32, [])()
 TOKENS_MAX: int = _declare(_lib, "request_tokens_max", _c.c_uint32, [])()
+BOARDS_MAX: int = _declare(_lib, "request_boards_max", _c.c_uint32, [])()
 NO_SLOT = TOKENS_MAX
 SERIES_NUMBER_SHIFT = TOKENS_MAX.bit_length() - 1
 """request_respond_numbered(token | (number + 1) << SERIES_NUMBER_SHIFT)."""

@@ -4,6 +4,7 @@ it measures durations with is the monotonic clock, read without a system call.""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import threading
@@ -162,6 +163,36 @@ def test_a_forked_child_starts_with_every_slot_free() -> None:
         _native.request_leave(token, None)
     assert _native.request_enter(pointer) != _native.NO_SLOT
     board.close()
+
+
+def test_boards_past_the_argument_free_enters_count_through_their_pointer() -> None:
+    """Each board binds an enter function of its own; past BOARDS_MAX of them, a middleware
+    enters with its board's pointer, and counts the same."""
+    boards = [Scoreboard() for _ in range(_native.BOARDS_MAX + 1)]
+    steps = [_native.request_enter_step(board.board()) for board in boards]
+    assert isinstance(steps[-1], functools.partial)
+    for board, step in zip(boards, steps, strict=True):
+        token = step()
+        _native.request_respond(token, None)
+        _native.request_leave(token, None)
+        assert (board.totals().calling, board.totals().writing) == (0, 0)
+    app = Middleware(_replying("200 OK"), listeners=[])
+    for _ in range(3):
+        _open(app).close()
+    assert _json(app)["requests_total"] == 3
+    for board in boards:
+        board.close()
+
+
+def test_a_request_without_path_info_goes_to_the_application() -> None:
+    app = Middleware(_replying("200 OK"), listeners=[])
+    for _ in range(2):
+        environ = _environ()
+        del environ["PATH_INFO"]
+        body = app(environ, lambda *args: None)
+        assert list(body) == [b"body"]
+        body.close()  # type: ignore[attr-defined]
+    assert _json(app)["requests_total"] == 2
 
 
 def test_a_routed_middleware_sharing_a_scoreboard_still_names_routes() -> None:

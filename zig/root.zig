@@ -345,6 +345,11 @@ export fn raindrops_requests_max() u32 {
     return requests.requests_max;
 }
 
+/// Boards with an argument-free enter function, at most (raindrops_request_enter_step).
+export fn raindrops_request_boards_max() u32 {
+    return requests.boards_max;
+}
+
 /// Tokens of requests in flight: a token is below it.
 export fn raindrops_request_tokens_max() u32 {
     return requests.tokens_max;
