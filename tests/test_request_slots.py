@@ -5,15 +5,14 @@ it measures durations with is the monotonic clock, read without a system call.""
 from __future__ import annotations
 
 import functools
-import json
 import os
 import threading
 import time
 from collections.abc import Callable, Iterator
-from io import BytesIO
 from typing import Any
 
 import pytest
+from test_http_metrics import _by_labels, _environ, _json
 
 from raindrops import Middleware, _native
 from raindrops.scoreboard import Scoreboard
@@ -21,16 +20,6 @@ from raindrops.scoreboard import Scoreboard
 Environ = dict[str, Any]
 OVER = 5
 """Requests held open past the table's size."""
-
-
-def _environ(path: str = "/", method: str = "GET", query: str = "") -> Environ:
-    return {
-        "REQUEST_METHOD": method,
-        "PATH_INFO": path,
-        "QUERY_STRING": query,
-        "REMOTE_ADDR": "127.0.0.1",
-        "wsgi.input": BytesIO(),
-    }
 
 
 def _replying(status: str, delay_s: float = 0.0) -> Callable[..., list[bytes]]:
@@ -47,15 +36,6 @@ def _open(app: Middleware, method: str = "GET") -> Any:
     body = app(_environ(method=method), lambda *args: None)
     assert b"".join(body) in (b"body", b"late")
     return body
-
-
-def _json(app: Middleware) -> dict[str, Any]:
-    body = app(_environ("/_raindrops", query="format=json"), lambda *args: None)
-    return json.loads(b"".join(body))  # type: ignore[no-any-return]
-
-
-def _by_labels(document: dict[str, Any]) -> dict[tuple[str, str], int]:
-    return {(entry["method"], entry["code"]): entry["count"] for entry in document["requests"]}
 
 
 def _late(environ: Environ, start_response: Callable[..., Any]) -> Iterator[bytes]:
