@@ -275,6 +275,8 @@ class ServerBoard:
     ) -> None:
         self.routed = routed
         """Whether its requests are counted by route: then no series is reached by number."""
+        self.name = name
+        """The segment's name when one was given (name= or RAINDROPS_NAME), else None."""
         self.found = segments.ServerWide(
             functools.partial(Scoreboard, buckets=buckets),
             given=given,

@@ -234,6 +234,35 @@ def test_lifespan_passes_through_and_websockets_are_counted_while_open() -> None
     assert raindrops.ASGIMiddleware is raindrops.asgi.Middleware
 
 
+def test_a_named_middleware_names_its_websockets_segment_after_it() -> None:
+    """name= (or RAINDROPS_NAME) names both segments: nothing is derived from a master."""
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await receive()
+
+    name = f"/raindrops-test-asgi-{os.getpid()}"
+    paths = [SHM_DIR / name[1:], SHM_DIR / f"{name[1:]}-websockets"]
+    try:
+        middleware = raindrops.ASGIMiddleware(app, name=name, listeners=[])
+
+        async def run() -> bytes:
+            socket_a = Exchange()
+            task = asyncio.create_task(
+                middleware({"type": "websocket", "path": "/ws"}, socket_a.receive, socket_a.send)
+            )
+            await asyncio.sleep(0.02)
+            report = await asyncio.to_thread(endpoint, middleware, query_string=b"format=json")
+            socket_a.gone.set()
+            await task
+            return report[2]
+
+        assert json.loads(asyncio.run(run()))["websockets"] == 1
+        assert all(path.exists() for path in paths)
+    finally:
+        for path in paths:
+            path.unlink(missing_ok=True)
+
+
 def test_a_bad_path_or_network_is_refused_at_construction() -> None:
     with pytest.raises(ValueError, match="'stats'"):
         raindrops.asgi.Middleware(_held_app, path="stats")

@@ -563,6 +563,7 @@ def test_a_segment_corrupted_after_the_attach_leaves_the_endpoint_answering(
         app.stats.close()
     finally:
         path.unlink(missing_ok=True)
+        path.with_name(path.name + "-websockets").unlink(missing_ok=True)  # the ASGI one's
 
 
 WORKER = """

@@ -246,8 +246,11 @@ class Middleware:
             (lambda: given) if given else (lambda: capacity.of_this_worker(None))
         )
         self._bound = self._counts.bound  # read by the per-request path without a call
-        # Open websockets: a second scoreboard, found the same way (never named by the user).
-        self._websockets = scoreboard.ServerBoard(self.path + WEBSOCKETS_PATH_SUFFIX)
+        # Open websockets: a second scoreboard, found the same way; a named one's is named after it.
+        websockets_name = None if self._counts.name is None else self._counts.name + "-websockets"
+        self._websockets = scoreboard.ServerBoard(
+            self.path + WEBSOCKETS_PATH_SUFFIX, name=websockets_name
+        )
 
     @property
     def stats(self) -> Scoreboard:
