@@ -25,6 +25,23 @@ def ns_per_op(stmt: str, namespace: dict[str, Any], repeats: int = REPEATS) -> f
     return min(timer.repeat(repeats, number)) / number * 1e9
 
 
+def ns_per_op_interleaved(
+    stmt: str, namespaces: dict[str, dict[str, Any]], rounds: int = REPEATS
+) -> dict[str, float]:
+    """Best of `rounds` timeit runs of `stmt` in each namespace, in ns per execution.
+
+    The namespaces take turns run by run, so that a burst of load elsewhere on the machine
+    falls on all of them alike rather than on the one being timed (as bench_listeners.py does).
+    """
+    timers = {name: timeit.Timer(stmt, globals=namespace) for name, namespace in namespaces.items()}
+    numbers = {name: timer.autorange()[0] for name, timer in timers.items()}
+    best = dict.fromkeys(timers, float("inf"))
+    for _ in range(rounds):
+        for name, timer in timers.items():
+            best[name] = min(best[name], timer.timeit(numbers[name]) / numbers[name] * 1e9)
+    return best
+
+
 def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     """Aligned columns: the first left-justified (names), the others right-justified (numbers)."""
     widths = [max(len(str(cell)) for cell in column) for column in zip(headers, *rows, strict=True)]

@@ -27,7 +27,7 @@ from typing import Any
 from _bench import (
     REPEATS,
     hello_wsgi,
-    ns_per_op,
+    ns_per_op_interleaved,
     one_wsgi_request,
     prometheus_multiprocess_dir,
     table,
@@ -199,13 +199,13 @@ def wsgi_costs() -> dict[str, float]:
         "bare WSGI application": hello_wsgi,
         "raindrops.Middleware (WSGI)": Middleware(hello_wsgi, listeners=[]),
     }
-    return {
-        name: ns_per_op(
-            "one_request(app, environ)",
-            {"one_request": one_wsgi_request, "app": app, "environ": environ},
-        )
-        for name, app in apps.items()
-    }
+    return ns_per_op_interleaved(
+        "one_request(app, environ)",
+        {
+            name: {"one_request": one_wsgi_request, "app": app, "environ": environ}
+            for name, app in apps.items()
+        },
+    )
 
 
 def verdict(passed: bool) -> str:
@@ -226,7 +226,10 @@ def main() -> int:
     costs = {**asgi, **wsgi}
     print("1. per-request cost, in process; added = minus the bare application of the same kind")
     print(f"   ASGI: await app(scope, receive, send) in one asyncio loop, best of {REPEATS} rounds")
-    print(f"   WSGI: call, iterate, close (as bench_middleware.py), best of {REPEATS} timeit runs")
+    print(
+        f"   WSGI: call, iterate, close (as bench_middleware.py), best of {REPEATS} timeit runs, "
+        "the two taking turns"
+    )
     print(
         table(
             ["stack", "us/request", "added us"],

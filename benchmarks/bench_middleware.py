@@ -27,13 +27,22 @@ from contextlib import ExitStack
 from io import BytesIO
 from typing import Any
 
-from _bench import hello_wsgi, ns_per_op, one_wsgi_request, prometheus_multiprocess_dir, table
+from _bench import (
+    hello_wsgi,
+    ns_per_op,
+    ns_per_op_interleaved,
+    one_wsgi_request,
+    prometheus_multiprocess_dir,
+    table,
+)
 
 _PROMETHEUS_DIR = prometheus_multiprocess_dir("prometheus")
 from prometheus_client import Counter, Gauge, Histogram  # noqa: E402
 
 from raindrops import Middleware, Raindrops, _native  # noqa: E402
 
+ROUNDS = 7
+"""timeit runs per stack, the stacks taking turns (_bench.ns_per_op_interleaved)."""
 ADDED_US_MAX = 0.8  # issue 15; Ruby raindrops' middleware adds about 0.8 us
 PROMETHEUS_RATIO_MAX = 0.5
 RENDER_MS_MAX = 1.0
@@ -136,13 +145,14 @@ def request_costs() -> dict[str, float]:
         FLOOR_WRAPPER: floor_middleware(hello_wsgi, None),
         FLOOR_NATIVE: floor_middleware(hello_wsgi, _native_steps(floor_counters)),
     }
-    return {
-        name: ns_per_op(
-            "one_request(app, environ)",
-            {"one_request": one_wsgi_request, "app": app, "environ": environ},
-        )
-        for name, app in apps.items()
-    }
+    return ns_per_op_interleaved(
+        "one_request(app, environ)",
+        {
+            name: {"one_request": one_wsgi_request, "app": app, "environ": environ}
+            for name, app in apps.items()
+        },
+        rounds=ROUNDS,
+    )
 
 
 def render_costs(stack: ExitStack) -> tuple[dict[str, float], list[str]]:
@@ -174,7 +184,10 @@ def main() -> int:
     costs = request_costs()
     bare = costs["bare application"]
     added = {name: cost - bare for name, cost in costs.items()}
-    print("1. per-request cost, in process (call, iterate, close; best of 5 timeit runs)")
+    print(
+        f"1. per-request cost, in process (call, iterate, close; best of {ROUNDS} timeit runs, "
+        "the stacks taking turns)"
+    )
     print(
         table(
             ["stack", "us/request", "added us"],

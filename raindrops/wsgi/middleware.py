@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import sys
 import time
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 from raindrops import capacity, exposition, scoreboard, segments
-from raindrops._process import PROCESS
+from raindrops._process import at_fork_in_child
 from raindrops.metrics.registry import with_metrics
 from raindrops.routes import route_name
 from raindrops.scoreboard import Scoreboard
@@ -231,9 +232,8 @@ class Middleware:
         self.path, self._access, self._listeners, self._counts, self._route = settings[:5]
         self._worker_capacity = settings.worker_capacity
         self._bound: scoreboard.Bound | None = None
-        self._bound_pid = 0
-        """This process's Bound once made, and the process that made it (after fork a child
-        makes its own): read by the per-request path without a call."""
+        """This process's Bound once made, read by the per-request path without a call; a
+        forked child finds None (_unbind_in_child) and makes its own."""
 
     @property
     def stats(self) -> Scoreboard:
@@ -251,7 +251,7 @@ class Middleware:
         global _LEAVE_STEPS
         _LEAVE_STEPS = scoreboard.request_leave_steps()
         bound = self._bound = self._counts.bind(environ, self._capacity())
-        self._bound_pid = PROCESS.pid
+        _BOUND.add(self)
         return bound
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
@@ -262,7 +262,7 @@ class Middleware:
         if endpoint:
             return self._endpoint(environ, start_response)
         bound = self._bound
-        if self._bound_pid != PROCESS.pid or bound is None:
+        if bound is None:
             bound = self._bind(environ)
         request = _Request()
         request._start_response = start_response
@@ -313,6 +313,21 @@ class Middleware:
         report = exposition.MiddlewareReport(totals, self._listeners.read(), degraded.reasons)
         method = environ.get("REQUEST_METHOD", "GET")
         return http.serve(start_response, method, form, with_metrics(report), degraded.headers)
+
+
+_BOUND: weakref.WeakSet[Middleware] = weakref.WeakSet()
+"""The middlewares bound in this process."""
+
+
+def _unbind_in_child() -> None:
+    """A forked child's middlewares bind again: their parent's board is not the child's. Run by
+    every fork (raindrops._process: os.fork and uWSGI's), which keeps PROCESS.pid current too."""
+    for middleware in list(_BOUND):
+        middleware._bound = None
+    _BOUND.clear()
+
+
+at_fork_in_child(_unbind_in_child)
 
 
 def no_totals(board: Scoreboard) -> scoreboard.Totals:
