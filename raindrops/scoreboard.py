@@ -88,9 +88,6 @@ fail = _duration_update(_native.board_fail, _native.board_fail_long)
 # (zig/requests.zig), which keeps its board, series and start time natively: the middleware
 # passes the request's token, not the descriptors and a duration.
 NO_SLOT = _native.NO_SLOT
-request_enter: Callable[[Board], int] = _native.request_enter
-"""calling + 1, and a slot for the request: its token, or NO_SLOT when every slot is taken
-(then the steps above count the request). The caller keeps the board alive until leave."""
 request_respond: Callable[[int, Series | None], None] = _native.request_respond
 """respond (series None) or respond_counted, for the request of that token."""
 request_leave: Callable[[int, Series | None], None] = _native.request_leave
@@ -246,7 +243,9 @@ class Bound:
         self.enter: Callable[[], object] = scoreboard.enter_step()
         """enter(board) without arguments (Scoreboard.enter_step)."""
         self.request_enter: Callable[[], int] = _native.request_enter_step(self.board)
-        """request_enter(board), without arguments where a board slot was free."""
+        """calling + 1, and a slot of this process's table of requests in flight: its token, or
+        NO_SLOT when every slot is taken (then the steps above count the request). Without
+        arguments where a board slot was free."""
         self.numbered: Callable[[str, str | int], int] = table.numbered
         """(method, status line) -> its series' number for request_respond_numbered."""
         self.numbered_by_status: dict[str, dict[str | int, int]] = (

@@ -44,6 +44,7 @@ _OVERFLOW_KEY = (_OTHER_METHOD + 1) << _CODE_BITS  # (other, other): always the 
 _US_PER_SECOND = 1_000_000
 _STATUS_LINES_MAX = 4096
 _NOTHING_CACHED: dict[str | int, _native.CounterPointer] = {}
+_NO_NUMBERS: dict[str | int, int] = {}
 
 
 def checked_buckets(buckets: Iterable[float]) -> tuple[float, ...]:
@@ -145,7 +146,7 @@ class SeriesTable:
         self._errors_index = errors_index
         self._bounds_us = _native.u64_array([_microseconds(bound) for bound in buckets])
         self.descriptors = _native.series_array(DESCRIPTORS_MAX)
-        """The prepared descriptors by number (_numbered), for a Board's `numbered`."""
+        """The prepared descriptors by number (see _prepare), for a Board's `numbered`."""
         self._prepared: dict[int, tuple[int, _native.CounterPointer]] = {}
         self.by_status: dict[str, dict[str | int, _native.CounterPointer]] = {}
         """method -> status -> what pointer() answered: two lookups of interned strings, cheaper
@@ -171,9 +172,9 @@ class SeriesTable:
     def numbered(self, method: str, status: str | int) -> int:
         """The number of (method, status)'s descriptor, as a request slot's respond takes it
         (_native.request_respond_numbered): (number + 1) << SERIES_NUMBER_SHIFT."""
-        numbered = self.numbered_by_status.get(method, _NOTHING_CACHED).get(status)
+        numbered = self.numbered_by_status.get(method, _NO_NUMBERS).get(status)
         if numbered is not None:
-            return numbered  # type: ignore[return-value]
+            return numbered
         number = self._prepared_of(key_of(method, status))[0]
         numbered = (number + 1) << _native.SERIES_NUMBER_SHIFT
         self._cache(self.numbered_by_status, method, status, numbered)

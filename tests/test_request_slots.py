@@ -185,6 +185,27 @@ def test_a_routed_middleware_sharing_a_scoreboard_still_names_routes() -> None:
     assert routes == {"r", "other"}
 
 
+def test_steps_with_tokens_not_in_flight_or_a_null_series_change_nothing() -> None:
+    """The native steps take what Python passes: a token past the table, of a slot that is
+    free, or a failure without its series is ignored, never a crash or a count."""
+    board = Scoreboard()
+    pointer = board.board()
+    token = _native.request_enter(pointer)
+    assert token != _native.NO_SLOT
+    _native.request_fail(token, None)  # no series: ignored, the request stays in calling
+    for stray in (_native.NO_SLOT, _native.TOKENS_MAX + 7, 2**31 - 1):
+        _native.request_respond(stray, None)
+        _native.request_respond_numbered(stray)
+        _native.request_leave(stray, None)
+    assert (board.totals().calling, board.totals().writing) == (1, 0)
+    _native.request_respond(token, None)
+    _native.request_leave(token, None)
+    _native.request_leave(token, None)
+    _native.request_respond(token, None)
+    assert (board.totals().calling, board.totals().writing) == (0, 0)
+    board.close()
+
+
 def test_the_clock_is_the_monotonic_clock_read_through_the_vdso() -> None:
     before = time.monotonic_ns()
     native = _native.clock_ns()

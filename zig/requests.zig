@@ -101,13 +101,7 @@ fn slot(token: u32) ?*Request {
 pub fn respond(token: u32, series: ?*const Series) void {
     const request = slot(token) orelse return;
     if (!move(request, .calling, .claimed)) return;
-    request.series = series;
-    if (series) |known| {
-        scoreboard.respondCounted(request.board.?, known);
-    } else {
-        scoreboard.respond(request.board.?);
-    }
-    publish(request, .writing);
+    respondClaimed(request, series);
 }
 
 /// respond() with one argument: the token in the low `token_bits` bits, above them the number
@@ -116,9 +110,20 @@ pub fn respondNumbered(token_and_series: u32) void {
     const token = token_and_series & (tokens_max - 1);
     const number = token_and_series >> token_bits;
     const request = slot(token) orelse return;
-    if (@atomicLoad(State, &request.state, .acquire) != .calling) return;
+    if (!move(request, .calling, .claimed)) return;
     const series = if (number == 0) null else request.board.?.seriesNumbered(number - 1);
-    respond(token, series);
+    respondClaimed(request, series);
+}
+
+fn respondClaimed(request: *Request, series: ?*const Series) void {
+    assert(request.state == .claimed);
+    request.series = series;
+    if (series) |known| {
+        scoreboard.respondCounted(request.board.?, known);
+    } else {
+        scoreboard.respond(request.board.?);
+    }
+    publish(request, .writing);
 }
 
 /// The body was closed: its duration observed in the series respond() counted in (or in

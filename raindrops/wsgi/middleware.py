@@ -60,7 +60,7 @@ class _Request(list):  # type: ignore[type-arg]
     response body, whose close() ends the request once.
 
     The request holds a slot of this process's table of requests in flight
-    (scoreboard.request_enter), named by its token, which keeps its board,
+    (Bound.request_enter), named by its token, which keeps its board,
     series and start time natively; `_bound` keeps what the slot points at
     alive. A list response whose series has a number is copied into this list,
     so that the server iterates it in C, and its close() is the token's own
